@@ -1,0 +1,37 @@
+# Two entry points: `make demo` and `make test`. Both create .venv in the repo root.
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+PIP := $(BIN)/pip --disable-pip-version-check
+CONSTRAINTS := constraints.txt
+
+.PHONY: demo test install install-dev bench clean
+
+$(BIN)/python:
+	$(PY) -m venv $(VENV)
+	$(PIP) install -q --upgrade pip
+
+$(VENV)/.installed: $(BIN)/python pyproject.toml $(CONSTRAINTS)
+	$(PIP) install -q -c $(CONSTRAINTS) -e .
+	touch $@
+
+$(VENV)/.installed-dev: $(VENV)/.installed
+	$(PIP) install -q -c $(CONSTRAINTS) -e '.[dev,report]'
+	touch $@
+
+install: $(VENV)/.installed
+install-dev: $(VENV)/.installed-dev
+
+demo: $(VENV)/.installed
+	$(BIN)/archlab demo
+
+test: $(VENV)/.installed-dev
+	$(BIN)/python -m pytest -n 2 tests
+
+bench: $(VENV)/.installed-dev
+	$(PIP) install -q -c $(CONSTRAINTS) -e '.[peers]'
+	$(BIN)/archlab bench train --config configs/lm_ref.yaml
+	$(BIN)/archlab bench generate --config configs/lm_ref.yaml
+
+clean:
+	rm -rf $(VENV) runs build *.egg-info src/*.egg-info

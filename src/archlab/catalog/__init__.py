@@ -1,0 +1,11 @@
+"""The catalogue: every built-in part registered by kind, with the dataclass of its knobs.
+
+``nn/`` holds pure modules; this package maps config names onto them. A new part is one
+module in ``nn/`` plus one registration here, and the shared property tests (parametrised over
+the registries) cover it from then on.
+"""
+
+from archlab.catalog import blocks, positions  # noqa: F401
+from archlab.catalog.context import BuildContext
+
+__all__ = ["BuildContext"]

@@ -1,0 +1,292 @@
+"""One nested dataclass tree for a run: ``model``, ``data`` and ``train``.
+
+Loading goes YAML -> plain dict -> ``--set`` overrides merged in -> typed, validated
+:class:`Config`. Every mistake is refused here, before anything is built, with a one-line
+:class:`~archlab.registry.ConfigError` naming the key and what is allowed.
+
+Merging rule for parts: a mapping with a ``kind`` key is a *part*. When an override changes a
+part's kind, the old kind's parameters are dropped (they belonged to the old kind) and the new
+kind starts from its own defaults plus whatever the override itself gives.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import math
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+from archlab import catalog  # noqa: F401  (registers the built-in parts)
+from archlab.registry import FAMILY, ConfigError, PartConfig, from_dict, part, to_dict
+
+__all__ = [
+    "Config", "ModelConfig", "LayerConfig", "LayersConfig", "DataConfig", "TrainConfig",
+    "ConfigError", "load_config", "parse_config", "apply_overrides", "deep_merge",
+]
+
+
+@dataclass
+class LayerConfig:
+    """One block: norm placement policy + token mixer + feed-forward (+ optional own position)."""
+
+    mixer: PartConfig = part("mixer", lambda: {"kind": "attention"})
+    ffn: PartConfig = part("ffn", lambda: {"kind": "swiglu"})
+    norm: PartConfig = part("norm", lambda: {"kind": "rms"})
+    # None: the model's position scheme (shared by all layers that do not override it).
+    position: PartConfig | None = part("position", optional=True)
+
+
+@dataclass
+class LayersConfig:
+    default: LayerConfig = field(default_factory=LayerConfig)
+    # "0,2" / "1-3" / "-1" -> partial LayerConfig merged over ``default`` for those layers.
+    overrides: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class ModelConfig:
+    family: str = "lm"
+    vocab_size: int | None = None  # None: taken from the tokenizer
+    dim: int = 256
+    depth: int = 4
+    heads: int = 4
+    kv_heads: int | None = None  # grouped-query attention when < heads
+    head_dim: int | None = None  # None: dim // heads
+    max_seq_len: int = 4096  # table size for schemes with a learned table
+    position: PartConfig = part("position", lambda: {"kind": "rope"})
+    layers: LayersConfig = field(default_factory=LayersConfig)
+    tie_embeddings: bool = True
+    bias: bool = False  # biases in linear layers
+    dropout: float = 0.0
+    init_std: float = 0.02
+
+    def resolved_head_dim(self) -> int:
+        return self.head_dim or self.dim // self.heads
+
+    def resolved_kv_heads(self) -> int:
+        return self.kv_heads or self.heads
+
+    def layer_configs(self) -> list[LayerConfig]:
+        """The per-layer configs after applying ``layers.overrides`` to ``layers.default``."""
+        base = to_dict(self.layers.default)
+        raw = [copy.deepcopy(base) for _ in range(self.depth)]
+        for key, over in self.layers.overrides.items():
+            for i in _layer_indices(str(key), self.depth, f"model.layers.overrides.{key}"):
+                raw[i] = deep_merge(raw[i], over)
+        return [
+            from_dict(LayerConfig, r, f"model.layers[{i}]") for i, r in enumerate(raw)
+        ]
+
+
+@dataclass
+class DataConfig:
+    corpus: Literal["stdlib", "path", "enwik8"] = "stdlib"
+    path: str | None = None
+    tokenizer: Literal["bytes", "bpe"] = "bytes"
+    bpe_vocab: int = 1024
+    cache_dir: str | None = None  # None: $ARCHLAB_CACHE or ~/.cache/archlab
+
+
+@dataclass
+class TrainConfig:
+    steps: int | None = None  # exactly one of steps / tokens is the budget
+    tokens: int | None = None
+    batch: int = 16  # sequences per optimiser step (global, across ranks and accumulation)
+    seq_len: int = 256
+    grad_accum: int = 1
+    lr: float = 3e-3
+    min_lr_ratio: float = 0.1  # cosine decays to lr * min_lr_ratio
+    warmup: int = 100
+    weight_decay: float = 0.1
+    beta1: float = 0.9
+    beta2: float = 0.95
+    grad_clip: float = 1.0  # 0 disables
+    seed: int = 0
+    device: str = "auto"  # auto | cpu | cuda | cuda:N | mps
+    precision: Literal["auto", "fp32", "bf16"] = "auto"  # auto: bf16 autocast on CUDA with bf16
+    compile: bool = False
+    eval_every: int = 100
+    eval_tokens: int = 65536  # validation tokens per periodic evaluation (0: whole split)
+    log_every: int = 10
+    ckpt_every: int = 200
+    max_bad_steps: int = 5  # consecutive non-finite losses before stopping
+    tensorboard: bool = True  # used when tensorboard is installed
+
+    def total_steps(self) -> int:
+        if self.steps is not None:
+            return self.steps
+        assert self.tokens is not None
+        return max(1, math.ceil(self.tokens / (self.batch * self.seq_len)))
+
+
+@dataclass
+class Config:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    def to_dict(self) -> dict:
+        return to_dict(self)
+
+
+# ----------------------------------------------------------------------------- merging
+
+
+def _normalise_part(value: Any) -> Any:
+    return {"kind": value} if isinstance(value, str) else value
+
+
+def deep_merge(base: Any, over: Any) -> Any:
+    """Merge ``over`` into a copy of ``base``; a part whose kind changes starts afresh."""
+    if not isinstance(over, dict):
+        if isinstance(base, dict) and "kind" in base and isinstance(over, str):
+            return deep_merge(base, {"kind": over})
+        return copy.deepcopy(over)
+    if not isinstance(base, dict):
+        return copy.deepcopy(over)
+    if "kind" in over and "kind" in base and over["kind"] != base["kind"]:
+        return copy.deepcopy(over)
+    out = copy.deepcopy(base)
+    for k, v in over.items():
+        out[k] = deep_merge(out[k], v) if k in out else copy.deepcopy(v)
+    return out
+
+
+def _dotted(key: str, value: Any) -> dict:
+    parts = key.split(".")
+    if not all(parts):
+        raise ConfigError(f"--set {key}: empty path component; expected e.g. model.position.kind=alibi")
+    out: Any = value
+    for p in reversed(parts):
+        out = {p: out}
+    return out
+
+
+def apply_overrides(raw: dict, overrides: list[str] | dict[str, Any] | None) -> dict:
+    """Apply ``["a.b=c", ...]`` (values parsed as YAML) or ``{"a.b": c}`` to a raw config dict."""
+    if not overrides:
+        return raw
+    items: list[tuple[str, Any]]
+    if isinstance(overrides, dict):
+        items = list(overrides.items())
+    else:
+        items = []
+        for o in overrides:
+            if "=" not in o:
+                raise ConfigError(f"--set {o}: expected KEY=VALUE, e.g. model.position.kind=alibi")
+            k, v = o.split("=", 1)
+            items.append((k.strip(), yaml.safe_load(v) if v.strip() else None))
+    for k, v in items:
+        raw = deep_merge(raw, _dotted(k, v))
+    return raw
+
+
+def _layer_indices(key: str, depth: int, where: str) -> list[int]:
+    """``"0,2"`` / ``"1-3"`` / ``"-1"`` -> layer indices (negative counts from the end)."""
+    out: list[int] = []
+    for tok in key.replace(" ", "").split(","):
+        single, span = re.fullmatch(r"-?\d+", tok), re.fullmatch(r"(\d+)-(\d+)", tok)
+        if single:
+            idx = [int(tok)]
+        elif span:
+            idx = list(range(int(span[1]), int(span[2]) + 1))
+        else:
+            raise ConfigError(
+                f"{where}: bad layer selector '{tok}'; allowed: indices like 0,2, ranges like 1-3, or -1"
+            )
+        for i in idx:
+            j = i + depth if i < 0 else i
+            if not 0 <= j < depth:
+                raise ConfigError(f"{where}: layer {i} out of range for depth {depth}")
+            out.append(j)
+    return out
+
+
+# ----------------------------------------------------------------------------- validation
+
+
+def _validate(cfg: Config) -> Config:
+    import archlab.models  # noqa: F401  (registers the model families)
+
+    m, t, d = cfg.model, cfg.train, cfg.data
+    if m.family not in FAMILY:
+        raise ConfigError(f"model.family: unknown family '{m.family}'; allowed: {', '.join(FAMILY.kinds())}")
+    for name in ("dim", "depth", "heads", "max_seq_len"):
+        if getattr(m, name) <= 0:
+            raise ConfigError(f"model.{name}: must be positive, got {getattr(m, name)}")
+    if m.head_dim is None and m.dim % m.heads:
+        raise ConfigError(f"model.heads: {m.heads} does not divide model.dim {m.dim}; set model.head_dim or change heads")
+    if m.heads % m.resolved_kv_heads():
+        raise ConfigError(f"model.kv_heads: {m.kv_heads} must divide model.heads {m.heads}")
+    if not 0.0 <= m.dropout < 1.0:
+        raise ConfigError(f"model.dropout: must be in [0, 1), got {m.dropout}")
+    tok_vocab = 256 if d.tokenizer == "bytes" else d.bpe_vocab
+    if d.tokenizer == "bpe" and not 257 <= d.bpe_vocab <= 65536:
+        raise ConfigError(f"data.bpe_vocab: must be in 257..65536, got {d.bpe_vocab}")
+    if m.vocab_size is None:
+        m.vocab_size = tok_vocab
+    elif m.vocab_size < tok_vocab:
+        raise ConfigError(f"model.vocab_size: {m.vocab_size} is smaller than the tokenizer's {tok_vocab}")
+    if d.corpus in ("path", "enwik8") and not d.path:
+        raise ConfigError(f"data.path: required for corpus '{d.corpus}' (a local file or folder)")
+    if (t.steps is None) == (t.tokens is None):
+        if t.steps is None and t.tokens is None:
+            t.steps = 1000
+        else:
+            raise ConfigError("train: give exactly one budget, train.steps or train.tokens, not both")
+    for name in ("batch", "seq_len", "grad_accum", "eval_every", "log_every", "ckpt_every"):
+        if getattr(t, name) <= 0:
+            raise ConfigError(f"train.{name}: must be positive, got {getattr(t, name)}")
+    if t.batch % t.grad_accum:
+        raise ConfigError(f"train.grad_accum: {t.grad_accum} must divide train.batch {t.batch}")
+    if t.lr <= 0 or t.warmup < 0:
+        raise ConfigError("train.lr must be positive and train.warmup non-negative")
+    layers = m.layer_configs()  # parses overrides, raising on bad keys
+    ctx = {"model": m, "train": t}
+    checks = [(m.position, "model.position")]
+    for i, lc in enumerate(layers):
+        checks += [(getattr(lc, n), f"model.layers[{i}].{n}") for n in ("mixer", "ffn", "norm", "position")]
+    for p, where in checks:
+        if p is not None and hasattr(p, "check"):
+            p.check(ctx, where)
+    for i, lc in enumerate(layers):
+        if lc.position is not None and getattr(lc.position, "embed_only", False):
+            raise ConfigError(
+                f"model.layers[{i}].position: '{lc.position.kind}' acts on the embeddings and can only be "
+                "set as model.position; per layer only rotary/bias schemes are allowed"
+            )
+    return cfg
+
+
+def parse_config(raw: dict | None) -> Config:
+    """Typed, validated Config from a plain dict (as read from YAML)."""
+    cfg = from_dict(Config, raw or {}, "")
+    return _validate(cfg)
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | dict | None = None) -> Config:
+    """Read a YAML config (or start from defaults), apply ``--set`` overrides, validate."""
+    raw: dict = {}
+    if path is not None:
+        p = Path(path)
+        if not p.is_file():
+            raise ConfigError(f"config file not found: {p}")
+        try:
+            raw = yaml.safe_load(p.read_text()) or {}
+        except yaml.YAMLError as e:
+            line = getattr(getattr(e, "problem_mark", None), "line", None)
+            at = f" (line {line + 1})" if line is not None else ""
+            raise ConfigError(f"{p}: not valid YAML{at}") from None
+        if not isinstance(raw, dict):
+            raise ConfigError(f"{p}: expected a mapping at the top level")
+    raw = apply_overrides(raw, overrides)
+    return parse_config(raw)
+
+
+def replace(cfg: Config, **sections: Any) -> Config:
+    return dataclasses.replace(cfg, **sections)

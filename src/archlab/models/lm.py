@@ -1,0 +1,159 @@
+"""The archlab decoder-only language model, read top to bottom.
+
+tokens -> embedding (+ absolute position signal, if the scheme has one) -> depth × Block
+(norm policy + token mixer + feed-forward, each chosen by name, per layer) -> final norm ->
+LM head (tied to the embedding by default) -> logits.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from archlab.catalog import BuildContext
+from archlab.nn.block import Block
+from archlab.registry import FFN, MIXER, NORM, POSITION
+
+IGNORE_INDEX = -100  # targets with this value are not counted (prompt / padding tokens)
+
+
+@dataclass
+class ModelOutput:
+    logits: torch.Tensor
+    loss: torch.Tensor | None = None  # what training minimises: nll + weighted auxiliary terms
+    nll: torch.Tensor | None = None  # mean next-token negative log-likelihood (nats) over counted targets
+    aux: dict[str, torch.Tensor] = field(default_factory=dict)  # named extra terms, for logging
+
+
+@dataclass
+class ModelCache:
+    """Per-layer decoding state plus the number of positions already consumed."""
+
+    layers: list
+    offset: int = 0
+
+    def reorder(self, index: torch.Tensor) -> None:
+        for c in self.layers:
+            c.reorder(index)
+
+
+def context_for(cfg, *, causal: bool = True, layer: int = 0, position=None) -> BuildContext:
+    return BuildContext(
+        dim=cfg.dim, heads=cfg.heads, kv_heads=cfg.resolved_kv_heads(), head_dim=cfg.resolved_head_dim(),
+        max_seq_len=cfg.max_seq_len, causal=causal, bias=cfg.bias, dropout=cfg.dropout,
+        init_std=cfg.init_std, position=position, layer=layer, depth=cfg.depth,
+    )
+
+
+def build_blocks(cfg, *, causal: bool, shared_position: nn.Module) -> nn.ModuleList:
+    """One Block per layer from the resolved per-layer configs. Layers without their own
+    ``position`` share the model's scheme instance (one table, one set of parameters)."""
+    blocks = []
+    for i, lc in enumerate(cfg.layer_configs()):
+        ctx = context_for(cfg, causal=causal, layer=i)
+        ctx.position = POSITION.build(lc.position, ctx) if lc.position is not None else shared_position
+        blocks.append(Block(
+            mixer=MIXER.build(lc.mixer, ctx), ffn=FFN.build(lc.ffn, ctx),
+            norm1=NORM.build(lc.norm, ctx), norm2=NORM.build(lc.norm, ctx),
+            placement=lc.norm.placement, dropout=cfg.dropout,
+        ))
+    return nn.ModuleList(blocks)
+
+
+def init_weights(model: nn.Module, std: float, depth: int) -> None:
+    """N(0, std) for linear layers; outputs that feed the residual stream get std/√(2·depth)
+    (GPT-2) so the stream's variance does not grow with depth. Other parameters (norm gains,
+    positional tables) keep the initialisation their own module chose."""
+    for mod in model.modules():
+        if isinstance(mod, nn.Linear):
+            s = std / math.sqrt(2 * depth) if getattr(mod, "residual_out", False) else std
+            nn.init.normal_(mod.weight, std=s)
+            if mod.bias is not None:
+                nn.init.zeros_(mod.bias)
+
+
+class LM(nn.Module):
+    def __init__(self, cfg) -> None:
+        super().__init__()
+        self.cfg = cfg
+        V, D = cfg.vocab_size, cfg.dim
+        self.embed = nn.Embedding(V, D)
+        self.position = POSITION.build(cfg.position, context_for(cfg))
+        self.blocks = build_blocks(cfg, causal=True, shared_position=self.position)
+        default_norm = cfg.layers.default.norm
+        post = default_norm.placement == "post"
+        # Post-norm blocks end normalised already; pre-norm needs a final norm before the head.
+        self.norm = nn.Identity() if post else NORM.build(default_norm, context_for(cfg))
+        self.drop = nn.Dropout(cfg.dropout) if cfg.dropout > 0 else nn.Identity()
+        self.head = nn.Linear(D, V, bias=False)
+        init_weights(self, cfg.init_std, cfg.depth)
+        nn.init.normal_(self.embed.weight, std=cfg.init_std)
+        if cfg.tie_embeddings:
+            self.head.weight = self.embed.weight
+
+    def init_cache(self) -> ModelCache:
+        return ModelCache([b.init_cache() for b in self.blocks])
+
+    def forward(
+        self,
+        ids: torch.Tensor,
+        *,
+        targets: torch.Tensor | None = None,
+        positions: torch.Tensor | None = None,
+        cache: ModelCache | None = None,
+        mask: torch.Tensor | None = None,
+    ) -> ModelOutput:
+        """ids (B, T) -> logits (B, T, V); with targets (B, T) also the mean NLL.
+
+        ``positions`` default to offset + 0..T−1 (offset = tokens already in ``cache``).
+        ``mask`` (B, T_total) marks real tokens (False: padding) across cache and new tokens.
+        """
+        B, T = ids.shape
+        if positions is None:
+            start = cache.offset if cache is not None else 0
+            positions = torch.arange(start, start + T, device=ids.device)
+        x = self.embed(ids)
+        if self.position.uses_embed:
+            x = self.position.embed(x, positions)
+        x = self.drop(x)
+        for i, block in enumerate(self.blocks):
+            x = block(x, positions=positions, cache=cache.layers[i] if cache is not None else None, mask=mask)
+        if cache is not None:
+            cache.offset += T
+        logits = self.head(self.norm(x))
+        if targets is None:
+            return ModelOutput(logits=logits)
+        nll = F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), targets.reshape(-1),
+                              ignore_index=IGNORE_INDEX)
+        return ModelOutput(logits=logits, loss=nll, nll=nll)
+
+
+def count_parameters(model: nn.Module, *, exclude_embeddings: bool = False) -> int:
+    seen, n = set(), 0
+    skip = set()
+    if exclude_embeddings and hasattr(model, "embed"):
+        skip.add(id(model.embed.weight))
+    for p in model.parameters():
+        if id(p) in seen or id(p) in skip:
+            continue
+        seen.add(id(p))
+        n += p.numel()
+    return n
+
+
+def flops_per_token(model: nn.Module, seq_len: int) -> dict[str, float]:
+    """Approximate matmul FLOPs per token (Kaplan et al., 2020; Chinchilla appendix).
+
+    forward = 2·N_matmul + 2·depth·T·H·D  (causal attention: each query sees (T+1)/2 keys on
+    average, and q·kᵀ plus probs·v cost 2·2·H·D per key), where N_matmul counts the weights of
+    every linear layer including the LM head and excludes lookup tables. Training = 3× forward.
+    """
+    n_mm = sum(m.weight.numel() for m in model.modules() if isinstance(m, nn.Linear))
+    cfg = model.cfg
+    attn = 2 * cfg.depth * seq_len * cfg.heads * cfg.resolved_head_dim()
+    fwd = 2 * n_mm + attn
+    return {"forward": float(fwd), "train": float(3 * fwd), "matmul_params": float(n_mm)}

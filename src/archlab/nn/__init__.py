@@ -1,0 +1,1 @@
+"""Pure tensor modules: one idea per file, no I/O, no config parsing."""

@@ -1,0 +1,235 @@
+"""Name -> part lookup, and the typed parsing of config values.
+
+Every swappable part (positional scheme, token mixer, feed-forward, norm, model family) is
+registered under a ``kind`` together with a dataclass of its parameters. A config names the
+kind and its parameters; :meth:`Registry.parse` turns that into the dataclass instance,
+refusing unknown kinds, unknown keys and wrong types with a one-line :class:`ConfigError`
+that names the offending key and lists what is allowed.
+
+This module knows nothing about ``torch``; builders are plain callables.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from typing import Any, Callable, Union
+
+
+class ConfigError(ValueError):
+    """A configuration mistake, described in one line (key, problem, what is allowed)."""
+
+
+@dataclass
+class PartConfig:
+    """Base of every part's parameter dataclass. ``kind`` names the registered part."""
+
+    kind: str = ""
+
+
+@dataclass
+class Entry:
+    kind: str
+    config_cls: type
+    build: Callable[..., Any]
+    doc: str = ""
+
+
+class Registry:
+    """A named table of parts of one group (e.g. ``position``)."""
+
+    def __init__(self, group: str) -> None:
+        self.group = group
+        self._entries: dict[str, Entry] = {}
+
+    def register(self, kind: str, config_cls: type = PartConfig, doc: str = "") -> Callable:
+        """Decorator registering ``build(cfg, ctx) -> module`` under ``kind``."""
+
+        def deco(build: Callable) -> Callable:
+            if kind in self._entries:
+                raise ValueError(f"{self.group}: kind '{kind}' registered twice")
+            self._entries[kind] = Entry(kind, config_cls, build, doc or (build.__doc__ or "").strip())
+            return build
+
+        return deco
+
+    def kinds(self) -> list[str]:
+        return sorted(self._entries)
+
+    def __contains__(self, kind: str) -> bool:
+        return kind in self._entries
+
+    def entry(self, kind: str, where: str = "") -> Entry:
+        if kind not in self._entries:
+            where = where or self.group
+            raise ConfigError(
+                f"{where}.kind: unknown {self.group} kind '{kind}'; allowed: {', '.join(self.kinds())}"
+            )
+        return self._entries[kind]
+
+    def field_names(self, kind: str) -> set[str]:
+        return {f.name for f in dataclasses.fields(self.entry(kind).config_cls)}
+
+    def parse(self, value: Any, where: str) -> PartConfig:
+        """A ``{kind: ..., **params}`` mapping (or a bare kind string) -> the kind's dataclass."""
+        if isinstance(value, PartConfig):
+            value = dataclasses.asdict(value)
+        if isinstance(value, str):
+            value = {"kind": value}
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where}: expected a mapping with a 'kind' key, got {type(value).__name__}")
+        if "kind" not in value:
+            raise ConfigError(f"{where}: missing 'kind'; allowed: {', '.join(self.kinds())}")
+        entry = self.entry(str(value["kind"]), where)
+        cfg = from_dict(entry.config_cls, value, where)
+        check = getattr(cfg, "validate", None)
+        if check is not None:
+            check(where)
+        return cfg
+
+    def build(self, cfg: PartConfig, *args: Any, **kwargs: Any) -> Any:
+        return self.entry(cfg.kind).build(cfg, *args, **kwargs)
+
+
+POSITION = Registry("position")
+MIXER = Registry("mixer")
+FFN = Registry("ffn")
+NORM = Registry("norm")
+FAMILY = Registry("family")
+
+REGISTRIES: dict[str, Registry] = {r.group: r for r in (POSITION, MIXER, FFN, NORM, FAMILY)}
+
+
+def part(group: str, default: Callable[[], Any] | None = None, optional: bool = False) -> Any:
+    """A dataclass field holding a registered part of ``group`` (parsed through its registry)."""
+    meta = {"registry": group, "optional": optional}
+    if default is None:
+        return field(default=None, metadata=meta)
+    return field(default_factory=lambda: REGISTRIES[group].parse(default(), group), metadata=meta)
+
+
+# ----------------------------------------------------------------------------- typed parsing
+
+
+def _type_name(tp: Any) -> str:
+    return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
+
+
+def coerce(value: Any, tp: Any, where: str) -> Any:
+    """Check/convert ``value`` to the annotated type ``tp`` or raise a one-line ConfigError."""
+    origin = typing.get_origin(tp)
+    if tp is Any:
+        return value
+    if origin in (Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return coerce(value, arg, where)
+            except ConfigError as e:
+                errors.append(str(e))
+        allowed = " or ".join(_type_name(a) for a in args)
+        raise ConfigError(f"{where}: expected {allowed}, got {value!r}")
+    if origin is typing.Literal:
+        args = typing.get_args(tp)
+        if value not in args:
+            raise ConfigError(f"{where}: {value!r} is not allowed; allowed: {', '.join(map(str, args))}")
+        return value
+    if origin in (tuple, list):
+        if isinstance(value, str) or not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{where}: expected a list, got {value!r}")
+        args = typing.get_args(tp)
+        if origin is tuple and args and args[-1] is not Ellipsis:
+            if len(args) != len(value):
+                raise ConfigError(f"{where}: expected {len(args)} values, got {len(value)}")
+            return tuple(coerce(v, a, f"{where}[{i}]") for i, (v, a) in enumerate(zip(value, args)))
+        inner = args[0] if args else Any
+        out = [coerce(v, inner, f"{where}[{i}]") for i, v in enumerate(value)]
+        return tuple(out) if origin is tuple else out
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where}: expected a mapping, got {value!r}")
+        kt, vt = typing.get_args(tp) or (Any, Any)
+        return {coerce(k, kt, where): coerce(v, vt, f"{where}.{k}") for k, v in value.items()}
+    if dataclasses.is_dataclass(tp):
+        if isinstance(value, tp):
+            value = dataclasses.asdict(value)
+        return from_dict(tp, value, where)
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        raise ConfigError(f"{where}: expected true or false, got {value!r}")
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            # YAML reads 2_000_000 as int, but 2e6 as a string/float: accept whole floats.
+            if isinstance(value, (float, str)) and not isinstance(value, bool):
+                try:
+                    f = float(value)
+                except ValueError:
+                    raise ConfigError(f"{where}: expected an integer, got {value!r}") from None
+                if f.is_integer():
+                    return int(f)
+            raise ConfigError(f"{where}: expected an integer, got {value!r}")
+        return value
+    if tp is float:
+        if isinstance(value, bool):
+            raise ConfigError(f"{where}: expected a number, got {value!r}")
+        if isinstance(value, (int, float)):
+            return float(value)
+        if isinstance(value, str):  # PyYAML reads "3e-3" as a string
+            try:
+                return float(value)
+            except ValueError:
+                pass
+        raise ConfigError(f"{where}: expected a number, got {value!r}")
+    if tp is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{where}: expected a string, got {value!r}")
+        return value
+    return value
+
+
+def from_dict(cls: type, data: Any, where: str) -> Any:
+    """Build dataclass ``cls`` from a mapping, validating every key and type."""
+    if isinstance(data, cls):
+        return data
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{where}: expected a mapping, got {data!r}")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    kwargs = {}
+    for key, value in data.items():
+        if key not in fields:
+            kind = f" for kind '{data['kind']}'" if "kind" in data and "kind" in fields else ""
+            allowed = ", ".join(sorted(fields))
+            raise ConfigError(f"{where}.{key}: unknown key{kind}; allowed: {allowed}")
+        f = fields[key]
+        sub = f"{where}.{key}" if where else key
+        group = f.metadata.get("registry")
+        if group is not None:
+            if value is None and f.metadata.get("optional"):
+                kwargs[key] = None
+            else:
+                kwargs[key] = REGISTRIES[group].parse(value, sub)
+        else:
+            kwargs[key] = coerce(value, hints[key], sub)
+    return cls(**kwargs)
+
+
+def to_dict(obj: Any) -> Any:
+    """Plain-data view of a config (tuples become lists) suitable for YAML/JSON."""
+    if dataclasses.is_dataclass(obj):
+        return {f.name: to_dict(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
+    if isinstance(obj, (list, tuple)):
+        return [to_dict(v) for v in obj]
+    if isinstance(obj, dict):
+        return {k: to_dict(v) for k, v in obj.items()}
+    return obj
