@@ -26,7 +26,7 @@ demo: $(VENV)/.installed
 	$(BIN)/archlab demo
 
 test: $(VENV)/.installed-dev
-	$(BIN)/python -m pytest -n 2 tests
+	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -n 2 tests
 
 bench: $(VENV)/.installed-dev
 	$(PIP) install -q -c $(CONSTRAINTS) -e '.[peers]'

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import pickle
@@ -207,11 +208,12 @@ def test_path_corpus_single_file(tmp_path):
     # Chunking of a large single file (many chunks) still concatenates exactly.
     from archlab.data import corpus as corpus_mod
 
-    chunks = list(corpus_mod._iter_region(open(f, "rb"), 0, n, chunk=1000))
+    with open(f, "rb") as fh:
+        chunks = list(corpus_mod._iter_region(fh, 0, n, chunk=1000))
     assert len(chunks) > 10 and b"".join(chunks) == data
     assert all(c.endswith(b"\n") for c in chunks[:-1])
     nl_free = ("é" * 3000).encode()
-    chunks = list(corpus_mod._iter_region(__import__("io").BytesIO(nl_free), 0, len(nl_free), chunk=999))
+    chunks = list(corpus_mod._iter_region(io.BytesIO(nl_free), 0, len(nl_free), chunk=999))
     assert b"".join(chunks) == nl_free and all(c.decode("utf-8") for c in chunks)
 
 

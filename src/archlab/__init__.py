@@ -1,0 +1,3 @@
+"""archlab: a laboratory for transformer architecture ideas."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,172 @@
+"""The ``archlab`` command: thin — parse arguments, call into the package, print.
+
+Every user mistake (bad config, missing file, corrupt checkpoint) ends in one line on stderr
+and exit code 2, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from archlab.registry import ConfigError
+
+
+def _cmd_train(a: argparse.Namespace) -> int:
+    from archlab.config import load_config
+    from archlab.train import Trainer
+
+    cfg = load_config(a.config, a.set)
+    summary = Trainer(cfg, a.out, resume=a.resume, progress=not a.no_progress).fit()
+    print(json.dumps(summary, indent=2))
+    return 0
+
+
+def _cmd_eval(a: argparse.Namespace) -> int:
+    from archlab.data import prepare_corpus
+    from archlab.train.evaluate import evaluate
+    from archlab.train.run import load_run
+
+    run = load_run(a.run)
+    d, t = run.cfg.data, run.cfg.train
+    streams = prepare_corpus(corpus=d.corpus, path=d.path, tokenizer=run.tokenizer, cache_dir=d.cache_dir)
+    split = "validation" if a.split == "val" else a.split
+    res = evaluate(run.model, streams[split], seq_len=a.seq_len or t.seq_len, batch_size=a.batch,
+                   max_tokens=a.max_tokens)
+    res = {"split": split, "step": run.state.get("step"), **res}
+    if a.json:
+        print(json.dumps(res))
+    else:
+        print(f"{split}: loss {res['loss']:.4f} nats  bpb {res['bpb']:.4f}  "
+              f"({res['tokens']} tokens, step {res['step']})")
+    return 0
+
+
+def _cmd_generate(a: argparse.Namespace) -> int:
+    import torch
+
+    from archlab.models import generate
+    from archlab.train.run import load_run
+
+    run = load_run(a.run)
+    tok = run.tokenizer
+    ids = tok.encode(a.prompt)
+    if not ids:
+        raise ConfigError("--prompt: must not be empty")
+    g = torch.Generator().manual_seed(a.seed)
+    stops = [tok.encode(s) for s in (a.stop or [])]
+    out = generate(run.model, torch.tensor([ids]), max_new_tokens=a.max_new_tokens, temperature=a.temperature,
+                   top_k=a.top_k, top_p=a.top_p, stop=stops, generator=g, use_cache=not a.no_cache)
+    new = out[0, len(ids):].tolist()
+    for s in stops:  # the stop sequence ends the text and is not shown
+        if s and new[-len(s):] == s:
+            new = new[: -len(s)]
+            break
+    print(a.prompt + tok.decode(new))
+    return 0
+
+
+def _cmd_info(a: argparse.Namespace) -> int:
+    from archlab.config import load_config
+    from archlab.lab.info import describe
+
+    print(describe(load_config(a.config, a.set)))
+    return 0
+
+
+def _cmd_bench(a: argparse.Namespace) -> int:
+    from archlab.lab import benchmarks
+
+    res = benchmarks.run(a.what, config=a.config, overrides=a.set, peer=not a.no_peer, out=a.out,
+                         steps=a.steps, rounds=a.rounds)
+    print(json.dumps(res, indent=2, default=str))
+    return 0
+
+
+def _cmd_demo(a: argparse.Namespace) -> int:
+    from archlab.lab.demo import run_demo
+
+    return run_demo(out=a.out)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="archlab", description="A laboratory for transformer architecture ideas.")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    def overrides(sp: argparse.ArgumentParser) -> None:
+        sp.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a config value, e.g. --set model.position.kind=alibi (repeatable)")
+
+    sp = sub.add_parser("train", help="train a model from a YAML config")
+    sp.add_argument("config", help="YAML config (see configs/)")
+    sp.add_argument("--out", required=True, help="run folder (metrics, checkpoint, summary)")
+    sp.add_argument("--resume", action="store_true", help="continue the run in --out exactly where it stopped")
+    sp.add_argument("--no-progress", action="store_true", help="no progress bar")
+    overrides(sp)
+    sp.set_defaults(func=_cmd_train)
+
+    sp = sub.add_parser("eval", help="evaluate a run or checkpoint on a held-out split")
+    sp.add_argument("run", help="run folder or checkpoint file")
+    sp.add_argument("--split", default="test", choices=["train", "validation", "val", "test"])
+    sp.add_argument("--max-tokens", type=int, default=None, help="evaluate only the first N targets")
+    sp.add_argument("--seq-len", type=int, default=None, help="window length (default: the training length)")
+    sp.add_argument("--batch", type=int, default=16)
+    sp.add_argument("--json", action="store_true", help="print one JSON object")
+    sp.set_defaults(func=_cmd_eval)
+
+    sp = sub.add_parser("generate", help="sample text from a run (KV-cached)")
+    sp.add_argument("run", help="run folder or checkpoint file")
+    sp.add_argument("--prompt", required=True)
+    sp.add_argument("--max-new-tokens", type=int, default=200)
+    sp.add_argument("--temperature", type=float, default=0.8, help="0 = greedy")
+    sp.add_argument("--top-k", type=int, default=None)
+    sp.add_argument("--top-p", type=float, default=None)
+    sp.add_argument("--stop", action="append", help="stop when this text is produced (repeatable)")
+    sp.add_argument("--seed", type=int, default=0)
+    sp.add_argument("--no-cache", action="store_true", help="recompute the whole sequence each step")
+    sp.set_defaults(func=_cmd_generate)
+
+    sp = sub.add_parser("info", help="parameter count, FLOPs per token and the layer table of a config")
+    sp.add_argument("config", nargs="?", default=None)
+    overrides(sp)
+    sp.set_defaults(func=_cmd_info)
+
+    sp = sub.add_parser("bench", help="throughput benchmarks against peers, side by side")
+    sp.add_argument("what", choices=["train", "generate"])
+    sp.add_argument("--config", default=None, help="YAML config (default: the reference shape)")
+    sp.add_argument("--no-peer", action="store_true", help="skip x-transformers")
+    sp.add_argument("--steps", type=int, default=None)
+    sp.add_argument("--rounds", type=int, default=None)
+    sp.add_argument("--out", default=None, help="write the JSON result here")
+    overrides(sp)
+    sp.set_defaults(func=_cmd_bench)
+
+    sp = sub.add_parser("demo", help="the main job on the embedded corpus")
+    sp.add_argument("--out", default="runs/demo")
+    sp.set_defaults(func=_cmd_demo)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    from archlab.train.checkpoint import CheckpointError
+    from archlab.train.trainer import TrainingStopped
+
+    try:
+        return args.func(args)
+    except (ConfigError, CheckpointError, FileNotFoundError) as e:
+        msg = str(e).splitlines()[0] if str(e) else type(e).__name__
+        print(f"archlab: error: {msg}", file=sys.stderr)
+        return 2
+    except TrainingStopped as e:
+        print(f"archlab: stopped: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("archlab: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""The lab: experiments, statistics, reports, plots, benchmarks."""

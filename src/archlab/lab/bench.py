@@ -1,0 +1,547 @@
+"""Model-agnostic throughput harness: training tokens/s, MFU and cached-decoding tokens/s.
+
+Principles (why the harness looks the way it does):
+
+* Absolute numbers on a shared CPU are noisy (frequency scaling, neighbours, the OS), so the
+  headline result is always a *ratio* against a peer measured in the same process, with the
+  contenders run alternately (:func:`interleaved`) so that a slow patch of the machine hits
+  both of them. Unit tests never assert on timings.
+* MFU is reported against the fp32 matmul throughput *measured in the same process*
+  (:func:`measure_matmul_peak`), not against a datasheet number: on a 2-core VM the datasheet
+  peak is unreachable and would make every model look equally bad.
+* Everything returned is a plain JSON-serialisable ``dict`` so that a run can be written with
+  :func:`write_json` and compared later.
+
+Nothing here knows about archlab's own model classes; a contender is a ``nn.Module`` plus a
+loss function (training) or a ``generate_fn`` (decoding).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import platform
+import statistics
+import sys
+import time
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+__all__ = [
+    "ReferenceShape",
+    "REFERENCE_SHAPE",
+    "measure_matmul_peak",
+    "next_token_loss",
+    "bench_train_step",
+    "bench_generate",
+    "train_flops_per_token",
+    "nonembedding_params",
+    "mfu",
+    "interleaved",
+    "ratio",
+    "environment",
+    "summarize",
+    "write_json",
+]
+
+
+# ---------------------------------------------------------------------------------------------
+# Shapes
+
+
+@dataclass(frozen=True)
+class ReferenceShape:
+    """The shape every contender is built with, so comparisons are like for like."""
+
+    vocab: int = 256  # byte-level vocabulary
+    dim: int = 256
+    depth: int = 4
+    heads: int = 4
+    seq_len: int = 256
+    batch_size: int = 16
+    # Cached generation: batch 1, a short prompt, then ``new_tokens`` decoded one at a time.
+    prompt_len: int = 16
+    new_tokens: int = 512
+
+    def to_dict(self) -> dict[str, int]:
+        return asdict(self)
+
+
+#: The shape named in the foundation issue (byte vocab, dim 256, depth 4, heads 4, seq 256,
+#: batch 16, RoPE; generation batch 1 with 512 new tokens).
+REFERENCE_SHAPE = ReferenceShape()
+
+
+# ---------------------------------------------------------------------------------------------
+# Small utilities
+
+
+def _sync(device: torch.device) -> None:
+    """Wait for queued device work so wall-clock timings cover the work, not its launch."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _median(values: Iterable[float]) -> float:
+    vals = list(values)
+    return float(statistics.median(vals)) if vals else float("nan")
+
+
+def _stats(values: list[float]) -> dict[str, float]:
+    """Order statistics of a sample; the median is the headline, the spread shows the noise."""
+    if not values:
+        return {"n": 0}
+    s = sorted(values)
+    n = len(s)
+
+    def q(p: float) -> float:  # nearest-rank quantile; no interpolation needed for a report
+        return s[min(n - 1, max(0, round(p * (n - 1))))]
+
+    return {
+        "n": n,
+        "median": float(statistics.median(s)),
+        "mean": float(statistics.fmean(s)),
+        "min": s[0],
+        "max": s[-1],
+        "p10": q(0.10),
+        "p90": q(0.90),
+        "stdev": float(statistics.stdev(s)) if n > 1 else 0.0,
+    }
+
+
+def _peak_rss_mb() -> float | None:
+    """Peak resident set size of this process so far (MiB); ``None`` where unavailable.
+
+    This is a process-wide high-water mark: it can only grow, so it bounds the memory of the
+    largest contender run so far rather than isolating one run.
+    """
+    try:
+        import resource
+    except ImportError:  # Windows
+        return None
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    # Linux reports KiB, macOS bytes.
+    return rss / 1024.0 / (1024.0 if sys.platform == "darwin" else 1.0)
+
+
+def _model_device(model: nn.Module) -> torch.device:
+    for p in model.parameters():
+        return p.device
+    return torch.device("cpu")
+
+
+def _logits_of(out: Any) -> torch.Tensor:
+    """Accept either bare logits or an output object/tuple carrying them.
+
+    Models differ in what ``forward`` returns (a tensor, a dataclass with ``.logits``, a
+    tuple whose first element is the logits); the harness should not care.
+    """
+    if isinstance(out, torch.Tensor):
+        return out
+    logits = getattr(out, "logits", None)
+    if isinstance(logits, torch.Tensor):
+        return logits
+    if isinstance(out, (tuple, list)) and out and isinstance(out[0], torch.Tensor):
+        return out[0]
+    raise TypeError(f"cannot find logits in model output of type {type(out).__name__}")
+
+
+# ---------------------------------------------------------------------------------------------
+# Matmul peak
+
+
+def measure_matmul_peak(
+    dtype: torch.dtype = torch.float32,
+    n: int = 1024,
+    seconds: float = 0.25,
+    repeats: int = 5,
+    device: str | torch.device = "cpu",
+) -> float:
+    """Measured square-GEMM throughput in GFLOP/s (median of ``repeats`` timed windows).
+
+    Each window runs ``C = A @ B`` (``n × n``, ``2·n³`` FLOPs) into a preallocated output for
+    about ``seconds``; the median over windows discards the odd window in which the machine was
+    busy elsewhere. This is the denominator of MFU: "what this process could get from the
+    matmul library right now", which is the fair ceiling for a model made mostly of matmuls.
+    """
+    device = torch.device(device)
+    gen = torch.Generator(device="cpu").manual_seed(0)
+    a = torch.randn(n, n, generator=gen).to(device=device, dtype=dtype)
+    b = torch.randn(n, n, generator=gen).to(device=device, dtype=dtype)
+    c = torch.empty(n, n, device=device, dtype=dtype)
+    flops = 2.0 * n**3
+    for _ in range(3):  # warm caches, let the BLAS spin up its threads
+        torch.mm(a, b, out=c)
+    _sync(device)
+    rates = []
+    for _ in range(max(1, repeats)):
+        calls = 0
+        t0 = time.perf_counter()
+        while True:
+            torch.mm(a, b, out=c)
+            calls += 1
+            _sync(device)
+            dt = time.perf_counter() - t0
+            if dt >= seconds:
+                break
+        rates.append(flops * calls / dt / 1e9)
+    return _median(rates)
+
+
+# ---------------------------------------------------------------------------------------------
+# FLOP accounting
+
+
+def train_flops_per_token(
+    n_params_nonembedding: int,
+    depth: int,
+    dim: int,
+    seq_len: int,
+    vocab: int,
+    *,
+    attn_dim: int | None = None,
+    causal_discount: bool = False,
+) -> float:
+    """Training FLOPs per token, the standard dense-transformer estimate.
+
+    ``flops/token = 6 · (N + V·d) + 12 · L · T · d_attn``
+
+    * ``N`` = ``n_params_nonembedding``: parameters of the transformer blocks (attention and
+      MLP weights; norm gains and biases are included but negligible). It excludes the input
+      embedding table *and* the LM head: a lookup has no matmul FLOPs, and the head is counted
+      separately as ``V·d`` so that tied and untied models are charged the same.
+    * ``6`` = 2 FLOPs per multiply-accumulate × (1 forward + 2 backward) matmuls per weight.
+    * ``V·d``: the LM head matmul, which is real work (a quarter of a layer at the reference
+      shape) whether or not its weight is tied to the embedding.
+    * ``12 · L · T · d_attn``: attention scores ``QKᵀ`` and the weighted sum ``AV``, each
+      ``2·T·d_attn`` FLOPs per token in the forward pass, ×3 for training. Following PaLM
+      (Chowdhery et al. 2022, appendix B) the causal mask is *not* discounted by default
+      (``causal_discount=True`` halves the term, for kernels that skip masked blocks).
+
+    Everything else (norms, softmax, RoPE, activations, the optimizer) is treated as
+    overhead: it costs time but is not "useful" FLOPs, which is what MFU is meant to expose.
+    """
+    d_attn = dim if attn_dim is None else attn_dim
+    dense = 6.0 * (n_params_nonembedding + vocab * dim)
+    attention = 12.0 * depth * seq_len * d_attn
+    if causal_discount:
+        attention /= 2.0
+    return dense + attention
+
+
+def nonembedding_params(model: nn.Module, exclude: Iterable[nn.Module] = ()) -> int:
+    """Parameters of ``model`` that are not embedding tables nor in ``exclude``.
+
+    Every ``nn.Embedding`` is dropped (a lookup is not a matmul); pass the LM head in
+    ``exclude`` since :func:`train_flops_per_token` charges it separately as ``V·d``.
+    Shared (tied) parameters are counted once, and a weight tied to an embedding is dropped
+    with the embedding.
+    """
+    skip: set[int] = set()
+    for mod in model.modules():
+        if isinstance(mod, nn.Embedding):
+            skip.update(id(p) for p in mod.parameters())
+    for mod in exclude:
+        skip.update(id(p) for p in mod.parameters())
+    seen: set[int] = set()
+    total = 0
+    for p in model.parameters():  # parameters() already de-duplicates shared tensors
+        if id(p) in skip or id(p) in seen:
+            continue
+        seen.add(id(p))
+        total += p.numel()
+    return total
+
+
+def mfu(tokens_per_s: float, flops_per_token: float, peak_gflops: float) -> float:
+    """Model FLOPs utilisation: achieved useful FLOP/s as a fraction of the measured peak."""
+    if peak_gflops <= 0 or not math.isfinite(peak_gflops):
+        return float("nan")
+    return tokens_per_s * flops_per_token / (peak_gflops * 1e9)
+
+
+# ---------------------------------------------------------------------------------------------
+# Training throughput
+
+
+def next_token_loss(model: nn.Module, tokens: torch.Tensor) -> torch.Tensor:
+    """Mean next-token cross-entropy of ``model`` on ``tokens`` (``B × (T+1)``).
+
+    The model sees ``tokens[:, :-1]`` and is scored on ``tokens[:, 1:]``. Logits are flattened
+    to a ``(B·T, V)`` view so ``cross_entropy`` takes its fast 2-D path without a transpose.
+    """
+    logits = _logits_of(model(tokens[:, :-1]))
+    return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), tokens[:, 1:].reshape(-1))
+
+
+def _default_optimizer(params: Iterable[nn.Parameter]) -> torch.optim.Optimizer:
+    # foreach=True: one multi-tensor kernel per op instead of a Python loop over parameters;
+    # the same setting is used for every contender so the optimizer is not what is compared.
+    return torch.optim.AdamW(params, lr=1e-4, foreach=True)
+
+
+def bench_train_step(
+    model: nn.Module,
+    *,
+    loss_fn: Callable[[nn.Module, torch.Tensor], torch.Tensor] = next_token_loss,
+    batch_size: int,
+    seq_len: int,
+    vocab_size: int,
+    steps: int = 10,
+    warmup: int = 3,
+    optimizer_factory: Callable[[Iterable[nn.Parameter]], torch.optim.Optimizer] = _default_optimizer,
+    device: str | torch.device | None = None,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """Time full training steps (forward + backward + optimizer step) on random tokens.
+
+    ``loss_fn(model, tokens)`` receives a ``batch_size × (seq_len + 1)`` LongTensor (inputs
+    plus the shifted targets) and returns a scalar loss; the default is
+    :func:`next_token_loss`. Batches are generated before timing starts so the clock only
+    sees model work. The first ``warmup`` steps (allocator growth, lazy optimizer state,
+    compilation) are run but not counted.
+
+    Returns a dict with ``tokens_per_s`` (median over steps), ``step_time_s`` statistics,
+    ``peak_rss_mb`` and, on CUDA, ``cuda_peak_mb``.
+    """
+    device = torch.device(device) if device is not None else _model_device(model)
+    gen = torch.Generator(device="cpu").manual_seed(seed)
+    n_batches = warmup + steps
+    batches = [
+        torch.randint(0, vocab_size, (batch_size, seq_len + 1), generator=gen).to(device)
+        for _ in range(n_batches)
+    ]
+    model.train()
+    opt = optimizer_factory(model.parameters())
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+
+    times: list[float] = []
+    last_loss = float("nan")
+    for i, tokens in enumerate(batches):
+        _sync(device)
+        t0 = time.perf_counter()
+        loss = loss_fn(model, tokens)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        _sync(device)
+        dt = time.perf_counter() - t0
+        if i >= warmup:
+            times.append(dt)
+        last_loss = float(loss.detach())
+    # Drop references so the next contender in an interleaved run starts from a clean heap.
+    opt.zero_grad(set_to_none=True)
+    del opt, batches
+
+    tokens_per_step = batch_size * seq_len
+    step = _stats(times)
+    result: dict[str, Any] = {
+        "tokens_per_s": tokens_per_step / step["median"] if times else float("nan"),
+        "tokens_per_step": tokens_per_step,
+        "step_time_s": step,
+        "steps": steps,
+        "warmup": warmup,
+        "final_loss": last_loss,
+        "device": str(device),
+        "peak_rss_mb": _peak_rss_mb(),
+    }
+    if device.type == "cuda":
+        result["cuda_peak_mb"] = torch.cuda.max_memory_allocated(device) / 2**20
+    return result
+
+
+# ---------------------------------------------------------------------------------------------
+# Generation throughput
+
+
+def bench_generate(
+    generate_fn: Callable[[torch.Tensor, int], Any],
+    *,
+    prompt_len: int,
+    new_tokens: int,
+    repeats: int = 3,
+    warmup: int = 1,
+    vocab_size: int = 256,
+    device: str | torch.device = "cpu",
+    seed: int = 0,
+) -> dict[str, Any]:
+    """Tokens/s of batch-1 cached decoding.
+
+    ``generate_fn(prompt, new_tokens)`` gets a ``1 × prompt_len`` LongTensor and must decode
+    exactly ``new_tokens`` tokens (greedy is recommended so contenders do the same work).
+    The timed region is the whole call, prefill included: with a short prompt the prefill is
+    a small fraction, and it is part of what a user waits for. ``warmup`` calls with a short
+    generation are made first (lazy initialisation, compilation). Gradients are disabled.
+
+    Returns ``tokens_per_s`` (``new_tokens`` / median call time), ``ms_per_token`` and the
+    call-time statistics.
+    """
+    device = torch.device(device)
+    gen = torch.Generator(device="cpu").manual_seed(seed)
+    prompt = torch.randint(0, vocab_size, (1, prompt_len), generator=gen).to(device)
+    times: list[float] = []
+    produced: int | None = None
+    with torch.inference_mode():
+        for _ in range(warmup):
+            generate_fn(prompt, min(new_tokens, 8))
+        for _ in range(max(1, repeats)):
+            _sync(device)
+            t0 = time.perf_counter()
+            out = generate_fn(prompt, new_tokens)
+            _sync(device)
+            times.append(time.perf_counter() - t0)
+            if isinstance(out, torch.Tensor):
+                produced = int(out.shape[-1])
+    call = _stats(times)
+    return {
+        "tokens_per_s": new_tokens / call["median"],
+        "ms_per_token": 1e3 * call["median"] / new_tokens,
+        "call_time_s": call,
+        "prompt_len": prompt_len,
+        "new_tokens": new_tokens,
+        # Shape of what generate_fn returned (last dim), to catch a contender that stops early
+        # or returns prompt + continuation; None when it returned something other than a tensor.
+        "returned_len": produced,
+        "repeats": repeats,
+        "device": str(device),
+        "peak_rss_mb": _peak_rss_mb(),
+    }
+
+
+# ---------------------------------------------------------------------------------------------
+# Interleaving and comparison
+
+
+def interleaved(
+    runs: Mapping[str, Callable[[], Any]],
+    rounds: int = 3,
+    *,
+    key: str = "tokens_per_s",
+    rotate: bool = True,
+    on_result: Callable[[int, str, Any], None] | None = None,
+) -> dict[str, Any]:
+    """Run contenders alternately, ``rounds`` times each, and report per-contender medians.
+
+    Each callable takes no argument and returns either a number or a dict holding ``key``.
+    Within a round each contender runs once; with ``rotate`` the starting contender moves by
+    one each round (A B, B A, ...) so that neither always runs right after the other's
+    allocations or always first after a quiet period. Slow drifts of the machine therefore
+    hit all contenders alike, and the median over rounds ignores a single disturbed round.
+
+    Returns ``{"order": [names in run order], "rounds": rounds, "key": key,
+    "results": {name: {"values": [...], "median": m, "runs": [raw results]}}}``.
+    """
+    names = list(runs)
+    if not names:
+        raise ValueError("interleaved() needs at least one contender")
+    order: list[str] = []
+    results: dict[str, dict[str, Any]] = {n: {"values": [], "runs": []} for n in names}
+    for r in range(rounds):
+        shift = r % len(names) if rotate else 0
+        for name in names[shift:] + names[:shift]:
+            raw = runs[name]()
+            value = raw[key] if isinstance(raw, Mapping) else raw
+            results[name]["values"].append(float(value))
+            results[name]["runs"].append(raw)
+            order.append(name)
+            if on_result is not None:
+                on_result(r, name, raw)
+    for rec in results.values():
+        rec["median"] = _median(rec["values"])
+    return {"order": order, "rounds": rounds, "key": key, "results": results}
+
+
+def ratio(summary: Mapping[str, Any], numerator: str, denominator: str) -> float:
+    """``median(numerator) / median(denominator)`` from an :func:`interleaved` summary."""
+    res = summary["results"]
+    den = res[denominator]["median"]
+    return res[numerator]["median"] / den if den else float("nan")
+
+
+# ---------------------------------------------------------------------------------------------
+# Environment and output
+
+
+def _cpu_model() -> str:
+    """CPU model name from /proc/cpuinfo (Linux), falling back to :mod:`platform`."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as fh:
+            for line in fh:
+                if line.lower().startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def environment() -> dict[str, Any]:
+    """What a reader needs to judge a number: library versions, threads, CPU, accelerator."""
+    env: dict[str, Any] = {
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "cpu_model": _cpu_model(),
+        "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "torch_interop_threads": torch.get_num_interop_threads(),
+        "mkl": torch.backends.mkl.is_available(),
+        "mkldnn": torch.backends.mkldnn.is_available(),
+        "env_threads": {k: os.environ[k] for k in ("OMP_NUM_THREADS", "MKL_NUM_THREADS") if k in os.environ},
+        "cuda": torch.cuda.is_available(),
+        "timestamp": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
+    if torch.cuda.is_available():
+        env["cuda_device"] = torch.cuda.get_device_name()
+    return env
+
+
+def summarize(summary: Mapping[str, Any], baseline: str | None = None) -> dict[str, Any]:
+    """Compact ``{name: median}`` plus ``ratio_vs_<baseline>`` for each other contender.
+
+    With no ``baseline`` given, the best (highest-median) contender whose name starts with
+    ``"peer"`` is used, so "ours" is always compared with the peer's best variant.
+    """
+    res = summary["results"]
+    medians = {n: r["median"] for n, r in res.items()}
+    if baseline is None:
+        peers = [n for n in medians if n.startswith("peer")]
+        baseline = max(peers, key=lambda n: medians[n]) if peers else None
+    out: dict[str, Any] = {"medians": medians, "baseline": baseline, "ratios": {}}
+    if baseline is not None:
+        for n in medians:
+            if n != baseline:
+                out["ratios"][n] = ratio(summary, n, baseline)
+    return out
+
+
+def _jsonable(obj: Any) -> Any:
+    """Recursively turn tensors/paths/dataclasses into JSON types; NaN/inf become ``None``."""
+    if isinstance(obj, Mapping):
+        return {str(k): _jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_jsonable(v) for v in obj]
+    if isinstance(obj, torch.Tensor):
+        return _jsonable(obj.tolist())
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, (str, int, bool)) or obj is None:
+        return obj
+    if hasattr(obj, "to_dict"):
+        return _jsonable(obj.to_dict())
+    return str(obj)
+
+
+def write_json(path: str | os.PathLike[str], result: Mapping[str, Any]) -> Path:
+    """Write ``result`` as indented JSON (creating parent folders) and return the path."""
+    p = Path(path)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    p.write_text(json.dumps(_jsonable(result), indent=2, sort_keys=False) + "\n", encoding="utf-8")
+    return p

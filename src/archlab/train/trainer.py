@@ -1,0 +1,316 @@
+"""The training loop.
+
+A run folder holds ``config.yaml`` (the resolved config), ``tokenizer.json``,
+``checkpoint.safetensors`` (model, optimiser, RNG, step; written atomically),
+``metrics.jsonl`` (one JSON record per log/eval event), ``summary.json`` at the end, and
+``tb/`` when TensorBoard is installed.
+
+Resume is exact: the data sampler is a pure function of (seed, step), the schedule a pure
+function of the step, and the checkpoint restores weights, optimiser moments and the RNG.
+A step whose loss or gradient is not finite is skipped (no update) and reported;
+``train.max_bad_steps`` such steps in a row stop the run, leaving the last good checkpoint.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import signal
+import time
+from pathlib import Path
+from typing import Any, Callable, Protocol
+
+import torch
+import yaml
+
+from archlab.config import Config, parse_config
+from archlab.data import WindowSampler, iter_texts, load_tokenizer, make_tokenizer, prepare_corpus
+from archlab.models import build_model
+from archlab.models.lm import count_parameters
+from archlab.registry import ConfigError
+from archlab.train.checkpoint import CHECKPOINT, load_checkpoint, save_checkpoint
+from archlab.train.evaluate import evaluate
+from archlab.train.optim import build_optimizer, lr_at
+from archlab.train.runtime import autocast_factory, peak_memory_mb, pick_device, seed_everything
+
+
+class TrainingStopped(RuntimeError):
+    """The run stopped itself (too many non-finite steps); the last good checkpoint is kept."""
+
+
+class Callback(Protocol):
+    """Hook run after every optimiser step (learning-dynamics controllers and the like)."""
+
+    name: str
+
+    def after_step(self, trainer: "Trainer", step: int, record: dict[str, Any]) -> None: ...
+    def state_dict(self) -> dict: ...
+    def load_state_dict(self, state: dict) -> None: ...
+
+
+# Keys of the config that may differ between a run and its resumption (extend the budget).
+RESUMABLE_CHANGES = {"train.steps", "train.tokens"}
+
+
+def _flat(d: dict, prefix: str = "") -> dict[str, Any]:
+    out = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict):
+            out.update(_flat(v, key + "."))
+        else:
+            out[key] = v
+    return out
+
+
+def setup_tokenizer(cfg: Config, run_dir: Path):
+    """The run's tokenizer: bytes, or a BPE trained on the train split and saved with the run."""
+    saved = run_dir / "tokenizer.json"
+    if saved.exists():
+        return load_tokenizer(run_dir)
+    if cfg.data.tokenizer == "bytes":
+        tok = make_tokenizer("bytes")
+    else:
+        texts = iter_texts(cfg.data.corpus, "train", path=cfg.data.path)
+        tok = make_tokenizer("bpe", vocab_size=cfg.data.bpe_vocab, train_texts=texts)
+    tok.save(run_dir)
+    return tok
+
+
+class Trainer:
+    def __init__(
+        self,
+        cfg: Config,
+        out_dir: str | Path,
+        *,
+        resume: bool = False,
+        progress: bool = True,
+        log: Callable[[str], None] = print,
+        callbacks: list[Callback] | None = None,
+    ) -> None:
+        self.cfg = cfg
+        self.dir = Path(out_dir)
+        self.resume = resume
+        self.progress = progress
+        self.log = log
+        self.callbacks = list(callbacks or [])
+        self.rank, self.world = 0, 1
+        self.step = 0
+        self.best_val = math.inf
+        self._stop_requested = False
+        self.tb = None
+        self._setup()
+
+    # ------------------------------------------------------------------ setup
+
+    def _check_run_dir(self) -> None:
+        ckpt = self.dir / CHECKPOINT
+        saved_cfg = self.dir / "config.yaml"
+        if not self.resume:
+            if ckpt.exists():
+                raise ConfigError(
+                    f"--out {self.dir}: already holds a checkpoint; pass --resume to continue it or choose another folder"
+                )
+            return
+        if not saved_cfg.exists():
+            raise ConfigError(f"--resume: {self.dir} has no config.yaml; nothing to resume")
+        old = _flat(parse_config(yaml.safe_load(saved_cfg.read_text())).to_dict())
+        new = _flat(self.cfg.to_dict())
+        diff = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k) and k not in RESUMABLE_CHANGES)
+        if diff:
+            raise ConfigError(
+                f"--resume: config differs from the run's saved config at {', '.join(diff[:5])}; "
+                f"only {', '.join(sorted(RESUMABLE_CHANGES))} may change"
+            )
+
+    def _setup(self) -> None:
+        cfg, t = self.cfg, self.cfg.train
+        self._check_run_dir()
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.device = pick_device(t.device)
+        self.autocast = autocast_factory(t.precision, self.device)
+        seed_everything(t.seed)
+        self.tokenizer = setup_tokenizer(cfg, self.dir)
+        self.streams = prepare_corpus(corpus=cfg.data.corpus, path=cfg.data.path, tokenizer=self.tokenizer,
+                                      cache_dir=cfg.data.cache_dir)
+        self.model = build_model(cfg.model).to(self.device)
+        self.optimizer = build_optimizer(self.model, t, self.device)
+        self.forward = torch.compile(self.model) if t.compile else self.model
+        self.total_steps = t.total_steps()
+        micro = t.batch // t.grad_accum
+        self.sampler = WindowSampler(self.streams["train"], seq_len=t.seq_len, batch_size=t.batch,
+                                     seed=t.seed, rank=self.rank, world_size=self.world)
+        self.micro = micro
+        if self.resume and (self.dir / CHECKPOINT).exists():
+            state = load_checkpoint(self.dir / CHECKPOINT, model=self.model, optimizer=self.optimizer)
+            self.step = int(state["step"])
+            self.best_val = float(state.get("best_val", math.inf))
+            for cb in self.callbacks:
+                cb.load_state_dict(state.get("callbacks", {}).get(cb.name, {}))
+            self._write_metrics({"event": "resume", "step": self.step})
+            self.log(f"resumed {self.dir} at step {self.step}")
+        (self.dir / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+        self.n_params = count_parameters(self.model)
+        if t.tensorboard and self.rank == 0:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+
+                self.tb = SummaryWriter(str(self.dir / "tb"))
+            except Exception:  # tensorboard not installed: metrics.jsonl only
+                self.tb = None
+
+    # ------------------------------------------------------------------ records
+
+    def _write_metrics(self, record: dict[str, Any]) -> None:
+        if self.rank != 0:
+            return
+        with open(self.dir / "metrics.jsonl", "a") as f:
+            f.write(json.dumps(record) + "\n")
+        if self.tb is not None and "step" in record:
+            for k, v in record.items():
+                if isinstance(v, (int, float)) and k != "step":
+                    self.tb.add_scalar(k, v, record["step"])
+
+    def state(self) -> dict[str, Any]:
+        return {
+            "step": self.step,
+            "tokens": self.step * self.cfg.train.batch * self.cfg.train.seq_len,
+            "best_val": self.best_val,
+            "config": self.cfg.to_dict(),
+            "scheduler": {"kind": "warmup_cosine", "step": self.step},
+            "data": {"sampler": "counter", "seed": self.cfg.train.seed, "next_step": self.step},
+            "callbacks": {cb.name: cb.state_dict() for cb in self.callbacks},
+        }
+
+    def save(self) -> Path:
+        return save_checkpoint(self.dir / CHECKPOINT, model=self.model, optimizer=self.optimizer, state=self.state())
+
+    def evaluate(self, split: str = "validation", max_tokens: int | None = None) -> dict[str, float]:
+        t = self.cfg.train
+        limit = max_tokens if max_tokens is not None else (t.eval_tokens or None)
+        return evaluate(self.model, self.streams[split], seq_len=t.seq_len, batch_size=self.micro,
+                        max_tokens=limit, device=self.device, autocast=self.autocast)
+
+    # ------------------------------------------------------------------ loop
+
+    def train_step(self, step: int) -> dict[str, Any]:
+        """One optimiser step (with accumulation). Returns the record; ``skipped`` if not finite."""
+        t = self.cfg.train
+        lr = lr_at(step, lr=t.lr, warmup=t.warmup, total=self.total_steps, min_ratio=t.min_lr_ratio)
+        for g in self.optimizer.param_groups:
+            g["lr"] = lr
+        x, y = self.sampler.batch(step)
+        x, y = x.to(self.device), y.to(self.device)
+        total, finite = 0.0, True
+        aux: dict[str, float] = {}
+        for i in range(t.grad_accum):
+            xs, ys = x[i * self.micro:(i + 1) * self.micro], y[i * self.micro:(i + 1) * self.micro]
+            with self.autocast():
+                out = self.forward(xs, targets=ys)
+            loss = out.loss / t.grad_accum
+            if not torch.isfinite(loss):
+                finite = False
+                break
+            loss.backward()
+            total += float(out.nll.detach()) / t.grad_accum
+            for k, v in out.aux.items():
+                aux[k] = aux.get(k, 0.0) + float(v.detach()) / t.grad_accum
+        grad_norm = math.nan
+        if finite:
+            params = [p for p in self.model.parameters() if p.grad is not None]
+            clip = t.grad_clip if t.grad_clip > 0 else math.inf
+            grad_norm = float(torch.nn.utils.clip_grad_norm_(params, clip, foreach=True))
+            finite = math.isfinite(grad_norm)
+        if finite:
+            self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        rec = {"step": step + 1, "loss": total if finite else math.nan, "lr": lr, "grad_norm": grad_norm}
+        rec.update(aux)
+        if not finite:
+            rec["skipped"] = True
+        return rec
+
+    def _on_signal(self, signum, frame) -> None:
+        self._stop_requested = True
+
+    def fit(self) -> dict[str, Any]:
+        t = self.cfg.train
+        tokens_per_step = t.batch * t.seq_len
+        bar = None
+        if self.progress and self.rank == 0:
+            from tqdm.auto import tqdm
+
+            bar = tqdm(total=self.total_steps, initial=self.step, unit="step", dynamic_ncols=True)
+        old_handler = None
+        try:
+            old_handler = signal.signal(signal.SIGINT, self._on_signal)
+        except ValueError:  # not the main thread
+            pass
+        bad, last_val = 0, None
+        t_start = time.perf_counter()
+        t_log, tok_log = time.perf_counter(), 0
+        try:
+            while self.step < self.total_steps:
+                t0 = time.perf_counter()
+                rec = self.train_step(self.step)
+                self.step += 1
+                dt = time.perf_counter() - t0
+                tok_log += tokens_per_step
+                if rec.get("skipped"):
+                    bad += 1
+                    self.log(f"step {self.step}: non-finite loss or gradient; step skipped ({bad} in a row)")
+                    self._write_metrics({**rec, "event": "skipped"})
+                    if bad >= t.max_bad_steps:
+                        raise TrainingStopped(
+                            f"{bad} non-finite steps in a row at step {self.step}; stopped, last good checkpoint "
+                            f"kept in {self.dir / CHECKPOINT}"
+                        )
+                else:
+                    bad = 0
+                for cb in self.callbacks:
+                    cb.after_step(self, self.step, rec)
+                if self.step % t.log_every == 0 or self.step == self.total_steps:
+                    now = time.perf_counter()
+                    rec.update(tokens=self.step * tokens_per_step, step_time=dt,
+                               tokens_per_s=tok_log / max(now - t_log, 1e-9), elapsed=now - t_start,
+                               peak_mem_mb=peak_memory_mb(self.device))
+                    t_log, tok_log = now, 0
+                    self._write_metrics(rec)
+                if self.step % t.eval_every == 0 or self.step == self.total_steps:
+                    ev = self.evaluate()
+                    self.best_val = min(self.best_val, ev["loss"])
+                    last_val = ev
+                    self._write_metrics({"step": self.step, "tokens": self.step * tokens_per_step,
+                                         "elapsed": time.perf_counter() - t_start, "val_loss": ev["loss"],
+                                         "val_bpb": ev["bpb"], "val_bits_per_token": ev["bits_per_token"]})
+                if self.step % t.ckpt_every == 0 or self.step == self.total_steps or self._stop_requested:
+                    self.save()
+                if bar is not None:
+                    post = {"loss": f"{rec['loss']:.3f}"}
+                    if last_val is not None:
+                        post["val_bpb"] = f"{last_val['bpb']:.3f}"
+                    bar.set_postfix(post, refresh=False)
+                    bar.update(1)
+                if self._stop_requested:
+                    self.log(f"interrupted: checkpoint saved at step {self.step}; continue with --resume")
+                    raise KeyboardInterrupt
+        finally:
+            if bar is not None:
+                bar.close()
+            if old_handler is not None:
+                signal.signal(signal.SIGINT, old_handler)
+            if self.tb is not None:
+                self.tb.flush()
+        summary = {
+            "steps": self.step, "tokens": self.step * tokens_per_step, "parameters": self.n_params,
+            "final_val_loss": last_val["loss"] if last_val else None,
+            "final_val_bpb": last_val["bpb"] if last_val else None,
+            "best_val_loss": self.best_val, "wall_time": time.perf_counter() - t_start,
+            "peak_mem_mb": peak_memory_mb(self.device), "unit": getattr(self.tokenizer, "unit", "byte"),
+        }
+        if self.rank == 0:
+            tmp = self.dir / ".summary.json.tmp"
+            tmp.write_text(json.dumps(summary, indent=2))
+            os.replace(tmp, self.dir / "summary.json")
+        return summary
