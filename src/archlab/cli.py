@@ -85,6 +85,28 @@ def _cmd_bench(a: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_compare(a: argparse.Namespace) -> int:
+    from archlab.lab.compare import run_compare
+    from archlab.lab.report import summary_table_md
+
+    command = " ".join(["archlab", *sys.argv[1:]]) if sys.argv and sys.argv[0].endswith("archlab") else None
+    results = run_compare(a.experiment, a.out, command=command, progress=not a.no_progress,
+                          report=not a.no_report)
+    print()
+    print(summary_table_md(results))
+    if not a.no_report:
+        print(f"\nreport: {Path(a.out) / 'report.html'} (and report.md)")
+    return 0
+
+
+def _cmd_report(a: argparse.Namespace) -> int:
+    from archlab.lab.report import rebuild
+
+    paths = rebuild(a.dir)
+    print("\n".join(f"wrote {p}" for p in paths.values()))
+    return 0
+
+
 def _cmd_demo(a: argparse.Namespace) -> int:
     from archlab.lab.demo import run_demo
 
@@ -142,6 +164,17 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--out", default=None, help="write the JSON result here")
     overrides(sp)
     sp.set_defaults(func=_cmd_bench)
+
+    sp = sub.add_parser("compare", help="train variants × seeds at equal budget; statistics and a report")
+    sp.add_argument("experiment", help="experiment YAML (see experiments/)")
+    sp.add_argument("--out", required=True, help="experiment folder (re-running resumes it)")
+    sp.add_argument("--no-progress", action="store_true")
+    sp.add_argument("--no-report", action="store_true", help="results.json only")
+    sp.set_defaults(func=_cmd_compare)
+
+    sp = sub.add_parser("report", help="rebuild report.md/.html and plots from DIR/results.json")
+    sp.add_argument("dir")
+    sp.set_defaults(func=_cmd_report)
 
     sp = sub.add_parser("demo", help="the main job on the embedded corpus")
     sp.add_argument("--out", default="runs/demo")

@@ -94,8 +94,9 @@ class DataConfig:
 
 @dataclass
 class TrainConfig:
-    steps: int | None = None  # exactly one of steps / tokens is the budget
+    steps: int | None = None  # exactly one of steps / tokens / seconds is the budget
     tokens: int | None = None
+    seconds: float | None = None  # wall-clock budget (training time, evaluation excluded)
     batch: int = 16  # sequences per optimiser step (global, across ranks and accumulation)
     seq_len: int = 256
     grad_accum: int = 1
@@ -117,11 +118,13 @@ class TrainConfig:
     max_bad_steps: int = 5  # consecutive non-finite losses before stopping
     tensorboard: bool = True  # used when tensorboard is installed
 
-    def total_steps(self) -> int:
+    def total_steps(self) -> int | None:
+        """Steps of a step/token budget; None for a wall-clock budget."""
         if self.steps is not None:
             return self.steps
-        assert self.tokens is not None
-        return max(1, math.ceil(self.tokens / (self.batch * self.seq_len)))
+        if self.tokens is not None:
+            return max(1, math.ceil(self.tokens / (self.batch * self.seq_len)))
+        return None
 
 
 @dataclass
@@ -234,11 +237,14 @@ def _validate(cfg: Config) -> Config:
         raise ConfigError(f"model.vocab_size: {m.vocab_size} is smaller than the tokenizer's {tok_vocab}")
     if d.corpus in ("path", "enwik8") and not d.path:
         raise ConfigError(f"data.path: required for corpus '{d.corpus}' (a local file or folder)")
-    if (t.steps is None) == (t.tokens is None):
-        if t.steps is None and t.tokens is None:
-            t.steps = 1000
-        else:
-            raise ConfigError("train: give exactly one budget, train.steps or train.tokens, not both")
+    budgets = [k for k in ("steps", "tokens", "seconds") if getattr(t, k) is not None]
+    if not budgets:
+        t.steps = 1000
+    elif len(budgets) > 1:
+        raise ConfigError(f"train: give exactly one budget (steps, tokens or seconds), got {', '.join(budgets)}")
+    for k in budgets:
+        if getattr(t, k) <= 0:
+            raise ConfigError(f"train.{k}: the budget must be positive, got {getattr(t, k)}")
     for name in ("batch", "seq_len", "grad_accum", "eval_every", "log_every", "ckpt_every"):
         if getattr(t, name) <= 0:
             raise ConfigError(f"train.{name}: must be positive, got {getattr(t, name)}")
@@ -263,6 +269,42 @@ def _validate(cfg: Config) -> Config:
     return cfg
 
 
+class _StrictLoader(yaml.SafeLoader):
+    """PyYAML keeps the last of two equal keys silently; a duplicated variant or option is
+    almost always a mistake, so refuse it."""
+
+
+def _construct_mapping(loader: _StrictLoader, node: yaml.MappingNode, deep: bool = False) -> dict:
+    seen = set()
+    for key_node, _ in node.value:
+        key = loader.construct_object(key_node, deep=deep)
+        if key in seen:
+            raise ConfigError(f"duplicate key '{key}' (line {key_node.start_mark.line + 1})")
+        seen.add(key)
+    return yaml.SafeLoader.construct_mapping(loader, node, deep=deep)
+
+
+_StrictLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
+
+
+def load_yaml(path: str | Path, what: str = "file") -> dict:
+    """Read a YAML mapping with one-line errors (missing file, bad YAML, duplicate keys)."""
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"{what} not found: {p}")
+    try:
+        raw = yaml.load(p.read_text(), Loader=_StrictLoader) or {}
+    except ConfigError as e:
+        raise ConfigError(f"{p}: {e}") from None
+    except yaml.YAMLError as e:
+        line = getattr(getattr(e, "problem_mark", None), "line", None)
+        at = f" (line {line + 1})" if line is not None else ""
+        raise ConfigError(f"{p}: not valid YAML{at}") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{p}: expected a mapping at the top level")
+    return raw
+
+
 def parse_config(raw: dict | None) -> Config:
     """Typed, validated Config from a plain dict (as read from YAML)."""
     cfg = from_dict(Config, raw or {}, "")
@@ -271,19 +313,7 @@ def parse_config(raw: dict | None) -> Config:
 
 def load_config(path: str | Path | None = None, overrides: list[str] | dict | None = None) -> Config:
     """Read a YAML config (or start from defaults), apply ``--set`` overrides, validate."""
-    raw: dict = {}
-    if path is not None:
-        p = Path(path)
-        if not p.is_file():
-            raise ConfigError(f"config file not found: {p}")
-        try:
-            raw = yaml.safe_load(p.read_text()) or {}
-        except yaml.YAMLError as e:
-            line = getattr(getattr(e, "problem_mark", None), "line", None)
-            at = f" (line {line + 1})" if line is not None else ""
-            raise ConfigError(f"{p}: not valid YAML{at}") from None
-        if not isinstance(raw, dict):
-            raise ConfigError(f"{p}: expected a mapping at the top level")
+    raw = load_yaml(path, "config file") if path is not None else {}
     raw = apply_overrides(raw, overrides)
     return parse_config(raw)
 

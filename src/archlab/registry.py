@@ -218,6 +218,9 @@ def from_dict(cls: type, data: Any, where: str) -> Any:
             if value is None and f.metadata.get("optional"):
                 kwargs[key] = None
             else:
+                if isinstance(value, dict) and "kind" not in value and f.default_factory is not dataclasses.MISSING:
+                    # A partial part (``--set model.position.base=500``) refines the default kind.
+                    value = {**to_dict(f.default_factory()), **value}
                 kwargs[key] = REGISTRIES[group].parse(value, sub)
         else:
             kwargs[key] = coerce(value, hints[key], sub)

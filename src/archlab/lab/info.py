@@ -27,8 +27,9 @@ def describe(cfg: Config) -> str:
         f"parameters: {n:,} ({n_ne:,} without the token embedding)",
         f"FLOPs per token at seq_len {t.seq_len}: forward {fl['forward'] / 1e6:.2f} M, "
         f"train (fwd+bwd) {fl['train'] / 1e6:.2f} M",
-        f"budget: {t.total_steps()} steps × {t.batch} × {t.seq_len} = "
-        f"{t.total_steps() * t.batch * t.seq_len:,} tokens",
+        (f"budget: {t.total_steps()} steps × {t.batch} × {t.seq_len} = "
+         f"{t.total_steps() * t.batch * t.seq_len:,} tokens" if t.total_steps() is not None
+         else f"budget: {t.seconds:g} s of training"),
         "",
         f"{'layer':>5}  {'mixer':<22} {'ffn':<22} {'norm':<26} position",
     ]

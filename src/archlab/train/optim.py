@@ -37,13 +37,19 @@ def build_optimizer(model: nn.Module, tcfg, device: torch.device) -> torch.optim
     return torch.optim.AdamW(param_groups(model, tcfg.weight_decay), **kwargs)
 
 
-def lr_at(step: int, *, lr: float, warmup: int, total: int, min_ratio: float) -> float:
-    """Linear warmup over ``warmup`` steps, then cosine decay to lr·min_ratio at ``total``.
+def lr_at(step: int, *, lr: float, warmup: int, total: int | None, min_ratio: float,
+          time_fraction: float | None = None) -> float:
+    """Linear warmup over ``warmup`` steps, then cosine decay to lr·min_ratio at the end of
+    the budget: step ``total``, or (wall-clock budgets, ``total`` None) the fraction of the
+    time budget used.
 
-    A pure function of the step, so a resumed run follows the schedule exactly.
+    A pure function of its arguments, so a resumed run follows the schedule exactly.
     """
     if warmup > 0 and step < warmup:
         return lr * (step + 1) / warmup
-    span = max(1, total - warmup)
-    progress = min(1.0, (step - warmup) / span)
+    if total is not None:
+        progress = (step - warmup) / max(1, total - warmup)
+    else:
+        progress = time_fraction or 0.0
+    progress = min(1.0, max(0.0, progress))
     return lr * (min_ratio + (1.0 - min_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress)))

@@ -13,6 +13,7 @@ A step whose loss or gradient is not finite is skipped (no update) and reported;
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -29,6 +30,7 @@ from archlab.data import WindowSampler, iter_texts, load_tokenizer, make_tokeniz
 from archlab.models import build_model
 from archlab.models.lm import count_parameters
 from archlab.registry import ConfigError
+from archlab.train import distributed
 from archlab.train.checkpoint import CHECKPOINT, load_checkpoint, save_checkpoint
 from archlab.train.evaluate import evaluate
 from archlab.train.optim import build_optimizer, lr_at
@@ -50,7 +52,7 @@ class Callback(Protocol):
 
 
 # Keys of the config that may differ between a run and its resumption (extend the budget).
-RESUMABLE_CHANGES = {"train.steps", "train.tokens"}
+RESUMABLE_CHANGES = {"train.steps", "train.tokens", "train.seconds"}
 
 
 def _flat(d: dict, prefix: str = "") -> dict[str, Any]:
@@ -95,9 +97,10 @@ class Trainer:
         self.progress = progress
         self.log = log
         self.callbacks = list(callbacks or [])
-        self.rank, self.world = 0, 1
         self.step = 0
         self.best_val = math.inf
+        self.elapsed = 0.0  # wall-clock seconds of this run so far, across resumes
+        self.train_time = 0.0  # of which spent in training steps
         self._stop_requested = False
         self.tb = None
         self._setup()
@@ -126,19 +129,40 @@ class Trainer:
 
     def _setup(self) -> None:
         cfg, t = self.cfg, self.cfg.train
-        self._check_run_dir()
-        self.dir.mkdir(parents=True, exist_ok=True)
         self.device = pick_device(t.device)
+        self.dist = distributed.setup(self.device.type)
+        self.rank, self.world = self.dist.rank, self.dist.world
+        if self.dist.enabled and self.device.type == "cuda":
+            self.device = torch.device("cuda", self.dist.local_rank)
+        if t.batch % (self.world * t.grad_accum):
+            raise ConfigError(f"train.batch: {t.batch} must be divisible by ranks × grad_accum = "
+                              f"{self.world} × {t.grad_accum}")
+        self._check_run_dir()
+        if self.dist.main:
+            self.dir.mkdir(parents=True, exist_ok=True)
+        distributed.barrier(self.dist)
         self.autocast = autocast_factory(t.precision, self.device)
         seed_everything(t.seed)
-        self.tokenizer = setup_tokenizer(cfg, self.dir)
-        self.streams = prepare_corpus(corpus=cfg.data.corpus, path=cfg.data.path, tokenizer=self.tokenizer,
-                                      cache_dir=cfg.data.cache_dir)
+        # Rank 0 trains/saves the tokenizer and fills the corpus cache; the others then read them.
+        for turn in (True, False):
+            if self.dist.main == turn:
+                self.tokenizer = setup_tokenizer(cfg, self.dir)
+                self.streams = prepare_corpus(corpus=cfg.data.corpus, path=cfg.data.path,
+                                              tokenizer=self.tokenizer, cache_dir=cfg.data.cache_dir)
+            distributed.barrier(self.dist)
         self.model = build_model(cfg.model).to(self.device)
         self.optimizer = build_optimizer(self.model, t, self.device)
-        self.forward = torch.compile(self.model) if t.compile else self.model
+        self.forward = self.model
+        self.ddp = None
+        if self.dist.enabled:
+            from torch.nn.parallel import DistributedDataParallel
+
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            self.forward = self.ddp = DistributedDataParallel(self.model, device_ids=ids)
+        if t.compile:
+            self.forward = torch.compile(self.forward)
         self.total_steps = t.total_steps()
-        micro = t.batch // t.grad_accum
+        micro = t.batch // (t.grad_accum * self.world)  # rows per rank per micro-step
         self.sampler = WindowSampler(self.streams["train"], seq_len=t.seq_len, batch_size=t.batch,
                                      seed=t.seed, rank=self.rank, world_size=self.world)
         self.micro = micro
@@ -146,11 +170,14 @@ class Trainer:
             state = load_checkpoint(self.dir / CHECKPOINT, model=self.model, optimizer=self.optimizer)
             self.step = int(state["step"])
             self.best_val = float(state.get("best_val", math.inf))
+            self.elapsed = float(state.get("elapsed", 0.0))
+            self.train_time = float(state.get("train_time", 0.0))
             for cb in self.callbacks:
                 cb.load_state_dict(state.get("callbacks", {}).get(cb.name, {}))
             self._write_metrics({"event": "resume", "step": self.step})
             self.log(f"resumed {self.dir} at step {self.step}")
-        (self.dir / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+        if self.dist.main:
+            (self.dir / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
         self.n_params = count_parameters(self.model)
         if t.tensorboard and self.rank == 0:
             try:
@@ -177,13 +204,17 @@ class Trainer:
             "step": self.step,
             "tokens": self.step * self.cfg.train.batch * self.cfg.train.seq_len,
             "best_val": self.best_val,
+            "elapsed": self.elapsed,
+            "train_time": self.train_time,
             "config": self.cfg.to_dict(),
             "scheduler": {"kind": "warmup_cosine", "step": self.step},
             "data": {"sampler": "counter", "seed": self.cfg.train.seed, "next_step": self.step},
             "callbacks": {cb.name: cb.state_dict() for cb in self.callbacks},
         }
 
-    def save(self) -> Path:
+    def save(self) -> Path | None:
+        if not self.dist.main:
+            return None
         return save_checkpoint(self.dir / CHECKPOINT, model=self.model, optimizer=self.optimizer, state=self.state())
 
     def evaluate(self, split: str = "validation", max_tokens: int | None = None) -> dict[str, float]:
@@ -197,7 +228,9 @@ class Trainer:
     def train_step(self, step: int) -> dict[str, Any]:
         """One optimiser step (with accumulation). Returns the record; ``skipped`` if not finite."""
         t = self.cfg.train
-        lr = lr_at(step, lr=t.lr, warmup=t.warmup, total=self.total_steps, min_ratio=t.min_lr_ratio)
+        frac = self.train_time / t.seconds if t.seconds else None
+        lr = lr_at(step, lr=t.lr, warmup=t.warmup, total=self.total_steps, min_ratio=t.min_lr_ratio,
+                   time_fraction=frac)
         for g in self.optimizer.param_groups:
             g["lr"] = lr
         x, y = self.sampler.batch(step)
@@ -206,13 +239,17 @@ class Trainer:
         aux: dict[str, float] = {}
         for i in range(t.grad_accum):
             xs, ys = x[i * self.micro:(i + 1) * self.micro], y[i * self.micro:(i + 1) * self.micro]
-            with self.autocast():
-                out = self.forward(xs, targets=ys)
-            loss = out.loss / t.grad_accum
-            if not torch.isfinite(loss):
-                finite = False
-                break
-            loss.backward()
+            last_micro = i == t.grad_accum - 1
+            # DDP: all-reduce gradients only on the last micro-step of the accumulation.
+            sync = contextlib.nullcontext() if last_micro or not self.dist.enabled else self.ddp.no_sync()
+            with sync:
+                with self.autocast():
+                    out = self.forward(xs, targets=ys)
+                loss = out.loss / t.grad_accum
+                finite = distributed.all_true(bool(torch.isfinite(loss)), self.dist, self.device)
+                if not finite:
+                    break
+                loss.backward()
             total += float(out.nll.detach()) / t.grad_accum
             for k, v in out.aux.items():
                 aux[k] = aux.get(k, 0.0) + float(v.detach()) / t.grad_accum
@@ -224,6 +261,7 @@ class Trainer:
             finite = math.isfinite(grad_norm)
         if finite:
             self.optimizer.step()
+            total = distributed.mean(total, self.dist, self.device)
         self.optimizer.zero_grad(set_to_none=True)
         rec = {"step": step + 1, "loss": total if finite else math.nan, "lr": lr, "grad_norm": grad_norm}
         rec.update(aux)
@@ -234,6 +272,12 @@ class Trainer:
     def _on_signal(self, signum, frame) -> None:
         self._stop_requested = True
 
+    def budget_done(self) -> bool:
+        t = self.cfg.train
+        if self.total_steps is not None:
+            return self.step >= self.total_steps
+        return self.train_time >= t.seconds
+
     def fit(self) -> dict[str, Any]:
         t = self.cfg.train
         tokens_per_step = t.batch * t.seq_len
@@ -241,22 +285,29 @@ class Trainer:
         if self.progress and self.rank == 0:
             from tqdm.auto import tqdm
 
-            bar = tqdm(total=self.total_steps, initial=self.step, unit="step", dynamic_ncols=True)
+            total = self.total_steps if self.total_steps is not None else None
+            bar = tqdm(total=total, initial=self.step, unit="step", dynamic_ncols=True)
         old_handler = None
         try:
             old_handler = signal.signal(signal.SIGINT, self._on_signal)
         except ValueError:  # not the main thread
             pass
         bad, last_val = 0, None
-        t_start = time.perf_counter()
+        session_start, session_train, session_tokens = time.perf_counter(), 0.0, 0
+        elapsed0 = self.elapsed
         t_log, tok_log = time.perf_counter(), 0
         try:
-            while self.step < self.total_steps:
+            while not self.budget_done():
                 t0 = time.perf_counter()
                 rec = self.train_step(self.step)
-                self.step += 1
                 dt = time.perf_counter() - t0
+                self.step += 1
+                self.train_time += dt
+                session_train += dt
+                session_tokens += tokens_per_step
                 tok_log += tokens_per_step
+                self.elapsed = elapsed0 + time.perf_counter() - session_start
+                last = self.budget_done()
                 if rec.get("skipped"):
                     bad += 1
                     self.log(f"step {self.step}: non-finite loss or gradient; step skipped ({bad} in a row)")
@@ -270,21 +321,24 @@ class Trainer:
                     bad = 0
                 for cb in self.callbacks:
                     cb.after_step(self, self.step, rec)
-                if self.step % t.log_every == 0 or self.step == self.total_steps:
+                if self.step % t.log_every == 0 or last:
                     now = time.perf_counter()
                     rec.update(tokens=self.step * tokens_per_step, step_time=dt,
-                               tokens_per_s=tok_log / max(now - t_log, 1e-9), elapsed=now - t_start,
+                               tokens_per_s=tok_log / max(now - t_log, 1e-9), elapsed=self.elapsed,
                                peak_mem_mb=peak_memory_mb(self.device))
                     t_log, tok_log = now, 0
                     self._write_metrics(rec)
-                if self.step % t.eval_every == 0 or self.step == self.total_steps:
+                if (self.step % t.eval_every == 0 or last) and self.dist.main:
                     ev = self.evaluate()
                     self.best_val = min(self.best_val, ev["loss"])
                     last_val = ev
+                    self.elapsed = elapsed0 + time.perf_counter() - session_start
                     self._write_metrics({"step": self.step, "tokens": self.step * tokens_per_step,
-                                         "elapsed": time.perf_counter() - t_start, "val_loss": ev["loss"],
-                                         "val_bpb": ev["bpb"], "val_bits_per_token": ev["bits_per_token"]})
-                if self.step % t.ckpt_every == 0 or self.step == self.total_steps or self._stop_requested:
+                                         "elapsed": self.elapsed, "train_time": self.train_time,
+                                         "val_loss": ev["loss"], "val_bpb": ev["bpb"],
+                                         "val_bits_per_token": ev["bits_per_token"]})
+                    t_log = time.perf_counter()  # evaluation time is not training throughput
+                if self.step % t.ckpt_every == 0 or last or self._stop_requested:
                     self.save()
                 if bar is not None:
                     post = {"loss": f"{rec['loss']:.3f}"}
@@ -302,11 +356,14 @@ class Trainer:
                 signal.signal(signal.SIGINT, old_handler)
             if self.tb is not None:
                 self.tb.flush()
+        if last_val is None:  # nothing left to train (a finished run resumed), or not rank 0
+            last_val = self.evaluate() if self.dist.main else {"loss": math.nan, "bpb": math.nan}
         summary = {
             "steps": self.step, "tokens": self.step * tokens_per_step, "parameters": self.n_params,
-            "final_val_loss": last_val["loss"] if last_val else None,
-            "final_val_bpb": last_val["bpb"] if last_val else None,
-            "best_val_loss": self.best_val, "wall_time": time.perf_counter() - t_start,
+            "final_val_loss": last_val["loss"], "final_val_bpb": last_val["bpb"],
+            "best_val_loss": min(self.best_val, last_val["loss"]), "wall_time": self.elapsed,
+            "train_time": self.train_time,
+            "tokens_per_s": session_tokens / session_train if session_train > 0 else None,
             "peak_mem_mb": peak_memory_mb(self.device), "unit": getattr(self.tokenizer, "unit", "byte"),
         }
         if self.rank == 0:

@@ -1,0 +1,179 @@
+"""``archlab compare``: every variant × seed through the normal trainer, then statistics and
+a report.
+
+Layout of ``--out DIR``: ``DIR/<variant>/seed<k>/`` is an ordinary run folder (metrics,
+checkpoint, summary) plus ``result.json`` once that run is finished and evaluated;
+``DIR/results.json`` collects everything (rewritten atomically after each run, so partial
+progress is visible); ``DIR/report.md``, ``DIR/report.html`` and ``DIR/plots/`` at the end.
+
+Re-running the same command skips finished runs and resumes an interrupted one from its
+checkpoint; the trainer refuses to resume a run whose config no longer matches.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+
+import archlab
+from archlab.lab.experiment import Experiment, load_experiment
+from archlab.train import Trainer
+from archlab.train.checkpoint import CHECKPOINT
+from archlab.train.evaluate import evaluate
+
+
+def machine_info(device: str = "cpu") -> dict[str, Any]:
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    info = {"cpu": cpu, "cores": os.cpu_count(), "threads": torch.get_num_threads(), "device": device,
+            "platform": platform.platform()}
+    if torch.cuda.is_available():
+        info["gpu"] = torch.cuda.get_device_name(0)
+    return info
+
+
+def versions() -> dict[str, str]:
+    return {"archlab": archlab.__version__, "torch": torch.__version__, "python": platform.python_version()}
+
+
+def _atomic_json(path: Path, data: Any) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(data, indent=2, default=float))
+    os.replace(tmp, path)
+
+
+def read_curve(run_dir: Path) -> list[dict[str, float]]:
+    """Validation points from metrics.jsonl; after a resume the later record of a step wins."""
+    points: dict[int, dict] = {}
+    path = run_dir / "metrics.jsonl"
+    if path.exists():
+        for line in path.read_text().splitlines():
+            try:
+                r = json.loads(line)
+            except json.JSONDecodeError:
+                continue  # a line cut short by a kill
+            if "val_loss" in r:
+                points[r["step"]] = {k: r[k] for k in ("step", "tokens", "elapsed", "val_loss", "val_bpb") if k in r}
+    return [points[s] for s in sorted(points)]
+
+
+class _StepBar:
+    """Trainer callback advancing the experiment-wide progress bar by one step."""
+
+    name = "progress"
+
+    def __init__(self, bar) -> None:
+        self.bar = bar
+
+    def after_step(self, trainer, step, record) -> None:
+        self.bar.update(1)
+
+    def state_dict(self) -> dict:
+        return {}
+
+    def load_state_dict(self, state: dict) -> None:
+        pass
+
+
+def run_one(exp: Experiment, variant: str, seed: int, run_dir: Path, *, callbacks=(), log=print) -> dict:
+    """Train (or resume) one run, evaluate it on the experiment's split, write result.json."""
+    cfg = exp.config_for(variant, seed)
+    trainer = Trainer(cfg, run_dir, resume=(run_dir / CHECKPOINT).exists(), progress=False, log=log,
+                      callbacks=list(callbacks))
+    summary = trainer.fit()
+    t = cfg.train
+    ev = evaluate(trainer.model, trainer.streams[exp.eval_split], seq_len=t.seq_len, batch_size=trainer.micro,
+                  max_tokens=exp.eval_max_tokens, device=trainer.device, autocast=trainer.autocast)
+    result = {
+        "variant": variant, "seed": seed, "dir": str(run_dir.relative_to(run_dir.parents[1])), "status": "done",
+        "parameters": summary["parameters"], "tokens": summary["tokens"], "steps": summary["steps"],
+        "bpb": ev["bpb"], "loss": ev["loss"], "eval_tokens": ev["tokens"],
+        "final_val_bpb": summary["final_val_bpb"], "best_val_loss": summary["best_val_loss"],
+        "tokens_per_s": summary["tokens_per_s"], "wall_time": summary["wall_time"],
+        "train_time": summary["train_time"], "peak_mem_mb": summary["peak_mem_mb"],
+        "curve": read_curve(run_dir),
+    }
+    _atomic_json(run_dir / "result.json", result)
+    return result
+
+
+def run_compare(
+    experiment: str | Path, out: str | Path, *, command: str | None = None, progress: bool = True,
+    log: Callable[[str], None] = print, report: bool = True,
+) -> dict:
+    exp = load_experiment(experiment)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    plan = [(v, s) for v in exp.variants for s in exp.seeds]
+    steps_each = {v: exp.variants[v].train.total_steps() for v in exp.variants}
+    device = exp.variants[exp.baseline].train.device
+    results: dict[str, Any] = {
+        "experiment": {
+            "name": exp.name, "file": str(exp.path), "baseline": exp.baseline, "metric": exp.metric,
+            "budget": exp.budget, "seeds": exp.seeds, "eval_split": exp.eval_split,
+            "eval_max_tokens": exp.eval_max_tokens, "variants": {v: exp.overrides[v] for v in exp.variants},
+            "command": command or " ".join(["archlab", "compare", str(experiment), "--out", str(out)]),
+            "versions": versions(), "machine": machine_info(device),
+            "created": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+            "description": exp.description,
+        },
+        "runs": [],
+    }
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+
+        total = sum(steps_each[v] or 0 for v, _ in plan) or None
+        bar = tqdm(total=total, unit="step", dynamic_ncols=True)
+    t0 = time.perf_counter()
+    try:
+        for i, (variant, seed) in enumerate(plan):
+            run_dir = out / variant / f"seed{seed}"
+            done = run_dir / "result.json"
+            label = f"[{i + 1}/{len(plan)}] {variant} seed {seed}"
+            if done.exists():
+                res = json.loads(done.read_text())
+                if bar is not None and steps_each[variant]:
+                    bar.update(steps_each[variant])
+                log(f"{label}: finished earlier, skipped")
+            else:
+                if bar is not None:
+                    bar.set_description(f"{variant} s{seed} ({i + 1}/{len(plan)})")
+                cbs = [_StepBar(bar)] if bar is not None and steps_each[variant] else []
+                if bar is not None and (run_dir / CHECKPOINT).exists() and steps_each[variant]:
+                    from archlab.train.checkpoint import read_checkpoint
+
+                    bar.update(int(read_checkpoint(run_dir / CHECKPOINT)[1]["state"]["step"]))
+                res = run_one(exp, variant, seed, run_dir, callbacks=cbs,
+                              log=(bar.write if bar is not None else log))
+                msg = f"{label}: {exp.metric} {res[exp.metric]:.4f}, {res['tokens_per_s'] or 0:.0f} tokens/s"
+                (bar.write if bar is not None else log)(msg)
+            results["runs"].append(res)
+            _atomic_json(out / "results.json", results)
+    finally:
+        if bar is not None:
+            bar.close()
+    results["experiment"]["total_time"] = time.perf_counter() - t0
+    from archlab.lab.stats import summarize
+
+    results["variants"] = summarize(results)
+    _atomic_json(out / "results.json", results)
+    if report:
+        from archlab.lab.report import write_report
+
+        write_report(results, out)
+    return results

@@ -1,0 +1,139 @@
+"""Experiment files: a base config, named variants, one budget, seeds, a baseline.
+
+```yaml
+name: quick
+description: positional schemes on the embedded corpus
+base: ../configs/lm.yaml          # relative to this file
+overrides: {model.dim: 128}       # applied to every variant
+budget: {tokens: 1_000_000}       # exactly one of tokens / steps / seconds, equal for all
+seeds: [0, 1, 2]
+baseline: rope
+eval: {split: validation, max_tokens: 131072}
+variants:
+  rope: {}
+  alibi: {model.position.kind: alibi}
+```
+
+Everything is checked when the file is loaded — every variant's config is built and
+validated — so a typo in the last variant fails before the first run starts. Duplicate keys (two
+variants with one name) are refused by the YAML loader. Variants may
+not touch the budget or the batch shape: equal compute is the point of the comparison.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from archlab.config import Config, apply_overrides, load_yaml, parse_config
+from archlab.registry import ConfigError
+
+EXPERIMENT_KEYS = {"name", "description", "base", "overrides", "budget", "seeds", "baseline", "eval", "variants",
+                   "metric"}
+BUDGET_KEYS = ("tokens", "steps", "seconds")
+# What makes compute equal: no variant may change these.
+FIXED_KEYS = ("train.steps", "train.tokens", "train.seconds", "train.batch", "train.seq_len", "train.grad_accum",
+              "train.seed", "data.")
+NAME = re.compile(r"^[A-Za-z0-9_.+-]+$")
+
+
+@dataclass
+class Experiment:
+    name: str
+    path: Path
+    baseline: str
+    seeds: list[int]
+    budget: dict[str, float]
+    eval_split: str
+    eval_max_tokens: int | None
+    variants: dict[str, Config]  # name -> validated config (seed set per run)
+    overrides: dict[str, dict] = field(default_factory=dict)  # the variant overrides as written
+    description: str = ""
+    metric: str = "bpb"
+
+    def config_for(self, variant: str, seed: int) -> Config:
+        raw = apply_overrides(self.variants[variant].to_dict(), {"train.seed": seed})
+        return parse_config(raw)
+
+
+def _flatten(d: dict, prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict) and "kind" not in v and not k.startswith("model.layers"):
+            out.update(_flatten(v, key + "."))
+        else:
+            out[key] = v
+    return out
+
+
+def load_experiment(path: str | Path) -> Experiment:
+    path = Path(path)
+    raw = load_yaml(path, "experiment file")
+    unknown = sorted(set(raw) - EXPERIMENT_KEYS)
+    if unknown:
+        raise ConfigError(f"{path}: unknown key '{unknown[0]}'; allowed: {', '.join(sorted(EXPERIMENT_KEYS))}")
+
+    base: dict = {}
+    if raw.get("base"):
+        base = load_yaml((path.parent / raw["base"]).resolve(), f"{path}: base config")
+    base = apply_overrides(base, raw.get("overrides") or {})
+
+    budget = raw.get("budget")
+    if not isinstance(budget, dict) or len(budget) != 1 or next(iter(budget)) not in BUDGET_KEYS:
+        raise ConfigError(f"{path}: budget: give exactly one of {', '.join(BUDGET_KEYS)}, e.g. budget: {{tokens: 1000000}}")
+    (bkey, bval), = budget.items()
+    base = apply_overrides(base, {"train.steps": None, "train.tokens": None, "train.seconds": None,
+                                  f"train.{bkey}": bval})
+
+    seeds = raw.get("seeds", [0, 1, 2])
+    if not isinstance(seeds, list) or not seeds or not all(isinstance(s, int) for s in seeds):
+        raise ConfigError(f"{path}: seeds: expected a non-empty list of integers, got {seeds!r}")
+    if len(set(seeds)) != len(seeds):
+        raise ConfigError(f"{path}: seeds: duplicate seeds in {seeds}")
+
+    variants_raw = raw.get("variants")
+    if not isinstance(variants_raw, dict) or not variants_raw:
+        raise ConfigError(f"{path}: variants: expected a mapping of name -> overrides")
+    baseline = raw.get("baseline", next(iter(variants_raw)))
+    if baseline not in variants_raw:
+        raise ConfigError(f"{path}: baseline '{baseline}' is not a variant; variants: {', '.join(variants_raw)}")
+
+    configs: dict[str, Config] = {}
+    overrides: dict[str, dict] = {}
+    for name, over in variants_raw.items():
+        name = str(name)
+        if not NAME.match(name):
+            raise ConfigError(f"{path}: variant name '{name}' may only use letters, digits and _ . + -")
+        over = over or {}
+        if not isinstance(over, dict):
+            raise ConfigError(f"{path}: variants.{name}: expected a mapping of overrides")
+        for key in _flatten(over):
+            if any(key == f or (f.endswith(".") and key.startswith(f)) for f in FIXED_KEYS):
+                raise ConfigError(
+                    f"{path}: variants.{name}: '{key}' would change the budget, batch shape, seed or data; "
+                    "these are set once for the whole experiment (budget:, seeds:, overrides:)"
+                )
+        try:
+            configs[name] = parse_config(apply_overrides(base, over))
+        except ConfigError as e:
+            raise ConfigError(f"{path}: variants.{name}: {e}") from None
+        overrides[name] = over
+
+    ev = raw.get("eval") or {}
+    if not isinstance(ev, dict) or set(ev) - {"split", "max_tokens"}:
+        raise ConfigError(f"{path}: eval: allowed keys: split, max_tokens")
+    split = ev.get("split", "validation")
+    if split not in ("validation", "val", "test"):
+        raise ConfigError(f"{path}: eval.split: '{split}'; allowed: validation, test")
+    metric = raw.get("metric", "bpb")
+    if metric not in ("bpb", "loss"):
+        raise ConfigError(f"{path}: metric: '{metric}'; allowed: bpb, loss")
+    return Experiment(
+        name=str(raw.get("name", path.stem)), path=path, baseline=str(baseline), seeds=seeds,
+        budget={bkey: bval}, eval_split="validation" if split == "val" else split,
+        eval_max_tokens=ev.get("max_tokens", 131072), variants=configs, overrides=overrides,
+        description=str(raw.get("description", "")), metric=metric,
+    )
