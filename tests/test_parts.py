@@ -356,12 +356,35 @@ def test_left_padding_with_explicit_positions(kind, tiny_config, build):
     assert _differs(unmasked[1, pad:], ref_short)
 
 
+@pytest.mark.parametrize("kind", POSITION.kinds())
+def test_left_padding_with_cache(kind, tiny_config, build):
+    """A left-padded prompt decoded with a cache (mask covering cache + new tokens) gives the
+    unpadded row's logits, prompt and every later step."""
+    model = build(tiny_config(**{"model.position.kind": kind}), double=True)
+    pad, n_prompt, n_steps = 4, 6, 5
+    seq = make_ids(1, n_prompt + n_steps, seed=4)[0]
+    with torch.no_grad():
+        ref = model(seq[None]).logits[0]
+        ids = torch.cat([torch.full((pad,), 9), seq[:n_prompt]])[None]
+        mask = torch.cat([torch.zeros(pad, dtype=torch.bool), torch.ones(n_prompt, dtype=torch.bool)])[None]
+        positions = (mask.long().cumsum(dim=1) - 1).clamp(min=0)
+        cache = model.init_cache()
+        out = [model(ids, positions=positions, mask=mask, cache=cache).logits[0, pad:]]
+        for t in range(n_steps):
+            mask = torch.cat([mask, torch.ones(1, 1, dtype=torch.bool)], dim=1)
+            pos = torch.tensor([[n_prompt + t]])
+            out.append(model(seq[None, n_prompt + t: n_prompt + t + 1], positions=pos, mask=mask,
+                             cache=cache).logits[0])
+    torch.testing.assert_close(torch.cat(out), ref, atol=1e-9, rtol=0)
+
+
 def test_nll_ignores_masked_targets(tiny_config, build):
     model = build(tiny_config(), double=True)
     ids = make_ids()
     targets = ids.clone()
     targets[:, :10] = -100
-    out = model(ids, targets=targets)
+    with torch.no_grad():
+        out = model(ids, targets=targets)
     logp = out.logits.log_softmax(-1)[:, 10:]
     manual = -logp.gather(-1, ids[:, 10:, None]).mean()
     assert math.isclose(float(out.nll), float(manual), rel_tol=1e-6)

@@ -177,7 +177,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp.set_defaults(func=_cmd_report)
 
     sp = sub.add_parser("demo", help="the main job on the embedded corpus")
-    sp.add_argument("--out", default="runs/demo")
+    sp.add_argument("--out", default="runs/quick")
     sp.set_defaults(func=_cmd_demo)
     return p
 

@@ -210,7 +210,8 @@ def from_dict(cls: type, data: Any, where: str) -> Any:
         if key not in fields:
             kind = f" for kind '{data['kind']}'" if "kind" in data and "kind" in fields else ""
             allowed = ", ".join(sorted(fields))
-            raise ConfigError(f"{where}.{key}: unknown key{kind}; allowed: {allowed}")
+            path = f"{where}.{key}" if where else key
+            raise ConfigError(f"{path}: unknown key{kind}; allowed: {allowed}")
         f = fields[key]
         sub = f"{where}.{key}" if where else key
         group = f.metadata.get("registry")

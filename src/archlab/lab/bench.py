@@ -46,6 +46,7 @@ __all__ = [
     "mfu",
     "interleaved",
     "ratio",
+    "paired_ratio",
     "environment",
     "summarize",
     "write_json",
@@ -466,6 +467,18 @@ def ratio(summary: Mapping[str, Any], numerator: str, denominator: str) -> float
     return res[numerator]["median"] / den if den else float("nan")
 
 
+def paired_ratio(summary: Mapping[str, Any], numerator: str, denominator: str) -> float:
+    """Median over rounds of the per-round ratio ``numerator[r] / denominator[r]``.
+
+    Within a round the two contenders ran back to back, so a slow period of a shared machine
+    (which can last several seconds and slow everything several-fold) mostly cancels in the
+    per-round ratio; this is the more robust of the two ratios when the machine is noisy.
+    """
+    res = summary["results"]
+    pairs = [a / b for a, b in zip(res[numerator]["values"], res[denominator]["values"]) if b]
+    return _median(pairs)
+
+
 # ---------------------------------------------------------------------------------------------
 # Environment and output
 
@@ -504,7 +517,10 @@ def environment() -> dict[str, Any]:
 
 
 def summarize(summary: Mapping[str, Any], baseline: str | None = None) -> dict[str, Any]:
-    """Compact ``{name: median}`` plus ``ratio_vs_<baseline>`` for each other contender.
+    """Compact ``{name: median}`` plus each other contender's ratio to ``baseline``.
+
+    ``ratios`` divides medians (:func:`ratio`); ``paired_ratios`` takes the median of per-round
+    ratios (:func:`paired_ratio`), which is steadier on a noisy machine.
 
     With no ``baseline`` given, the best (highest-median) contender whose name starts with
     ``"peer"`` is used, so "ours" is always compared with the peer's best variant.
@@ -514,11 +530,12 @@ def summarize(summary: Mapping[str, Any], baseline: str | None = None) -> dict[s
     if baseline is None:
         peers = [n for n in medians if n.startswith("peer")]
         baseline = max(peers, key=lambda n: medians[n]) if peers else None
-    out: dict[str, Any] = {"medians": medians, "baseline": baseline, "ratios": {}}
+    out: dict[str, Any] = {"medians": medians, "baseline": baseline, "ratios": {}, "paired_ratios": {}}
     if baseline is not None:
         for n in medians:
             if n != baseline:
                 out["ratios"][n] = ratio(summary, n, baseline)
+                out["paired_ratios"][n] = paired_ratio(summary, n, baseline)
     return out
 
 

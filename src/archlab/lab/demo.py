@@ -1,8 +1,8 @@
 """``archlab demo`` (``make demo``): the main job on the embedded corpus.
 
-Trains the default LM (configs/lm.yaml) briefly on the standard library's source, then prints
-validation bits per byte and samples. Re-running resumes the same run folder instead of
-overwriting it.
+Runs ``experiments/quick.yaml`` — positional schemes compared at equal tokens over three
+seeds on the standard library's source — writes the report, prints the summary table, and
+samples from the best variant. Re-running resumes (finished runs are skipped).
 """
 
 from __future__ import annotations
@@ -11,31 +11,30 @@ from pathlib import Path
 
 import torch
 
-from archlab.config import load_config
+from archlab.lab.compare import run_compare
+from archlab.lab.report import summary_table_md
 from archlab.models import generate
-from archlab.train import Trainer
-from archlab.train.checkpoint import CHECKPOINT
+from archlab.train.run import load_run
 
-CONFIG = Path(__file__).resolve().parents[3] / "configs" / "lm.yaml"
-DEMO_STEPS = 150
-PROMPTS = ["def ", "import os\n\nclass "]
+ROOT = Path(__file__).resolve().parents[3]
+EXPERIMENT = ROOT / "experiments" / "quick.yaml"
+PROMPT = "def "
 
 
-def run_demo(out: str | Path = "runs/demo") -> int:
+def run_demo(out: str | Path = "runs/quick") -> int:
     out = Path(out)
-    cfg = load_config(CONFIG if CONFIG.exists() else None,
-                      [f"train.steps={DEMO_STEPS}", "train.tokens=null", "train.eval_every=50"])
-    trainer = Trainer(cfg, out, resume=(out / CHECKPOINT).exists())
-    summary = trainer.fit()
-    print(f"\nvalidation: {summary['final_val_bpb']:.3f} bits per byte after {summary['tokens']:,} tokens "
-          f"({summary['parameters']:,} parameters)")
-    g = torch.Generator().manual_seed(0)
-    tok = trainer.tokenizer
-    for p in PROMPTS:
-        ids = torch.tensor([tok.encode(p)])
-        outp = generate(trainer.model, ids, max_new_tokens=160, temperature=0.7, top_k=40, generator=g)
-        print("-" * 60)
-        print(tok.decode(outp[0].tolist()))
+    results = run_compare(EXPERIMENT, out, command=f"archlab demo --out {out}")
+    print()
+    print(summary_table_md(results))
+    metric = results["experiment"]["metric"]
+    best = min(results["variants"], key=lambda v: results["variants"][v]["mean"])
+    run = load_run(out / best / f"seed{results['experiment']['seeds'][0]}")
+    ids = torch.tensor([run.tokenizer.encode(PROMPT)])
+    sample = generate(run.model, ids, max_new_tokens=200, temperature=0.7, top_k=40,
+                      generator=torch.Generator().manual_seed(0))
+    print(f"\nsample from '{best}' (lowest mean {metric}), prompt {PROMPT!r}:")
     print("-" * 60)
-    print(f"run folder: {out}  (archlab eval {out} / archlab generate {out} --prompt ...)")
+    print(run.tokenizer.decode(sample[0].tolist()))
+    print("-" * 60)
+    print(f"report: {out / 'report.html'}  (markdown: {out / 'report.md'}, plots: {out / 'plots'})")
     return 0

@@ -127,8 +127,10 @@ class LM(nn.Module):
         logits = self.head(self.norm(x))
         if targets is None:
             return ModelOutput(logits=logits)
-        nll = F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), targets.reshape(-1),
-                              ignore_index=IGNORE_INDEX)
+        flat = logits.reshape(-1, logits.shape[-1])
+        if flat.dtype in (torch.float16, torch.bfloat16):  # the loss in at least fp32
+            flat = flat.float()
+        nll = F.cross_entropy(flat, targets.reshape(-1), ignore_index=IGNORE_INDEX)
         return ModelOutput(logits=logits, loss=nll, nll=nll)
 
 

@@ -39,7 +39,11 @@ class PositionalScheme(nn.Module):
         q_pos: torch.Tensor,
         k_pos: torch.Tensor,
         scores: torch.Tensor | None = None,
+        allowed: torch.Tensor | None = None,
     ) -> torch.Tensor | None:
+        """``allowed`` (bool, broadcastable to the scores) is the causal/padding mask, passed
+        to schemes with ``needs_scores`` that must respect it (CoPE's gates count only
+        visible keys)."""
         return None
 
 

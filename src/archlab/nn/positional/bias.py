@@ -36,7 +36,7 @@ class ALiBi(PositionalScheme):
         self.bidirectional = bidirectional
         self.register_buffer("slopes", alibi_slopes(heads), persistent=False)
 
-    def bias(self, q, k, q_pos, k_pos, scores=None):
+    def bias(self, q, k, q_pos, k_pos, scores=None, allowed=None):
         rel = relative_positions(q_pos, k_pos).to(torch.float32)
         if self.bidirectional:
             rel = rel.abs()
@@ -79,7 +79,7 @@ class T5RelativeBias(PositionalScheme):
         self.table = nn.Embedding(num_buckets, heads)
         nn.init.normal_(self.table.weight, std=0.02)
 
-    def bias(self, q, k, q_pos, k_pos, scores=None):
+    def bias(self, q, k, q_pos, k_pos, scores=None, allowed=None):
         rel = relative_positions(q_pos, k_pos).squeeze(-3)
         buckets = t5_bucket(rel, bidirectional=self.bidirectional, num_buckets=self.num_buckets,
                             max_distance=self.max_distance)

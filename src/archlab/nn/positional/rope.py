@@ -39,38 +39,40 @@ class RotaryEmbedding(PositionalScheme):
         if self.rot_dim < 2:
             raise ValueError(f"rotary width {self.rot_dim} from head_dim {head_dim} × fraction {fraction} is < 2")
         self.base = float(base)
-        self.register_buffer("inv_freq", self._inv_freq(self.base), persistent=False)
         self._memo: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None
 
-    def _inv_freq(self, base: float) -> torch.Tensor:
-        return base ** (-torch.arange(0, self.rot_dim, 2, dtype=torch.float64) / self.rot_dim)
+    def inv_freq(self, device: torch.device | None = None) -> torch.Tensor:
+        """θ_c = base^{−2c/r} in float64. Computed, not a buffer: casting the model to a low
+        precision must not round the frequencies (that would blur long-range positions)."""
+        return self.base ** (-torch.arange(0, self.rot_dim, 2, dtype=torch.float64, device=device) / self.rot_dim)
 
     def set_base(self, base: float) -> None:
         """Change the base (used by learning-dynamics controllers); invalidates cached angles."""
         self.base = float(base)
-        self.inv_freq = self._inv_freq(self.base).to(self.inv_freq.device)
         self._memo = None
 
     def angles(self, positions: torch.Tensor) -> torch.Tensor:
-        """pos · θ for every position and frequency: (…, T, r/2) in float32."""
-        return (positions.to(torch.float64).unsqueeze(-1) * self.inv_freq).float()
+        """pos · θ for every position and frequency: (…, T, r/2) in float64."""
+        return positions.to(torch.float64).unsqueeze(-1) * self.inv_freq(positions.device)
 
-    def cos_sin(self, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def cos_sin(self, positions: torch.Tensor, dtype: torch.dtype = torch.float32) -> tuple[torch.Tensor, torch.Tensor]:
+        """cos/sin tables, float64 for a float64 model, else float32 (cast to q's dtype later)."""
+        dt = torch.float64 if dtype == torch.float64 else torch.float32
         # All layers sharing this scheme get the same positions tensor within one forward:
         # computing cos/sin once per forward instead of once per layer.
         memo = self._memo
-        if memo is not None and memo[0] is positions:
+        if memo is not None and memo[0] is positions and memo[1].dtype == dt:
             return memo[1], memo[2]
         ang = self.angles(positions)
-        cos, sin = per_position(ang.cos()), per_position(ang.sin())
+        cos, sin = per_position(ang.cos().to(dt)), per_position(ang.sin().to(dt))
         if not torch.is_grad_enabled() or not any(p.requires_grad for p in self.parameters()):
             self._memo = (positions, cos, sin)
         return cos, sin
 
     def rotate(self, q, k, q_pos, k_pos):
-        cos, sin = self.cos_sin(q_pos)
+        cos, sin = self.cos_sin(q_pos, q.dtype)
         if k_pos is not q_pos:
-            kcos, ksin = self.cos_sin(k_pos)
+            kcos, ksin = self.cos_sin(k_pos, k.dtype)
         else:
             kcos, ksin = cos, sin
         return apply_rotary(q, cos, sin), apply_rotary(k, kcos, ksin)

@@ -1,0 +1,399 @@
+"""The report of ``archlab compare``: ``report.md``, a self-contained ``report.html`` and plots.
+
+``write_report(results, DIR)`` writes ``DIR/plots/{loss_vs_tokens,loss_vs_time,final_metric,
+throughput}.png`` (matplotlib's Agg canvas, imported only here), ``DIR/report.md`` (linking the
+PNGs) and ``DIR/report.html`` (the same content with the PNGs inlined as base64 data URIs, so
+the one file can be mailed or attached). ``rebuild(DIR)`` recomputes the statistics from
+``DIR/results.json`` and rewrites everything (``archlab report DIR``). The statistics are
+described in :mod:`archlab.lab.stats` and, briefly, in every report.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import json
+import math
+import os
+import re
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from archlab.lab.stats import summarize, variant_order
+from archlab.registry import ConfigError
+
+PLOTS = ("loss_vs_tokens", "loss_vs_time", "final_metric", "throughput")
+Block = tuple  # ("h1"|"h2"|"p", text) · ("kv", [(key, value, is_code)]) · ("table", header, rows) · ("img", name, caption)
+
+
+class MissingDependencyError(ConfigError, ImportError):
+    """matplotlib is missing: one line for the CLI (a ConfigError) and still an ImportError."""
+
+
+def _matplotlib() -> tuple[Any, Any]:
+    try:  # the Figure API with an explicit Agg canvas: no pyplot global state, no GUI backend
+        from matplotlib.backends.backend_agg import FigureCanvasAgg
+        from matplotlib.figure import Figure
+    except ImportError:
+        raise MissingDependencyError("the report's plots need matplotlib: pip install 'archlab[report]'") from None
+    return Figure, FigureCanvasAgg
+
+
+def _num(x: Any) -> float | None:
+    return float(x) if isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x) else None
+
+
+def _fmt(x: Any, digits: int = 4, sign: bool = False) -> str:
+    v = _num(x)
+    return "—" if v is None else f"{v:+,.{digits}f}" if sign else f"{v:,.{digits}f}"
+
+
+def _fmt_params(x: Any) -> str:
+    v = _num(x)
+    if v is None:
+        return "—"
+    return f"{v / 1e6:.2f}M" if v >= 1e6 else f"{v / 1e3:.1f}k" if v >= 1e3 else f"{v:.0f}"
+
+
+def _fmt0(x: Any) -> str:
+    return _fmt(x, 0)
+
+
+def _ci(ci: Any, sign: bool = False) -> str:
+    lo, hi = (ci or [None, None])[:2]
+    return "[n/a]" if _num(lo) is None or _num(hi) is None else f"[{_fmt(lo, sign=sign)}, {_fmt(hi, sign=sign)}]"
+
+
+def _variants(results: dict) -> dict[str, dict]:
+    return results.get("variants") or summarize(results)
+
+
+def summary_rows(results: dict) -> tuple[list[str], list[list[str]]]:
+    """Header and rows of the summary table (one row per variant, in variant order)."""
+    exp = results.get("experiment", {})
+    metric, base = exp.get("metric", "bpb"), exp.get("baseline", "baseline")
+    header = ["variant", "n", "params", f"{metric} mean ± std", "95% CI", f"Δ vs {base} [95% CI]", "Δ %",
+              "verdict", "tokens/s"]
+    rows = []
+    for name, v in _variants(results).items():
+        d = v.get("diff", {})
+        if v.get("is_baseline"):
+            delta, rel = "—", "—"
+        else:
+            delta = "—" if _num(d.get("mean")) is None else f"{_fmt(d['mean'], sign=True)} {_ci(d.get('ci95'), True)}"
+            rel = "—" if _num(d.get("relative_pct")) is None else f"{d['relative_pct']:+.2f}%"
+        spread = f"{_fmt(v.get('mean'))} ± {_fmt(v.get('std'))}"
+        rows.append([name, str(v.get("n", 0)), _fmt_params(v.get("parameters")), spread, _ci(v.get("ci95")),
+                     delta, rel, str(v.get("verdict", "")), _fmt0(v.get("tokens_per_s"))])
+    return header, rows
+
+
+def run_rows(results: dict) -> tuple[list[str], list[list[str]]]:
+    """Header and rows of the per-run table, in the order the runs were made."""
+    metric = results.get("experiment", {}).get("metric", "bpb")
+    header = ["variant", "seed", "status", metric, "loss", "final val bpb", "tokens", "steps", "tokens/s",
+              "wall time (s)", "peak mem (MB)"]
+    rows = [[str(r.get("variant")), str(r.get("seed")), str(r.get("status")), _fmt(r.get(metric)),
+             _fmt(r.get("loss")), _fmt(r.get("final_val_bpb")), _fmt0(r.get("tokens")), _fmt0(r.get("steps")),
+             _fmt0(r.get("tokens_per_s")), _fmt(r.get("wall_time"), 1), _fmt(r.get("peak_mem_mb"), 0)]
+            for r in results.get("runs", [])]
+    return header, rows
+
+
+def _md_table(header: list[str], rows: list[list[str]]) -> str:
+    def cell(s: str) -> str:
+        return s.replace("|", "\\|")
+
+    align = ["---" if i == 0 or h in ("status", "verdict") else "---:" for i, h in enumerate(header)]
+    lines = ["| " + " | ".join(cell(h) for h in header) + " |", "|" + "|".join(align) + "|"]
+    lines += ["| " + " | ".join(cell(c) for c in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def summary_table_md(results: dict) -> str:
+    """The summary table as Markdown (also what ``archlab compare`` prints at the end)."""
+    return _md_table(*summary_rows(results))
+
+
+# ----------------------------------------------------------------------------------------- plots
+
+def _color(i: int, is_baseline: bool) -> str:  # one colour per variant in every plot; the baseline black
+    return "#000000" if is_baseline else "C" + "012345689"[i % 9]  # not C7: grey, too near the baseline
+
+
+def _curve_key(results: dict) -> str:
+    """``val_<metric>`` when every curve point has it (bpb compares across tokenizers), else val_loss."""
+    metric = results.get("experiment", {}).get("metric", "bpb")
+    points = [p for r in results.get("runs", []) for p in r.get("curve") or []]
+    return f"val_{metric}" if points and all(_num(p.get(f"val_{metric}")) is not None for p in points) else "val_loss"
+
+
+def mean_curve(curves: list[list[dict]], x_key: str, y_key: str) -> tuple[np.ndarray, ...] | None:
+    """Mean and min–max band of several seeds' curves: ``(x, mean, lo, hi)`` or None.
+
+    Seeds are evaluated at the same steps but not at the same tokens/seconds exactly, so every
+    curve is linearly interpolated onto the union of x points inside the range all curves cover
+    (no extrapolation: beyond it some seeds have no data and a "mean" would be a different mix).
+    """
+    xy = []
+    for c in curves:
+        pts = sorted((float(p[x_key]), float(p[y_key])) for p in c
+                     if _num(p.get(x_key)) is not None and _num(p.get(y_key)) is not None)
+        if pts:
+            xy.append(np.array(pts))
+    if not xy:
+        return None
+    start, stop = max(a[0, 0] for a in xy), min(a[-1, 0] for a in xy)
+    if start > stop:
+        return None
+    grid = np.unique(np.concatenate([a[:, 0] for a in xy]))
+    grid = grid[(grid >= start) & (grid <= stop)]
+    ys = np.stack([np.interp(grid, a[:, 0], a[:, 1]) for a in xy])
+    return grid, ys.mean(0), ys.min(0), ys.max(0)
+
+
+def _by_variant(results: dict) -> dict[str, list[dict]]:
+    out: dict[str, list[dict]] = {name: [] for name in variant_order(results)}
+    for r in results.get("runs", []):
+        if r.get("status") == "done":
+            out[r["variant"]].append(r)
+    return out
+
+
+def _plot_curves(ax: Any, results: dict, x_key: str, y_key: str) -> None:
+    base = results.get("experiment", {}).get("baseline")
+    tops, lows = [], []
+    for i, (name, runs) in enumerate(_by_variant(results).items()):
+        band = mean_curve([r.get("curve") or [] for r in runs], x_key, y_key)
+        if band is None:
+            continue
+        x, m, lo, hi = band
+        color = _color(i, name == base)
+        ax.plot(x, m, color=color, lw=2 if name == base else 1.5, marker="." if len(x) < 3 else None,
+                label=f"{name} (baseline)" if name == base else name)
+        ax.fill_between(x, lo, hi, color=color, alpha=0.15, lw=0)
+        tops.append(float(np.max(m[x >= x[0] + 0.2 * (x[-1] - x[0])])))  # ignore the steep start
+        lows.append(float(np.min(lo)))
+    if not lows:
+        ax.text(0.5, 0.5, "no validation curve recorded", ha="center", va="center", transform=ax.transAxes)
+        return
+    bottom, top = min(lows), max(tops)
+    pad = 0.08 * (top - bottom) if top > bottom else 0.05 * abs(top) or 0.05
+    ax.set_ylim(bottom - pad, top + 2 * pad)
+    ax.legend(fontsize=8, frameon=False)
+    ax.grid(alpha=0.3)
+
+
+def _plot_final(ax: Any, results: dict, variants: dict[str, dict]) -> None:
+    metric = results.get("experiment", {}).get("metric", "bpb")
+    runs = _by_variant(results)
+    labels = []
+    for i, (name, v) in enumerate(variants.items()):
+        color, base = _color(i, bool(v.get("is_baseline"))), bool(v.get("is_baseline"))
+        vals = [float(r[metric]) for r in runs.get(name, []) if _num(r.get(metric)) is not None]
+        jitter = np.linspace(-0.12, 0.12, len(vals)) if len(vals) > 1 else np.zeros(len(vals))
+        ax.scatter(i + 0.25 + jitter, vals, s=12, color=color, alpha=0.5, lw=0)  # the individual seeds
+        mean, (lo, hi) = _num(v.get("mean")), (v.get("ci95") or [None, None])
+        if mean is not None:
+            yerr = [[mean - lo], [hi - mean]] if _num(lo) is not None and _num(hi) is not None else None
+            ax.errorbar([i], [mean], yerr=yerr, fmt="D" if base else "o", color=color, capsize=4, ms=7 if base else 5)
+            if base:
+                ax.axhline(mean, color=color, ls="--", lw=0.8, alpha=0.6)
+        labels.append(f"{name}\n(baseline)" if base else f"{name}\n{v.get('verdict', '')}")
+    ax.set_xticks(range(len(labels)), labels, fontsize=8)
+    ax.set_ylabel(f"{metric} (lower is better)")
+    ax.grid(axis="y", alpha=0.3)
+
+
+def _plot_throughput(ax: Any, results: dict, variants: dict[str, dict]) -> None:
+    runs = _by_variant(results)
+    for i, (name, v) in enumerate(variants.items()):
+        color = _color(i, bool(v.get("is_baseline")))
+        ax.bar(i, v.get("tokens_per_s") or 0.0, color=color, alpha=0.7 if v.get("is_baseline") else 0.5)
+        vals = [float(r["tokens_per_s"]) for r in runs.get(name, []) if _num(r.get("tokens_per_s")) is not None]
+        ax.scatter([i] * len(vals), vals, s=12, color="#333333", zorder=3)
+    ax.set_xticks(range(len(variants)), list(variants), fontsize=8)
+    ax.set_ylabel("training tokens/s (higher is faster)")
+    ax.grid(axis="y", alpha=0.3)
+
+
+def write_plots(results: dict, plots_dir: str | Path) -> dict[str, Path]:
+    """The four PNGs; returns ``{name: path}`` in :data:`PLOTS` order."""
+    Figure, Canvas = _matplotlib()
+    from matplotlib.ticker import EngFormatter
+
+    plots_dir = Path(plots_dir)
+    plots_dir.mkdir(parents=True, exist_ok=True)
+    variants, y_key = _variants(results), _curve_key(results)
+    ylabel = f"validation {y_key.removeprefix('val_')}"
+    paths = {}
+    for name in PLOTS:
+        fig = Figure(figsize=(7.0, 4.2), dpi=110, layout="constrained")
+        Canvas(fig)
+        ax = fig.add_subplot()
+        if name == "loss_vs_tokens":
+            _plot_curves(ax, results, "tokens", y_key)
+            ax.xaxis.set_major_formatter(EngFormatter())
+            ax.set(xlabel="training tokens", ylabel=ylabel, title=f"{ylabel} vs tokens (mean over seeds, band: min–max)")
+        elif name == "loss_vs_time":
+            _plot_curves(ax, results, "elapsed", y_key)
+            ax.set(xlabel="wall-clock seconds", ylabel=ylabel, title=f"{ylabel} vs time (mean over seeds, band: min–max)")
+        elif name == "final_metric":
+            _plot_final(ax, results, variants)
+            ax.set_title("final held-out metric: mean and 95% interval (dots: seeds)")
+        else:
+            _plot_throughput(ax, results, variants)
+            ax.set_title("throughput: mean over seeds (dots: seeds)")
+        paths[name] = plots_dir / f"{name}.png"
+        fig.savefig(paths[name], metadata={"Software": None})  # no version stamp: same input, same bytes
+    return paths
+
+
+# ---------------------------------------------------------------------------------------- report
+
+CAPTIONS = {
+    "loss_vs_tokens": "Validation curve against training tokens (the equal budget).",
+    "loss_vs_time": "Validation curve against wall-clock seconds (what the compute actually cost).",
+    "final_metric": "Final held-out metric per variant with 95% intervals; the baseline is black.",
+    "throughput": "Training throughput per variant.",
+}
+
+
+def _stats_note(results: dict, variants: dict[str, dict]) -> str:
+    exp = results.get("experiment", {})
+    metric, k = exp.get("metric", "bpb"), sum(1 for v in variants.values() if not v.get("is_baseline"))
+    welch = [n for n, v in variants.items() if v.get("diff", {}).get("method") == "welch"]
+    dropped = sum(v.get("failed", 0) + v.get("non_finite", 0) for v in variants.values())
+    corr = {v.get("diff", {}).get("correction") for v in variants.values()} - {None}
+    return (
+        f"Each variant's {metric} (held-out, lower is better) is summarised over seeds by its mean, sample "
+        "standard deviation and a Student-t 95% interval. Δ is variant − baseline. Runs with the same seed "
+        "share initialisation seed and data order, so when a variant ran the baseline's seeds Δ is taken per "
+        "seed and its interval is a paired Student-t interval (n−1 degrees of freedom); otherwise it is "
+        "Welch's interval with Welch–Satterthwaite degrees of freedom"
+        + (f" (used here for: {', '.join(welch)})" if welch else " (not needed here)") + ". "
+        "Verdict: *better*/*worse* when the whole interval lies on one side of zero, else *no detectable "
+        "difference* — which is not evidence of equality: with few seeds only large effects are detectable. "
+        + ("Intervals are Bonferroni-corrected over the variants. " if "bonferroni" in corr else
+           f"No multiple-comparison correction is applied: each verdict has a 5% false-alarm rate, so over "
+           f"{k} comparison(s) up to {min(100, 5 * k)}% chance of at least one. ")
+        + (f"{dropped} run(s) not finished or with a non-finite metric are excluded (see the runs table)."
+           if dropped else "All runs finished and count.")
+    )
+
+
+def report_blocks(results: dict, plot_names: list[str]) -> list[Block]:
+    """The report as format-neutral blocks, rendered to Markdown and HTML below."""
+    exp, variants = results.get("experiment", {}), _variants(results)
+    budget = ", ".join(f"{k}: {_fmt0(v)}" for k, v in (exp.get("budget") or {}).items()) or "—"
+    machine = ", ".join(f"{k}: {v}" for k, v in (exp.get("machine") or {}).items()) or "—"
+    versions = ", ".join(f"{k} {v}" for k, v in (exp.get("versions") or {}).items()) or "—"
+    split = exp.get("eval_split", "—") + (f" (first {_fmt0(exp['eval_max_tokens'])} tokens)"
+                                          if _num(exp.get("eval_max_tokens")) else "")
+    provenance = [("command", exp.get("command", "—"), True), ("experiment file", exp.get("file", "—"), True),
+                  ("baseline", exp.get("baseline", "—"), False), ("metric", exp.get("metric", "bpb"), False),
+                  ("budget", budget, False), ("seeds", ", ".join(map(str, exp.get("seeds", []))) or "—", False),
+                  ("eval split", split, False), ("versions", versions, False), ("machine", machine, False),
+                  ("date", exp.get("created", "—"), False)]
+    if _num(exp.get("total_time")) is not None:
+        provenance.append(("total time", f"{exp['total_time']:.0f} s", False))
+    blocks: list[Block] = [("h1", f"{exp.get('name', 'experiment')}: {exp.get('metric', 'bpb')} vs "
+                                  f"{exp.get('baseline', 'baseline')} at equal budget")]
+    if exp.get("description"):
+        blocks.append(("p", str(exp["description"]).strip()))
+    blocks += [("h2", "How this was produced"), ("kv", provenance),
+               ("h2", "Summary"), ("table", *summary_rows(results)),
+               ("h2", "Plots"), *[("img", n, CAPTIONS[n]) for n in plot_names],
+               ("h2", "Runs"), ("table", *run_rows(results)),
+               ("h2", "Statistics"), ("p", _stats_note(results, variants))]
+    return blocks
+
+
+def render_md(blocks: list[Block]) -> str:
+    parts = []
+    for b in blocks:
+        if b[0] in ("h1", "h2"):
+            parts.append(("# " if b[0] == "h1" else "## ") + b[1])
+        elif b[0] == "p":
+            parts.append(b[1])
+        elif b[0] == "kv":
+            parts.append("\n".join(f"- **{k}**: " + (f"`{v}`" if code else str(v)) for k, v, code in b[1]))
+        elif b[0] == "table":
+            parts.append(_md_table(b[1], b[2]))
+        elif b[0] == "img":
+            parts.append(f"![{b[2]}](plots/{b[1]}.png)\n\n*{b[2]}* (`plots/{b[1]}.png`)")
+    return "\n\n".join(parts) + "\n"
+
+
+_CSS = ("body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222}"
+        "table{border-collapse:collapse;font-size:0.9em;margin:1em 0}td,th{border:1px solid #ccc;"
+        "padding:3px 8px;text-align:right}td:first-child,th:first-child{text-align:left}"
+        "figure{margin:1em 0}figcaption{font-size:0.85em;color:#555}img{max-width:100%}"
+        "code{background:#f4f4f4;padding:1px 4px}")
+
+
+def render_html(blocks: list[Block], plot_paths: dict[str, Path]) -> str:
+    """One self-contained page: PNGs inlined as data URIs; each figure names its file in alt and caption."""
+    e = html.escape
+    body = []
+    for b in blocks:
+        if b[0] in ("h1", "h2", "p"):  # *x* is the only inline markup the blocks use
+            body.append(f"<{b[0]}>" + re.sub(r"\*([^*\n]+)\*", r"<em>\1</em>", e(b[1])) + f"</{b[0]}>")
+        elif b[0] == "kv":
+            items = "".join(f"<li><b>{e(k)}</b>: " + (f"<code>{e(str(v))}</code>" if code else e(str(v))) + "</li>"
+                            for k, v, code in b[1])
+            body.append(f"<ul>{items}</ul>")
+        elif b[0] == "table":
+            head = "".join(f"<th>{e(h)}</th>" for h in b[1])
+            rows = "".join("<tr>" + "".join(f"<td>{e(c)}</td>" for c in r) + "</tr>" for r in b[2])
+            body.append(f"<table><thead><tr>{head}</tr></thead><tbody>{rows}</tbody></table>")
+        elif b[0] == "img":
+            data = base64.b64encode(plot_paths[b[1]].read_bytes()).decode("ascii")
+            body.append(f'<figure><img src="data:image/png;base64,{data}" alt="plots/{b[1]}.png">'
+                        f"<figcaption>{e(b[2])} (<code>plots/{b[1]}.png</code>)</figcaption></figure>")
+    title = e(blocks[0][1]) if blocks and blocks[0][0] == "h1" else "archlab report"
+    return (f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>{title}</title>'
+            f"<style>{_CSS}</style></head>\n<body>\n" + "\n".join(body) + "\n</body></html>\n")
+
+
+def _atomic_write(path: Path, data: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")  # a reader never sees half a file
+    tmp.write_text(data, encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def write_report(results: dict, out_dir: str | Path) -> dict[str, Path]:
+    """Write ``plots/*.png``, ``report.md`` and ``report.html`` into ``out_dir``.
+
+    Uses ``results["variants"]`` when present (else computes it with ``summarize``, without
+    modifying ``results``). Returns ``{"md": ..., "html": ..., <plot name>: ...}``. Raises
+    :class:`MissingDependencyError` (one line) when matplotlib is not installed.
+    """
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    results = {**results, "variants": _variants(results)}
+    plots = write_plots(results, out / "plots")
+    blocks = report_blocks(results, list(plots))
+    paths = {"md": out / "report.md", "html": out / "report.html"}
+    _atomic_write(paths["md"], render_md(blocks))
+    _atomic_write(paths["html"], render_html(blocks, plots))
+    return {**paths, **plots}
+
+
+def rebuild(out_dir: str | Path) -> dict[str, Path]:
+    """``archlab report DIR``: recompute ``variants`` from ``DIR/results.json``, rewrite it and the report.
+
+    results.json is replaced atomically (temporary file + ``os.replace``), so an interrupted
+    rebuild leaves the old file intact. Returns the paths written, ``results`` included.
+    """
+    out = Path(out_dir)
+    path = out / "results.json"
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: no results.json (run `archlab compare EXPERIMENT --out {out}` first)")
+    results = json.loads(path.read_text())
+    results["variants"] = summarize(results)
+    # allow_nan: a diverged run's NaN metric stays as the runner wrote it (summaries hold None).
+    _atomic_write(path, json.dumps(results, indent=2, default=float))
+    return {"results": path, **write_report(results, out)}

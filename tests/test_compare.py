@@ -1,0 +1,95 @@
+"""archlab compare: experiment validation, equal budgets, resumability, results and report."""
+
+from __future__ import annotations
+
+import json
+import textwrap
+
+import pytest
+
+from archlab.lab import compare as compare_mod
+from archlab.lab.compare import run_compare
+from archlab.lab.experiment import load_experiment
+from archlab.registry import ConfigError
+from tests.test_train import KillAt, corpus  # noqa: F401
+
+
+def write_exp(tmp_path, corpus_path, variants=None, extra="", budget="steps: 4"):
+    variants = variants or "  a: {}\n  b: {model.position.kind: alibi}\n"
+    text = textwrap.dedent(f"""\
+        name: t
+        base: {(tmp_path / 'base.yaml')}
+        budget: {{{budget}}}
+        seeds: [0, 1]
+        baseline: a
+        eval: {{split: validation, max_tokens: 256}}
+        """) + extra + "variants:\n" + variants
+    (tmp_path / "base.yaml").write_text(textwrap.dedent(f"""\
+        model: {{dim: 32, depth: 1, heads: 4}}
+        data: {{corpus: path, path: {corpus_path}, cache_dir: {tmp_path / 'cache'}}}
+        train: {{batch: 4, seq_len: 16, warmup: 1, eval_every: 2, eval_tokens: 128, log_every: 1}}
+        """))
+    p = tmp_path / "exp.yaml"
+    p.write_text(text)
+    return p
+
+
+def test_experiment_budget_is_equal(corpus, tmp_path):  # noqa: F811
+    exp = load_experiment(write_exp(tmp_path, corpus, budget="tokens: 1000"))
+    shapes = {(c.train.total_steps(), c.train.batch, c.train.seq_len, c.train.tokens) for c in exp.variants.values()}
+    assert len(shapes) == 1
+    assert exp.config_for("b", 7).train.seed == 7
+
+
+@pytest.mark.parametrize("variants, extra, budget, needle", [
+    ("  a: {}\n  b: {train.tokens: 5}\n", "", "steps: 4", "would change the budget"),
+    ("  a: {}\n  b: {train: {batch: 8}}\n", "", "steps: 4", "train.batch"),
+    ("  a: {}\n  a: {model.dim: 64}\n", "", "steps: 4", "duplicate key 'a'"),
+    ("  a: {}\n  b: {model.bogus: 1}\n", "", "steps: 4", "variants.b: model.bogus: unknown key"),
+    ("  a: {}\n", "colour: red\n", "steps: 4", "unknown key 'colour'"),
+    ("  a: {}\n", "", "steps: 4, tokens: 100", "exactly one of"),
+    ("  b: {}\n", "", "steps: 4", "baseline 'a' is not a variant"),
+    ("  a: {}\n  b: {data.corpus: stdlib}\n", "", "steps: 4", "data.corpus"),
+])
+def test_experiment_errors(corpus, tmp_path, variants, extra, budget, needle):  # noqa: F811
+    with pytest.raises(ConfigError, match=needle.replace("(", r"\(")) as e:
+        load_experiment(write_exp(tmp_path, corpus, variants, extra, budget))
+    assert "\n" not in str(e.value)
+
+
+def test_compare_runs_resumes_and_reports(corpus, tmp_path, monkeypatch):  # noqa: F811
+    exp = write_exp(tmp_path, corpus)
+    out = tmp_path / "out"
+    real = compare_mod.run_one
+    calls = []
+
+    def flaky(exp_, variant, seed, run_dir, *, callbacks=(), log=print):
+        calls.append((variant, seed))
+        if (variant, seed) == ("b", 0) and calls.count(("b", 0)) == 1:
+            callbacks = [*callbacks, KillAt(2)]  # dies after step 2 (checkpoint written)
+        return real(exp_, variant, seed, run_dir, callbacks=callbacks, log=log)
+
+    monkeypatch.setattr(compare_mod, "run_one", flaky)
+    with pytest.raises(Exception):
+        run_compare(exp, out, progress=False, log=lambda s: None)
+    partial = json.loads((out / "results.json").read_text())
+    assert [(r["variant"], r["seed"]) for r in partial["runs"]] == [("a", 0), ("a", 1)]
+    a0_metrics = (out / "a" / "seed0" / "metrics.jsonl").read_text()
+
+    res = run_compare(exp, out, progress=False, log=lambda s: None)
+    assert calls == [("a", 0), ("a", 1), ("b", 0), ("b", 0), ("b", 1)]  # finished runs skipped
+    assert (out / "a" / "seed0" / "metrics.jsonl").read_text() == a0_metrics
+    b0 = [json.loads(l) for l in (out / "b" / "seed0" / "metrics.jsonl").read_text().splitlines()]
+    assert {"event": "resume", "step": 2} in b0
+    assert len(res["runs"]) == 4 and all(r["status"] == "done" for r in res["runs"])
+    assert {r["tokens"] for r in res["runs"]} == {4 * 4 * 16}  # equal budget for all
+    for r in res["runs"]:
+        assert r["bpb"] > 0 and r["curve"] and r["parameters"] > 0
+    assert set(res["variants"]) == {"a", "b"}
+    assert res["variants"]["a"]["diff"]["verdict"] == "baseline" or res["variants"]["a"].get("verdict") == "baseline"
+    for f in ("results.json", "report.md", "report.html"):
+        assert (out / f).exists()
+    # a third invocation does no training at all
+    calls.clear()
+    run_compare(exp, out, progress=False, log=lambda s: None, report=False)
+    assert calls == []

@@ -1,0 +1,256 @@
+"""The LM as a whole: loss scale, learning, model-level knobs, and generation options."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from archlab.models import generate
+from archlab.models.generation import filter_logits
+from archlab.models.lm import count_parameters
+
+V = 256
+
+
+def make_ids(B: int = 2, T: int = 8, seed: int = 1) -> torch.Tensor:
+    return torch.randint(0, V, (B, T), generator=torch.Generator().manual_seed(seed))
+
+
+# ----------------------------------------------------------------------------- loss scale
+
+
+@pytest.mark.parametrize("double", [False, True])
+def test_uniform_model_scores_eight_bits_per_byte(tiny_config, build, double):
+    model = build(tiny_config(**{"model.tie_embeddings": False}), double=double)
+    with torch.no_grad():
+        model.head.weight.zero_()
+    ids = make_ids(2, 32)
+    targets = torch.roll(ids, -1, dims=1)
+    with torch.no_grad():
+        out = model(ids, targets=targets)
+    assert torch.all(out.logits == 0)
+    assert math.isclose(float(out.loss), math.log(256), rel_tol=1e-6)
+    assert math.isclose(float(out.nll) / math.log(2), 8.0, rel_tol=1e-6)
+    # a trained-looking (non-uniform) model does not land on 8 bits by construction
+    other = build(tiny_config(**{"model.tie_embeddings": False, "model.init_std": 0.5}), double=double)
+    with torch.no_grad():
+        assert abs(float(other(ids, targets=targets).nll) / math.log(2) - 8.0) > 1e-3
+
+
+def test_overfits_one_batch(tiny_config, build):
+    torch.manual_seed(0)
+    model = build(tiny_config()).train()
+    text = b"the quick brown fox jumps over the lazy dog. 0123456789 pack my box with five dozen jugs!"
+    data = torch.tensor(list(text[:66]), dtype=torch.long).view(2, 33)
+    x, y = data[:, :-1], data[:, 1:]
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-2, weight_decay=0.0)
+    first = None
+    for _ in range(300):
+        loss = model(x, targets=y).loss
+        first = first if first is not None else loss.item()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        if loss.item() < 0.01:
+            break
+    with torch.no_grad():
+        final = model(x, targets=y).loss.item()
+    assert first > 4.0  # started near ln 256 ≈ 5.55
+    assert final < 0.05, f"loss only fell from {first:.3f} to {final:.3f}"
+
+
+# ----------------------------------------------------------------------------- model-level knobs
+
+
+def test_model_knobs_change_the_model(tiny_config, build):
+    base = build(tiny_config(), double=True)
+    ids = make_ids()
+    with torch.no_grad():
+        ref = base(ids).logits
+    names = set(dict(base.named_parameters()))
+
+    # linear biases: new parameters (zero-initialised, so the output may match at init)
+    biased = build(tiny_config(**{"model.bias": True}))
+    assert set(dict(biased.named_parameters())) - names and biased.blocks[0].mixer.qkv.bias is not None
+
+    # untied head: its own matrix, V·dim more parameters
+    untied = build(tiny_config(**{"model.tie_embeddings": False}))
+    assert untied.head.weight is not untied.embed.weight
+    assert count_parameters(untied) == count_parameters(base) + V * 32
+    assert base.head.weight is base.embed.weight
+
+    # explicit head_dim: wider projections
+    wide = build(tiny_config(**{"model.head_dim": 16}))
+    assert wide.blocks[0].mixer.qkv.out_features == 3 * 4 * 16 and wide.blocks[0].mixer.out.in_features == 64
+
+    # init_std scales the initial weights and so the logits
+    hot = build(tiny_config(**{"model.init_std": 0.1}), double=True)
+    assert hot.embed.weight.std() > 3 * base.embed.weight.std()
+    with torch.no_grad():
+        assert not torch.allclose(hot(ids).logits, ref)
+
+    # dropout acts in training mode only
+    drop = build(tiny_config(**{"model.dropout": 0.3}), double=True)
+    with torch.no_grad():
+        torch.testing.assert_close(drop(ids).logits, ref, atol=1e-12, rtol=0)
+        drop.train()
+        torch.manual_seed(0)
+        assert not torch.allclose(drop(ids).logits, ref)
+
+    # max_seq_len sizes the learned table
+    learned = build(tiny_config(**{"model.position.kind": "learned", "model.max_seq_len": 40}))
+    assert learned.position.table.num_embeddings == 40
+
+
+# ----------------------------------------------------------------------------- generation
+
+
+@pytest.fixture
+def lm(tiny_config, build):
+    # a larger init makes the next-token distribution peaked enough that sampling and
+    # greedy decoding are clearly distinguishable
+    return build(tiny_config(**{"model.init_std": 0.3}), double=True)
+
+
+def manual_greedy(model, ids, n):
+    out = ids
+    with torch.no_grad():
+        for _ in range(n):
+            out = torch.cat([out, model(out).logits[:, -1].argmax(-1, keepdim=True)], dim=1)
+    return out
+
+
+def test_greedy_is_deterministic_and_is_argmax(lm):
+    ids = make_ids(2, 5)
+    a = generate(lm, ids, max_new_tokens=10, temperature=0.0)
+    b = generate(lm, ids, max_new_tokens=10, temperature=0.0)
+    assert torch.equal(a, b)
+    assert torch.equal(a, manual_greedy(lm, ids, 10))
+    assert torch.equal(a[:, :5], ids)
+
+
+def test_top_k_one_and_tiny_top_p_equal_greedy(lm):
+    ids = make_ids(2, 5)
+    greedy = generate(lm, ids, max_new_tokens=10, temperature=0.0)
+    g = torch.Generator().manual_seed(0)
+    assert torch.equal(generate(lm, ids, max_new_tokens=10, temperature=1.0, top_k=1, generator=g), greedy)
+    assert torch.equal(generate(lm, ids, max_new_tokens=10, temperature=1.0, top_p=1e-9, generator=g), greedy)
+    # plain sampling at a high temperature does not (with overwhelming probability) follow greedy
+    sampled = generate(lm, ids, max_new_tokens=10, temperature=2.0, generator=g)
+    assert not torch.equal(sampled, greedy)
+
+
+def test_sampling_reproducible_with_generator(lm):
+    ids = make_ids(2, 5)
+
+    def sample(seed, use_cache=True):
+        return generate(lm, ids, max_new_tokens=12, temperature=0.9, top_k=50, top_p=0.95,
+                        generator=torch.Generator().manual_seed(seed), use_cache=use_cache)
+
+    a, b, c = sample(123), sample(123), sample(124)
+    assert torch.equal(a, b)
+    assert not torch.equal(a, c)
+    assert torch.equal(sample(123, use_cache=False), a)
+
+
+def test_max_new_tokens_respected(lm):
+    ids = make_ids(3, 4)
+    for n in (0, 1, 7):
+        assert generate(lm, ids, max_new_tokens=n, temperature=0.0).shape == (3, 4 + n)
+    assert torch.equal(generate(lm, ids, max_new_tokens=0), ids)
+    with pytest.raises(ValueError, match="max_new_tokens"):
+        generate(lm, ids, max_new_tokens=-1)
+
+
+def _first_stop(row: list[int], prompt_len: int, stop: list[int]) -> int | None:
+    """Length of the row at which ``stop`` first ends it, checked after each generated token."""
+    for end in range(prompt_len + 1, len(row) + 1):
+        if end >= len(stop) and row[end - len(stop): end] == stop:
+            return end
+    return None
+
+
+def test_stop_sequence_ends_generation(lm):
+    ids = make_ids(1, 4, seed=5)
+    free = generate(lm, ids, max_new_tokens=12, temperature=0.0)[0].tolist()
+    stop = free[4 + 5: 4 + 7]  # two tokens the model will produce at steps 6 and 7
+    expected_len = _first_stop(free, 4, stop)
+    assert expected_len is not None and expected_len < len(free)
+    out = generate(lm, ids, max_new_tokens=12, temperature=0.0, stop=[stop])[0].tolist()
+    assert len(out) == expected_len
+    assert out[-len(stop):] == stop
+    assert out == free[:expected_len]
+    # a stop sequence that never occurs changes nothing
+    never = [t for t in range(V) if t not in free][:1] * 3
+    assert generate(lm, ids, max_new_tokens=12, temperature=0.0, stop=[never])[0].tolist() == free
+
+
+def test_stop_pads_finished_rows_while_others_continue(lm):
+    ids = torch.cat([make_ids(1, 4, seed=5), make_ids(1, 4, seed=6)])
+    free = generate(lm, ids, max_new_tokens=10, temperature=0.0)
+    stop = free[0, 4:6].tolist()  # row 0 stops after two new tokens
+    if _first_stop(free[1].tolist(), 4, stop) is not None:
+        pytest.skip("row 1 happens to produce the same stop sequence")
+    out = generate(lm, ids, max_new_tokens=10, temperature=0.0, stop=[stop], pad_id=255)
+    assert out.shape == free.shape  # row 1 never stops: runs to max_new_tokens
+    assert torch.equal(out[1], free[1])
+    assert torch.equal(out[0, :6], free[0, :6])
+    assert torch.all(out[0, 6:] == 255)
+
+
+def test_generate_restores_training_mode(lm):
+    lm.train()
+    generate(lm, make_ids(1, 3), max_new_tokens=2, temperature=0.0)
+    assert lm.training
+
+
+# ----------------------------------------------------------------------------- logit filters
+
+
+def _kept(logits: torch.Tensor, **kw) -> set[int]:
+    kept = torch.isfinite(filter_logits(logits, **kw)).reshape(-1, logits.shape[-1])
+    assert kept.shape[0] == 1
+    return set(torch.nonzero(kept[0]).flatten().tolist())
+
+
+def test_top_p_keeps_smallest_set_reaching_p():
+    probs = torch.tensor([0.05, 0.5, 0.15, 0.3], dtype=torch.float64)
+    logits = probs.log()
+    assert _kept(logits, top_p=0.4) == {1}
+    assert _kept(logits, top_p=0.75) == {1, 3}
+    assert _kept(logits, top_p=0.85) == {1, 3, 2}
+    assert _kept(logits, top_p=0.97) == {0, 1, 2, 3}
+    assert _kept(logits, top_p=1.0) == {0, 1, 2, 3}
+    # kept logits are unchanged, not renormalised here
+    out = filter_logits(logits, top_p=0.75)
+    assert torch.equal(out[[1, 3]], logits[[1, 3]])
+
+
+def test_top_p_against_brute_force():
+    g = torch.Generator().manual_seed(0)
+    for _ in range(100):
+        logits = torch.randn(2, 12, generator=g, dtype=torch.float64) * 2
+        p = float(torch.rand(1, generator=g))
+        got = filter_logits(logits, top_p=p)
+        for row in range(2):
+            probs = logits[row].softmax(-1)
+            order = probs.argsort(descending=True).tolist()
+            mass, want = 0.0, set()
+            for i in order:  # smallest prefix of the sorted probabilities with mass ≥ p
+                want.add(i)
+                mass += float(probs[i])
+                if mass >= p:
+                    break
+            if abs(mass - p) < 1e-9:
+                continue  # a boundary tie: either answer is defensible
+            assert set(torch.nonzero(torch.isfinite(got[row])).flatten().tolist()) == want
+
+
+def test_top_k_keeps_k_largest():
+    logits = torch.tensor([[0.1, 3.0, -1.0, 2.0, 0.5]])
+    assert _kept(logits, top_k=2) == {1, 3}
+    assert _kept(logits, top_k=1) == {1}
+    assert _kept(logits, top_k=10) == set(range(5))
+    assert _kept(logits, top_k=2, top_p=0.01) == {1}

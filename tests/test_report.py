@@ -1,0 +1,156 @@
+"""Report of ``archlab compare``: files, valid PNGs, self-contained HTML, rebuild round trip."""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import random
+import re
+
+import pytest
+
+from archlab.lab.report import PLOTS, mean_curve, rebuild, summary_table_md, write_report
+from archlab.lab.stats import summarize
+
+pytest.importorskip("matplotlib")
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+COMMAND = "archlab compare experiments/synthetic.yaml --out runs/synthetic"
+
+
+def synthetic_results(offsets: dict[str, float] | None = None, seeds=(0, 1, 2)) -> dict:
+    """A results.json-shaped dict: variants × seeds, each with a decaying validation curve.
+
+    Seeds get a shared per-seed offset (as runs with one data order do) and slightly different
+    x points (tokens, elapsed), as real runs have.
+    """
+    offsets = offsets or {"rope": 0.0, "alibi": -0.3, "nope": 0.01}
+    rng = random.Random(0)
+    runs = []
+    for variant, off in offsets.items():
+        for seed in seeds:
+            seed_off = 0.02 * seed
+            curve = []
+            for i, step in enumerate(range(50, 301, 50)):
+                tokens = step * 4096 + rng.randrange(0, 512)
+                loss = 1.5 + 2.0 * math.exp(-step / 80) + off + seed_off
+                curve.append({"step": step, "tokens": tokens, "elapsed": step * 0.8 + rng.random(),
+                              "val_loss": loss, "val_bpb": loss / math.log(2)})
+            final = curve[-1]["val_bpb"] + rng.gauss(0, 0.002)
+            runs.append({"variant": variant, "seed": seed, "dir": f"{variant}/seed{seed}", "status": "done",
+                         "parameters": 3_229_952 + (128 * 512 if variant == "nope" else 0), "tokens": 1_228_800,
+                         "steps": 300, "bpb": final, "loss": final * math.log(2), "final_val_bpb": final,
+                         "best_val_loss": curve[-1]["val_loss"], "tokens_per_s": 5100.0 + 100 * seed + len(variant),
+                         "wall_time": 240.0 + seed, "peak_mem_mb": 610.0, "curve": curve})
+    return {
+        "experiment": {"name": "synthetic", "file": "experiments/synthetic.yaml", "baseline": "rope",
+                       "metric": "bpb", "budget": {"tokens": 1_228_800}, "seeds": list(seeds),
+                       "eval_split": "validation", "command": COMMAND,
+                       "versions": {"archlab": "0.1.0", "torch": "2.13.0", "python": "3.11.7"},
+                       "machine": {"cpu": "test cpu", "threads": 2, "device": "cpu"},
+                       "created": "2026-11-23T19:00:00Z", "description": "a synthetic | experiment",
+                       "variants": {name: {} for name in offsets}},
+        "runs": runs,
+    }
+
+
+@pytest.fixture(scope="module")
+def written(tmp_path_factory):
+    out = tmp_path_factory.mktemp("report")
+    results = synthetic_results()
+    results["variants"] = summarize(results)
+    return results, out, write_report(results, out)
+
+
+def test_every_file_exists_and_pngs_are_valid(written):
+    _, out, paths = written
+    assert paths["md"] == out / "report.md" and paths["html"] == out / "report.html"
+    for name in PLOTS:
+        png = out / "plots" / f"{name}.png"
+        assert paths[name] == png
+        data = png.read_bytes()
+        assert data[:8] == PNG_MAGIC and len(data) > 5000  # a real figure, not an empty canvas
+    assert all(p.exists() for p in paths.values())
+
+
+def test_html_is_self_contained_and_names_every_plot(written):
+    _, out, _ = written
+    page = (out / "report.html").read_text()
+    uris = re.findall(r'src="(data:image/png;base64,[A-Za-z0-9+/=]+)"', page)
+    assert len(uris) == len(PLOTS)
+    for name in PLOTS:
+        assert f"plots/{name}.png" in page
+    assert 'src="plots/' not in page  # nothing loaded from disk
+    assert "<table>" in page and "better" in page and "archlab compare experiments/synthetic.yaml" in page
+
+
+def test_markdown_has_summary_table_command_and_plots(written):
+    results, out, _ = written
+    md = (out / "report.md").read_text()
+    assert summary_table_md(results) in md
+    assert COMMAND in md and "torch 2.13.0" in md and "2026-11-23T19:00:00Z" in md
+    assert "a synthetic \\| experiment" not in md and "a synthetic | experiment" in md  # prose is not a table
+    for name in PLOTS:
+        assert f"(plots/{name}.png)" in md
+    assert md.count("| rope | 0 |") == 1  # per-run table: variant, seed
+    assert "paired Student-t" in md
+
+
+def test_summary_table_rows_and_verdicts(written):
+    results, _, _ = written
+    lines = summary_table_md(results).splitlines()
+    assert len(lines) == 2 + 3 and lines[0].startswith("| variant | n | params | bpb mean ± std")
+    rows = {ln.split(" | ")[0].strip("| "): ln for ln in lines[2:]}
+    assert "baseline" in rows["rope"] and "| better |" in rows["alibi"]
+    assert "3.23M" in rows["rope"] and "5,205" in rows["alibi"]
+    assert re.search(r"\| -0\.4\d+ \[-0\.4\d+, -0\.4\d+\] \| -1\d\.\d\d% \|", rows["alibi"])
+
+
+def test_summary_table_without_variants_section():
+    # The runner prints the table; it must work before (or without) summarize having run.
+    assert summary_table_md(synthetic_results()) == summary_table_md({**synthetic_results(),
+                                                                      "variants": summarize(synthetic_results())})
+
+
+def test_rebuild_round_trip(tmp_path):
+    results = synthetic_results()
+    results["runs"].append({"variant": "nope", "seed": 3, "status": "failed", "bpb": None, "curve": []})
+    (tmp_path / "results.json").write_text(json.dumps(results))
+    paths = rebuild(tmp_path)
+    assert paths["results"] == tmp_path / "results.json"
+    again = json.loads((tmp_path / "results.json").read_text())
+    assert again["runs"] == results["runs"] and again["experiment"] == results["experiment"]
+    assert again["variants"] == json.loads(json.dumps(summarize(results)))
+    assert list(again["variants"]) == ["rope", "alibi", "nope"]
+    assert again["variants"]["nope"]["failed"] == 1 and again["variants"]["nope"]["n"] == 3
+    assert not list(tmp_path.glob(".*.tmp"))
+    first = {k: p.read_bytes() for k, p in paths.items()}
+    assert {k: p.read_bytes() for k, p in rebuild(tmp_path).items()} == first  # deterministic
+    assert "1 run(s) not finished" in (tmp_path / "report.md").read_text()
+
+
+def test_rebuild_without_results_is_a_clear_error(tmp_path):
+    with pytest.raises(FileNotFoundError, match="results.json"):
+        rebuild(tmp_path)
+
+
+def test_one_seed_and_missing_curves_still_report(tmp_path):
+    results = synthetic_results(seeds=(0,))
+    for r in results["runs"]:
+        if r["variant"] == "nope":
+            r["curve"] = []
+    paths = write_report(copy.deepcopy(results), tmp_path)
+    md = paths["md"].read_text()
+    assert "insufficient seeds" in md and "[n/a]" in md
+    assert all(paths[n].read_bytes()[:8] == PNG_MAGIC for n in PLOTS)
+
+
+def test_mean_curve_interpolates_onto_the_common_range():
+    a = [{"tokens": 0, "val_loss": 4.0}, {"tokens": 100, "val_loss": 2.0}]
+    b = [{"tokens": 10, "val_loss": 3.0}, {"tokens": 110, "val_loss": 1.0}]
+    x, m, lo, hi = mean_curve([a, b], "tokens", "val_loss")
+    assert list(x) == [10, 100]  # union of x inside [max start, min end]
+    assert m[0] == pytest.approx((3.8 + 3.0) / 2) and m[1] == pytest.approx((2.0 + 1.2) / 2)
+    assert lo[1] == pytest.approx(1.2) and hi[1] == pytest.approx(2.0)
+    assert mean_curve([[], []], "tokens", "val_loss") is None
