@@ -27,7 +27,11 @@ def run_demo(out: str | Path = "runs/quick") -> int:
     print()
     print(summary_table_md(results))
     metric = results["experiment"]["metric"]
-    best = min(results["variants"], key=lambda v: results["variants"][v]["mean"])
+    finished = [v for v, s in results["variants"].items() if s.get("mean") is not None]
+    if not finished:
+        print("no variant finished; see the run folders for the errors")
+        return 1
+    best = min(finished, key=lambda v: results["variants"][v]["mean"])
     run = load_run(out / best / f"seed{results['experiment']['seeds'][0]}")
     ids = torch.tensor([run.tokenizer.encode(PROMPT)])
     sample = generate(run.model, ids, max_new_tokens=200, temperature=0.7, top_k=40,

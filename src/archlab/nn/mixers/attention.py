@@ -20,21 +20,15 @@ from archlab.nn.positional.base import PositionalScheme
 
 def allowed_mask(
     q_pos: torch.Tensor, k_pos: torch.Tensor, *, causal: bool, key_mask: torch.Tensor | None,
-    window: int | None = None,
 ) -> torch.Tensor | None:
     """Boolean (…, 1 or H, Tq, Tk) mask of which keys each query may see (None: all).
 
-    Causal: key position ≤ query position. ``window``: also query − key < window.
-    ``key_mask`` (B, Tk): False marks padding keys. A query left with no key at all (a padding
+    Causal: key position ≤ query position. ``key_mask`` (B, Tk): False marks padding keys. A query left with no key at all (a padding
     query) is allowed every key, so its (ignored) output stays finite instead of NaN.
     """
     allowed = None
-    if causal or window is not None:
-        rel = q_pos.unsqueeze(-1) - k_pos.unsqueeze(-2)
-        allowed = rel >= 0 if causal else torch.ones_like(rel, dtype=torch.bool)
-        if window is not None:
-            allowed = allowed & (rel < window) & (rel > -window)
-        allowed = allowed.unsqueeze(-3)  # head axis
+    if causal:
+        allowed = (q_pos.unsqueeze(-1) >= k_pos.unsqueeze(-2)).unsqueeze(-3)  # head axis
     if key_mask is not None:
         km = key_mask.bool()[:, None, None, :]
         allowed = km if allowed is None else allowed & km
@@ -103,23 +97,23 @@ class Attention(nn.Module):
         y = self.attend(q, k, v, positions, k_pos, mask=mask, fresh=fresh)
         return self.out(y.transpose(1, 2).reshape(B, T, -1))
 
-    def attend(self, q, k, v, q_pos, k_pos, *, mask=None, fresh=True, window=None):
+    def attend(self, q, k, v, q_pos, k_pos, *, mask=None, fresh=True):
         """Attention of q over k/v given explicit positions; returns (B, H, Tq, D)."""
         pos = self.position
         p = self.dropout if self.training else 0.0
         gqa = self.kv_heads != self.heads
         if pos.needs_scores:
-            return self._explicit(q, k, v, q_pos, k_pos, mask=mask, window=window, p=p)
+            return self._explicit(q, k, v, q_pos, k_pos, mask=mask, p=p)
         bias = pos.bias(q, k, q_pos, k_pos) if pos.uses_bias else None
         Tq = q.shape[2]
-        if bias is None and mask is None and window is None:
+        if bias is None and mask is None:
             if not self.causal:
                 return F.scaled_dot_product_attention(q, k, v, dropout_p=p, enable_gqa=gqa)
             if fresh:
                 return F.scaled_dot_product_attention(q, k, v, dropout_p=p, is_causal=True, enable_gqa=gqa)
             if Tq == 1:  # one new token attends to every cached (earlier) key
                 return F.scaled_dot_product_attention(q, k, v, dropout_p=p, enable_gqa=gqa)
-        allowed = allowed_mask(q_pos, k_pos, causal=self.causal, key_mask=mask, window=window)
+        allowed = allowed_mask(q_pos, k_pos, causal=self.causal, key_mask=mask)
         if bias is None:
             attn_mask = allowed
         else:
@@ -128,12 +122,12 @@ class Attention(nn.Module):
                 attn_mask = attn_mask.masked_fill(~allowed, float("-inf"))
         return F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, dropout_p=p, enable_gqa=gqa)
 
-    def _explicit(self, q, k, v, q_pos, k_pos, *, mask, window, p):
+    def _explicit(self, q, k, v, q_pos, k_pos, *, mask, p):
         if self.kv_heads != self.heads:
             rep = self.heads // self.kv_heads
             k, v = k.repeat_interleave(rep, dim=1), v.repeat_interleave(rep, dim=1)
         scores = (q @ k.transpose(-1, -2)) * (1.0 / math.sqrt(self.head_dim))
-        allowed = allowed_mask(q_pos, k_pos, causal=self.causal, key_mask=mask, window=window)
+        allowed = allowed_mask(q_pos, k_pos, causal=self.causal, key_mask=mask)
         scores = scores + self.position.bias(q, k, q_pos, k_pos, scores=scores, allowed=allowed)
         if allowed is not None:
             scores = scores.masked_fill(~allowed, float("-inf"))
