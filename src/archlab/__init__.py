@@ -1,3 +1,12 @@
 """archlab: a laboratory for transformer architecture ideas."""
 
 __version__ = "0.1.0"
+
+# --- transformers interop hook (owner: archlab.hf) --------------------------------------------
+# Registers model type "archlab" with transformers' Auto classes lazily, only once the program
+# imports transformers' auto modules; a few ms at import otherwise. See archlab/hf/_hook.py.
+from archlab.hf._hook import install as _install_hf_hook  # noqa: E402
+
+_install_hf_hook()
+del _install_hf_hook
+# --- end transformers interop hook ---------------------------------------------------------------

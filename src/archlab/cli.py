@@ -107,6 +107,13 @@ def _cmd_report(a: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_export(a: argparse.Namespace) -> int:
+    from archlab.hf.export import export_run
+
+    print(f"wrote {export_run(a.run, a.hf)}")
+    return 0
+
+
 def _cmd_demo(a: argparse.Namespace) -> int:
     from archlab.lab.demo import run_demo
 
@@ -175,6 +182,11 @@ def build_parser() -> argparse.ArgumentParser:
     sp = sub.add_parser("report", help="rebuild report.md/.html and plots from DIR/results.json")
     sp.add_argument("dir")
     sp.set_defaults(func=_cmd_report)
+
+    sp = sub.add_parser("export", help="convert a run to a Hugging Face transformers folder")
+    sp.add_argument("run", help="run folder or checkpoint file")
+    sp.add_argument("--hf", required=True, metavar="DIR", help="output folder (from_pretrained-loadable)")
+    sp.set_defaults(func=_cmd_export)
 
     sp = sub.add_parser("demo", help="the main job on the embedded corpus")
     sp.add_argument("--out", default="runs/quick")

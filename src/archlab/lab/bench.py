@@ -26,7 +26,7 @@ import statistics
 import sys
 import time
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -39,12 +39,17 @@ __all__ = [
     "REFERENCE_SHAPE",
     "measure_matmul_peak",
     "next_token_loss",
+    "TrainBench",
+    "ForeignCpu",
     "bench_train_step",
     "bench_generate",
     "train_flops_per_token",
     "nonembedding_params",
     "mfu",
     "interleaved",
+    "Contender",
+    "compare_train",
+    "compare_generate",
     "ratio",
     "paired_ratio",
     "environment",
@@ -130,6 +135,44 @@ def _peak_rss_mb() -> float | None:
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     # Linux reports KiB, macOS bytes.
     return rss / 1024.0 / (1024.0 if sys.platform == "darwin" else 1.0)
+
+
+class ForeignCpu:
+    """How much CPU *other* processes used while a measurement ran (Linux; else ``None``).
+
+    Reads the system-wide busy time from ``/proc/stat`` (steal included) and subtracts this
+    process's own CPU time. The result is a fraction of the machine's total capacity over the
+    interval: 0 means the contenders had the cores to themselves; 0.5 on 2 cores means
+    someone else kept a whole core busy. On a shared box this is the most direct sign that a
+    number is contaminated, and :func:`interleaved` can drop such rounds.
+    """
+
+    def __init__(self) -> None:
+        self._start = self._snapshot()
+
+    @staticmethod
+    def _snapshot() -> tuple[float, float, float] | None:
+        try:
+            with open("/proc/stat", encoding="ascii") as fh:
+                fields = [int(v) for v in fh.readline().split()[1:]]
+        except (OSError, ValueError):
+            return None
+        hz = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+        # user nice system idle iowait irq softirq steal (guest time is already in user)
+        busy = sum(fields[i] for i in (0, 1, 2, 5, 6, 7) if i < len(fields)) / hz
+        t = os.times()
+        return time.perf_counter(), busy, t.user + t.system
+
+    def fraction(self) -> float | None:
+        """Foreign CPU use since construction, as a fraction of all cores (clamped to [0, 1])."""
+        end = self._snapshot()
+        if self._start is None or end is None:
+            return None
+        wall = end[0] - self._start[0]
+        if wall <= 0:
+            return None
+        foreign = (end[1] - self._start[1]) - (end[2] - self._start[2])
+        return min(1.0, max(0.0, foreign / (wall * (os.cpu_count() or 1))))
 
 
 def _model_device(model: nn.Module) -> torch.device:
@@ -288,6 +331,92 @@ def _default_optimizer(params: Iterable[nn.Parameter]) -> torch.optim.Optimizer:
     return torch.optim.AdamW(params, lr=1e-4, foreach=True)
 
 
+class TrainBench:
+    """A model, its optimizer and a pool of random batches, ready to time training steps.
+
+    Building the optimizer and warming up happen once; :meth:`run` can then be called many
+    times for a few steps each. That is what makes fine-grained interleaving cheap: two
+    contenders can alternate every step or two, so that a slow spell of a shared machine
+    (which can last seconds) lands on both instead of on whichever happened to be running.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        *,
+        loss_fn: Callable[[nn.Module, torch.Tensor], torch.Tensor] = next_token_loss,
+        batch_size: int,
+        seq_len: int,
+        vocab_size: int,
+        optimizer_factory: Callable[[Iterable[nn.Parameter]], torch.optim.Optimizer] = _default_optimizer,
+        device: str | torch.device | None = None,
+        seed: int = 0,
+        n_batches: int = 4,
+    ) -> None:
+        self.model = model
+        self.loss_fn = loss_fn
+        self.batch_size = batch_size
+        self.seq_len = seq_len
+        self.device = torch.device(device) if device is not None else _model_device(model)
+        gen = torch.Generator(device="cpu").manual_seed(seed)
+        # A small pool, cycled: generated before any timing so the clock sees model work only,
+        # and varied so no cache holds "the" batch.
+        self.batches = [
+            torch.randint(0, vocab_size, (batch_size, seq_len + 1), generator=gen).to(self.device)
+            for _ in range(max(1, n_batches))
+        ]
+        self.optimizer = optimizer_factory(model.parameters())
+        self.steps_done = 0
+        self.last_loss = float("nan")
+
+    @property
+    def tokens_per_step(self) -> int:
+        return self.batch_size * self.seq_len
+
+    def step(self) -> float:
+        """One full training step (forward, backward, optimizer); returns its wall time (s)."""
+        tokens = self.batches[self.steps_done % len(self.batches)]
+        self.model.train()
+        _sync(self.device)
+        t0 = time.perf_counter()
+        loss = self.loss_fn(self.model, tokens)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizer.step()
+        _sync(self.device)
+        dt = time.perf_counter() - t0
+        self.steps_done += 1
+        self.last_loss = float(loss.detach())
+        return dt
+
+    def warmup(self, steps: int) -> TrainBench:
+        """Untimed steps: allocator growth, lazy optimizer state, compilation."""
+        for _ in range(steps):
+            self.step()
+        return self
+
+    def run(self, steps: int) -> dict[str, Any]:
+        """Time ``steps`` steps; ``tokens_per_s`` is tokens per step / median step time."""
+        if self.device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(self.device)
+        monitor = ForeignCpu()
+        times = [self.step() for _ in range(max(1, steps))]
+        stats = _stats(times)
+        result: dict[str, Any] = {
+            "tokens_per_s": self.tokens_per_step / stats["median"],
+            "tokens_per_step": self.tokens_per_step,
+            "step_time_s": stats,
+            "steps": len(times),
+            "final_loss": self.last_loss,
+            "device": str(self.device),
+            "peak_rss_mb": _peak_rss_mb(),
+            "foreign_cpu": monitor.fraction(),
+        }
+        if self.device.type == "cuda":
+            result["cuda_peak_mb"] = torch.cuda.max_memory_allocated(self.device) / 2**20
+        return result
+
+
 def bench_train_step(
     model: nn.Module,
     *,
@@ -307,55 +436,22 @@ def bench_train_step(
     plus the shifted targets) and returns a scalar loss; the default is
     :func:`next_token_loss`. Batches are generated before timing starts so the clock only
     sees model work. The first ``warmup`` steps (allocator growth, lazy optimizer state,
-    compilation) are run but not counted.
+    compilation) are run but not counted. For side-by-side comparisons on a noisy machine
+    prefer :class:`TrainBench` with :func:`interleaved`, which alternates at step granularity.
 
     Returns a dict with ``tokens_per_s`` (median over steps), ``step_time_s`` statistics,
-    ``peak_rss_mb`` and, on CUDA, ``cuda_peak_mb``.
+    ``final_loss``, ``peak_rss_mb`` and, on CUDA, ``cuda_peak_mb``.
     """
-    device = torch.device(device) if device is not None else _model_device(model)
-    gen = torch.Generator(device="cpu").manual_seed(seed)
-    n_batches = warmup + steps
-    batches = [
-        torch.randint(0, vocab_size, (batch_size, seq_len + 1), generator=gen).to(device)
-        for _ in range(n_batches)
-    ]
-    model.train()
-    opt = optimizer_factory(model.parameters())
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
-
-    times: list[float] = []
-    last_loss = float("nan")
-    for i, tokens in enumerate(batches):
-        _sync(device)
-        t0 = time.perf_counter()
-        loss = loss_fn(model, tokens)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        _sync(device)
-        dt = time.perf_counter() - t0
-        if i >= warmup:
-            times.append(dt)
-        last_loss = float(loss.detach())
-    # Drop references so the next contender in an interleaved run starts from a clean heap.
-    opt.zero_grad(set_to_none=True)
-    del opt, batches
-
-    tokens_per_step = batch_size * seq_len
-    step = _stats(times)
-    result: dict[str, Any] = {
-        "tokens_per_s": tokens_per_step / step["median"] if times else float("nan"),
-        "tokens_per_step": tokens_per_step,
-        "step_time_s": step,
-        "steps": steps,
-        "warmup": warmup,
-        "final_loss": last_loss,
-        "device": str(device),
-        "peak_rss_mb": _peak_rss_mb(),
-    }
-    if device.type == "cuda":
-        result["cuda_peak_mb"] = torch.cuda.max_memory_allocated(device) / 2**20
+    tb = TrainBench(
+        model, loss_fn=loss_fn, batch_size=batch_size, seq_len=seq_len, vocab_size=vocab_size,
+        optimizer_factory=optimizer_factory, device=device, seed=seed,
+    )
+    tb.warmup(warmup)
+    result = tb.run(steps)
+    result["warmup"] = warmup
+    # Drop gradients and optimizer state now so the next contender starts from a clean heap.
+    tb.optimizer.zero_grad(set_to_none=True)
+    del tb
     return result
 
 
@@ -393,6 +489,7 @@ def bench_generate(
     with torch.inference_mode():
         for _ in range(warmup):
             generate_fn(prompt, min(new_tokens, 8))
+        monitor = ForeignCpu()
         for _ in range(max(1, repeats)):
             _sync(device)
             t0 = time.perf_counter()
@@ -414,6 +511,7 @@ def bench_generate(
         "repeats": repeats,
         "device": str(device),
         "peak_rss_mb": _peak_rss_mb(),
+        "foreign_cpu": monitor.fraction(),
     }
 
 
@@ -425,39 +523,75 @@ def interleaved(
     runs: Mapping[str, Callable[[], Any]],
     rounds: int = 3,
     *,
-    key: str = "tokens_per_s",
+    key: str | Mapping[str, str] = "tokens_per_s",
     rotate: bool = True,
+    probe: Callable[[], float] | None = None,
+    probe_keep: float = 0.0,
+    max_foreign_cpu: float | None = None,
     on_result: Callable[[int, str, Any], None] | None = None,
 ) -> dict[str, Any]:
     """Run contenders alternately, ``rounds`` times each, and report per-contender medians.
 
-    Each callable takes no argument and returns either a number or a dict holding ``key``.
-    Within a round each contender runs once; with ``rotate`` the starting contender moves by
+    Each callable takes no argument and returns either a number or a dict holding ``key``
+    (one key for all, or a ``{name: key}`` mapping when contenders report different
+    quantities). Within a round each contender runs once; with ``rotate`` the starting contender moves by
     one each round (A B, B A, ...) so that neither always runs right after the other's
     allocations or always first after a quiet period. Slow drifts of the machine therefore
     hit all contenders alike, and the median over rounds ignores a single disturbed round.
 
-    Returns ``{"order": [names in run order], "rounds": rounds, "key": key,
-    "results": {name: {"values": [...], "median": m, "runs": [raw results]}}}``.
+    ``probe`` (optional, e.g. a short :func:`measure_matmul_peak`) measures how fast the
+    machine is right now; it runs before the first round and after every round. A round's
+    speed is the lower of the probes around it, and rounds slower than ``probe_keep`` × the
+    fastest probe are left out of the medians (their values stay in ``values``). On a VM
+    whose neighbours sometimes take most of the cores, this keeps a comparison from mixing
+    quiet and contended periods; ``probe_keep=0`` keeps everything. Independently, with
+    ``max_foreign_cpu`` set, a round is left out when any contender's result reports a
+    ``foreign_cpu`` (see :class:`ForeignCpu`) above it. If no round survives the filters,
+    all rounds are used (and ``kept_rounds`` says so) rather than reporting nothing.
+
+    Returns ``{"order": [names in run order], "rounds", "key", "probe": [per-round speed],
+    "kept_rounds": [indices], "results": {name: {"values": [...], "median": m,
+    "runs": [raw results]}}}``; ``median`` is over kept rounds.
     """
     names = list(runs)
     if not names:
         raise ValueError("interleaved() needs at least one contender")
     order: list[str] = []
     results: dict[str, dict[str, Any]] = {n: {"values": [], "runs": []} for n in names}
+    probes = [float(probe())] if probe is not None else []
+    round_speed: list[float] = []
     for r in range(rounds):
         shift = r % len(names) if rotate else 0
         for name in names[shift:] + names[:shift]:
             raw = runs[name]()
-            value = raw[key] if isinstance(raw, Mapping) else raw
+            k = key if isinstance(key, str) else key[name]
+            value = raw[k] if isinstance(raw, Mapping) else raw
             results[name]["values"].append(float(value))
             results[name]["runs"].append(raw)
             order.append(name)
             if on_result is not None:
                 on_result(r, name, raw)
+        if probe is not None:
+            probes.append(float(probe()))
+            round_speed.append(min(probes[-2], probes[-1]))
+    kept = list(range(rounds))
+    if round_speed and probe_keep > 0:
+        best = max(round_speed)
+        kept = [r for r in kept if round_speed[r] >= probe_keep * best]
+    if max_foreign_cpu is not None:
+        def foreign(raw: Any) -> float:
+            v = raw.get("foreign_cpu") if isinstance(raw, Mapping) else None
+            return 0.0 if v is None else float(v)
+
+        kept = [r for r in kept if all(foreign(results[n]["runs"][r]) <= max_foreign_cpu for n in names)]
+    if not kept:
+        kept = list(range(rounds))
     for rec in results.values():
-        rec["median"] = _median(rec["values"])
-    return {"order": order, "rounds": rounds, "key": key, "results": results}
+        rec["median"] = _median(rec["values"][r] for r in kept)
+    return {
+        "order": order, "rounds": rounds, "key": key if isinstance(key, str) else dict(key),
+        "probes": probes, "probe": round_speed, "kept_rounds": kept, "results": results,
+    }
 
 
 def ratio(summary: Mapping[str, Any], numerator: str, denominator: str) -> float:
@@ -475,8 +609,152 @@ def paired_ratio(summary: Mapping[str, Any], numerator: str, denominator: str) -
     per-round ratio; this is the more robust of the two ratios when the machine is noisy.
     """
     res = summary["results"]
-    pairs = [a / b for a, b in zip(res[numerator]["values"], res[denominator]["values"]) if b]
-    return _median(pairs)
+    kept = summary.get("kept_rounds", range(len(res[denominator]["values"])))
+    num, den = res[numerator]["values"], res[denominator]["values"]
+    return _median(num[r] / den[r] for r in kept if den[r])
+
+
+# ---------------------------------------------------------------------------------------------
+# Side-by-side comparisons
+
+
+@dataclass
+class Contender:
+    """One model in a comparison, with what the harness needs to drive it.
+
+    ``name`` starting with ``"peer"`` marks a reference implementation: ratios are reported
+    against the best peer. ``n_params_nonembedding`` follows :func:`train_flops_per_token`
+    (blocks only: no embedding table, no LM head); ``None`` skips MFU. ``info`` is free-form
+    and lands in the JSON (configuration, what was compiled, ...).
+    """
+
+    name: str
+    model: nn.Module
+    loss_fn: Callable[[nn.Module, torch.Tensor], torch.Tensor] = next_token_loss
+    generate_fn: Callable[[torch.Tensor, int], Any] | None = None
+    n_params_nonembedding: int | None = None
+    info: dict[str, Any] = field(default_factory=dict)
+
+
+def _peak_from(summary: Mapping[str, Any]) -> float:
+    """Median matmul peak over the probes that bracket the kept rounds."""
+    probes = summary.get("probes") or []
+    idx = sorted({i for r in summary.get("kept_rounds", []) for i in (r, r + 1) if i < len(probes)})
+    return _median(probes[i] for i in idx) if idx else _median(probes)
+
+
+def compare_train(
+    contenders: list[Contender],
+    shape: ReferenceShape = REFERENCE_SHAPE,
+    *,
+    rounds: int = 10,
+    steps_per_round: int = 2,
+    warmup: int = 3,
+    optimizer_factory: Callable[[Iterable[nn.Parameter]], torch.optim.Optimizer] = _default_optimizer,
+    max_foreign_cpu: float | None = 0.15,
+    peak_probe: Callable[[], float] | None = None,
+    on_result: Callable[[int, str, Any], None] | None = None,
+) -> dict[str, Any]:
+    """Training tokens/s and MFU of each contender, interleaved, with ratios to the best peer.
+
+    Every contender gets its own :class:`TrainBench` (same batch pool seed, same optimizer
+    settings), is warmed up (the time is reported as ``warmup_s``; for a compiled model it is
+    mostly compilation), then the contenders alternate ``steps_per_round`` steps at a time
+    for ``rounds`` rounds. The matmul peak is re-measured between rounds so that MFU uses the
+    machine's speed at the time of the measurement. Rounds during which other processes used
+    more than ``max_foreign_cpu`` of the machine are left out of the medians.
+    """
+    probe = peak_probe or (lambda: measure_matmul_peak(n=1024, seconds=0.15, repeats=3))
+    benches: dict[str, TrainBench] = {}
+    warm_s: dict[str, float] = {}
+    for c in contenders:
+        tb = TrainBench(
+            c.model, loss_fn=c.loss_fn, batch_size=shape.batch_size, seq_len=shape.seq_len,
+            vocab_size=shape.vocab, optimizer_factory=optimizer_factory,
+        )
+        t0 = time.perf_counter()
+        tb.warmup(warmup)
+        warm_s[c.name] = time.perf_counter() - t0
+        benches[c.name] = tb
+    runs = {name: (lambda tb=tb: tb.run(steps_per_round)) for name, tb in benches.items()}
+    summary = interleaved(runs, rounds, probe=probe, max_foreign_cpu=max_foreign_cpu, on_result=on_result)
+    peak = _peak_from(summary)
+    per: dict[str, Any] = {}
+    for c in contenders:
+        rec = summary["results"][c.name]
+        fpt = (
+            train_flops_per_token(c.n_params_nonembedding, shape.depth, shape.dim, shape.seq_len, shape.vocab)
+            if c.n_params_nonembedding is not None else None
+        )
+        per[c.name] = {
+            "tokens_per_s": rec["median"],
+            "values": rec["values"],
+            "mfu": mfu(rec["median"], fpt, peak) if fpt is not None else None,
+            "flops_per_token": fpt,
+            "n_params_nonembedding": c.n_params_nonembedding,
+            "n_params": sum(p.numel() for p in c.model.parameters()),
+            "warmup_s": warm_s[c.name],
+            "final_loss": benches[c.name].last_loss,
+            "info": c.info,
+        }
+    return {
+        "kind": "train",
+        "shape": shape.to_dict(),
+        "steps_per_round": steps_per_round,
+        "warmup": warmup,
+        "peak_gflops": peak,
+        "flops_convention": "6*(N_blocks + V*d) + 12*L*T*d (PaLM; causal mask not discounted)",
+        "contenders": per,
+        "comparison": summarize(summary),
+        "interleaving": {k: summary[k] for k in ("order", "rounds", "kept_rounds", "probes")},
+        "foreign_cpu": {n: [r.get("foreign_cpu") for r in rec["runs"]] for n, rec in summary["results"].items()},
+        "environment": environment(),
+    }
+
+
+def compare_generate(
+    contenders: list[Contender],
+    shape: ReferenceShape = REFERENCE_SHAPE,
+    *,
+    rounds: int = 5,
+    warmup: int = 1,
+    max_foreign_cpu: float | None = 0.15,
+    on_result: Callable[[int, str, Any], None] | None = None,
+) -> dict[str, Any]:
+    """Batch-1 cached-decoding tokens/s of each contender (those with a ``generate_fn``),
+    one full generation per contender per round, interleaved; ratios to the best peer."""
+    usable = [c for c in contenders if c.generate_fn is not None]
+    if not usable:
+        raise ValueError("no contender has a generate_fn")
+    for c in usable:  # warm-up outside the rounds: lazy init, compilation
+        bench_generate(c.generate_fn, prompt_len=shape.prompt_len, new_tokens=8, repeats=1,
+                       warmup=warmup, vocab_size=shape.vocab)
+    runs = {
+        c.name: (lambda c=c: bench_generate(c.generate_fn, prompt_len=shape.prompt_len,
+                                            new_tokens=shape.new_tokens, repeats=1, warmup=0,
+                                            vocab_size=shape.vocab))
+        for c in usable
+    }
+    summary = interleaved(runs, rounds, max_foreign_cpu=max_foreign_cpu, on_result=on_result)
+    per = {
+        c.name: {
+            "tokens_per_s": summary["results"][c.name]["median"],
+            "ms_per_token": 1e3 / summary["results"][c.name]["median"],
+            "values": summary["results"][c.name]["values"],
+            "returned_len": summary["results"][c.name]["runs"][-1].get("returned_len"),
+            "info": c.info,
+        }
+        for c in usable
+    }
+    return {
+        "kind": "generate",
+        "shape": shape.to_dict(),
+        "contenders": per,
+        "comparison": summarize(summary),
+        "interleaving": {k: summary[k] for k in ("order", "rounds", "kept_rounds")},
+        "foreign_cpu": {n: [r.get("foreign_cpu") for r in rec["runs"]] for n, rec in summary["results"].items()},
+        "environment": environment(),
+    }
 
 
 # ---------------------------------------------------------------------------------------------

@@ -1,0 +1,78 @@
+"""``archlab export RUN --hf DIR``: a trained run as a Hugging Face ``transformers`` folder.
+
+The folder holds ``config.json`` (an :class:`~archlab.hf.configuration.ArchlabConfig`),
+``generation_config.json``, ``model.safetensors`` and the run's ``tokenizer.json`` (copied
+byte for byte). With ``import archlab`` done, it loads offline with
+``AutoModelForCausalLM.from_pretrained(DIR)``; ``archlab.data.load_tokenizer(DIR)`` reads the
+tokenizer. A BPE tokenizer file is a Hugging Face ``tokenizers`` file, so for those runs a
+``tokenizer_config.json`` is added and ``AutoTokenizer.from_pretrained(DIR)`` works too; the
+byte tokenizer is archlab's own format (ids are the UTF-8 bytes: ``list(text.encode())``).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+TOKENIZER_FILE = "tokenizer.json"
+
+
+def export_run(run: Any, out_dir: str | Path) -> Path:
+    """Convert a run folder or checkpoint file (or an already loaded
+    :class:`~archlab.train.run.LoadedRun`) into a ``from_pretrained`` folder at ``out_dir``.
+
+    The weights are the checkpoint's, bit for bit, in their stored dtype. Returns ``out_dir``.
+    Raises :class:`~archlab.train.checkpoint.CheckpointError` for a missing/corrupt run and a
+    one-line :class:`~archlab.registry.ConfigError` when transformers is missing or too old
+    or ``out_dir`` is not a folder (both are mapped to ``archlab: error: ...`` by the CLI).
+    """
+    from archlab.registry import ConfigError
+
+    _require_transformers(ConfigError)
+    from archlab.hf.modeling import ArchlabForCausalLM
+    from archlab.train.run import LoadedRun, load_run
+
+    out = Path(out_dir)
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"--hf {out}: exists and is not a folder")
+    loaded = run if isinstance(run, LoadedRun) else load_run(run)
+    out.mkdir(parents=True, exist_ok=True)
+
+    tok_name = getattr(loaded.tokenizer, "name", None)
+    # Wrap the loaded LM in place (no copy); the extra config key tells HF users how the
+    # model was tokenised without needing archlab ("bytes" or "bpe").
+    model = ArchlabForCausalLM.from_archlab(loaded.model, archlab_tokenizer=tok_name)
+    model.save_pretrained(out)
+
+    src = loaded.path.parent / TOKENIZER_FILE
+    if src.is_file():
+        shutil.copyfile(src, out / TOKENIZER_FILE)
+    else:  # a run folder predating saved tokenizers: write the equivalent file
+        loaded.tokenizer.save(out)
+    if tok_name == "bpe":
+        # The archlab BPE file is a `tokenizers` JSON; this makes AutoTokenizer accept it.
+        (out / "tokenizer_config.json").write_text(
+            json.dumps({"tokenizer_class": "PreTrainedTokenizerFast"}, indent=2) + "\n",
+            encoding="utf-8",
+        )
+    return out
+
+
+def _require_transformers(error: type[Exception]) -> None:
+    """Fail early, in one line, instead of with an ImportError traceback from deep inside."""
+    import importlib.util
+
+    from archlab.hf import _hook
+
+    if importlib.util.find_spec("transformers") is None:
+        raise error("exporting to Hugging Face format needs transformers: pip install 'archlab[hf]'")
+    import transformers
+
+    if not _hook.transformers_supported():
+        raise error(f"exporting to Hugging Face format needs transformers>={_hook.MIN_TRANSFORMERS_MAJOR}, "
+                    f"found {transformers.__version__}: pip install -U 'archlab[hf]'")
+
+
+__all__ = ["export_run"]

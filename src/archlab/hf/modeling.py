@@ -1,0 +1,459 @@
+"""``ArchlabForCausalLM``: an archlab :class:`~archlab.models.lm.LM` as a ``transformers`` model.
+
+The wrapper adds no computation: ``forward`` translates HF arguments into archlab's
+(``position_ids`` -> ``positions``, 2-D ``attention_mask`` -> key ``mask``, ``labels`` ->
+shifted ``targets``) and calls the wrapped LM, which stays an ordinary archlab module under
+``self.model`` (state-dict keys ``model.<archlab key>``).
+
+Caching. archlab keeps per-layer decoding state in its own objects (``KVCache`` for attention,
+whatever another mixer's ``init_cache`` returns), which HF's ``DynamicCache`` cannot hold.
+:class:`ArchlabCache` is a ``transformers.Cache`` subclass wrapping archlab's ``ModelCache``;
+the model opts out of HF's default cache (``_supports_default_dynamic_cache`` is False), so
+``generate`` lets the first forward create an ``ArchlabCache`` and threads it through
+``past_key_values`` from then on (beam search reorders it through ``reorder_cache``). It
+cannot be rolled back (``crop``), so the model is marked stateful: assisted/speculative
+decoding is refused up front by transformers.
+
+Generation parity with :func:`archlab.models.generate` (tested in ``tests/test_hf.py``, CPU):
+
+* ``do_sample=False`` gives the tokens of ``generate(..., temperature=0)``, cache on both sides
+  or off on both sides (the forwards are then the same calls on the same tensors; a cached run
+  against an uncached one may differ in the last float bits, hence in near-ties).
+* ``do_sample=True, temperature=T, top_k=K, top_p=P`` after ``torch.manual_seed(s)`` gives the
+  tokens of ``generate(..., temperature=T, top_k=K, top_p=P,
+  generator=torch.Generator().manual_seed(s))``. Why this is exact: transformers applies
+  temperature -> top-k -> top-p (archlab's order); its temperature and top-k are the same
+  operations on the same float32 logits; it samples with ``torch.multinomial(softmax(.), 1)``
+  from the default CPU generator, whose stream after ``manual_seed(s)`` equals a fresh
+  generator seeded with ``s``, and nothing else draws from it during ``generate``. The one
+  mismatch is top-p: transformers removes a token when its *ascending* cumulative mass is
+  ≤ 1 − P, archlab when the mass ranked above it is ≥ P. Same set in exact arithmetic, but the
+  two float cumulative sums round differently at the boundary (measured: 4 rows in 409,600
+  random 256-way logit rows; tests/test_hf.py builds such a row), so this model swaps HF's
+  ``TopPLogitsWarper`` for :class:`ArchlabTopPLogitsWarper`, which calls archlab's own
+  ``filter_logits``. Also aligned: transformers' global default ``top_k=50`` is dropped
+  unless a top_k is given (archlab's default is off).
+  Not covered: ``top_p=0`` keeps HF's meaning (top token only; archlab ignores ``top_p<=0``);
+  a model left in ``train()`` mode with dropout draws from the RNG (archlab's ``generate``
+  switches to eval, HF's does not: call ``.eval()``, as ``from_pretrained`` does); on CUDA
+  transformers draws from the CUDA default generator, not a CPU ``torch.Generator``.
+* Left-padded batches: HF builds ``position_ids`` from the attention mask (cumsum − 1), and
+  the 2-D mask becomes archlab's key mask, so each row sees the positions and keys it would
+  see alone; greedy tokens equal per-row unpadded generation up to float ties.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers.cache_utils import Cache
+from transformers.generation import GenerationMixin
+from transformers.generation.logits_process import LogitsProcessor, TopPLogitsWarper
+from transformers.modeling_outputs import CausalLMOutputWithPast
+from transformers.modeling_utils import PreTrainedModel
+
+from archlab.hf import _hook
+from archlab.hf.configuration import ArchlabConfig
+from archlab.models import build_model
+from archlab.models.generation import filter_logits
+from archlab.models.lm import IGNORE_INDEX, ModelCache
+
+
+class ArchlabCache(Cache):
+    """``transformers.Cache`` facade over an archlab :class:`~archlab.models.lm.ModelCache`.
+
+    The archlab per-layer caches are opaque to transformers (they are not ``CacheLayerMixin``
+    objects), so the base class gets an empty ``layers`` list and everything transformers asks
+    of a cache in generation (length, batch reordering/selection/repetition) is answered here
+    from the archlab objects.
+    """
+
+    def __init__(self, model_cache: ModelCache, *, factory: Callable[[], ModelCache] | None = None) -> None:
+        super().__init__(layers=[])
+        self.model_cache = model_cache
+        self._factory = factory  # for reset()
+        # Learnt from each forward: batch_repeat_interleave builds its own row index.
+        self._batch_size = -1
+        self._device: torch.device | None = None
+
+    def __repr__(self) -> str:
+        return f"ArchlabCache(layers={len(self.model_cache.layers)}, offset={self.model_cache.offset})"
+
+    def __len__(self) -> int:
+        return len(self.model_cache.layers)
+
+    @property
+    def offset(self) -> int:
+        """Tokens already consumed (the position of the next token without padding)."""
+        return self.model_cache.offset
+
+    def get_seq_length(self, layer_idx: int = 0) -> int:
+        return self.model_cache.offset
+
+    def get_max_length(self, layer_idx: int | None = None) -> int:
+        return -1  # grows on demand
+
+    def get_mask_sizes(self, query_length: int, layer_idx: int = 0) -> tuple[int, int]:
+        return self.model_cache.offset + query_length, 0
+
+    @property
+    def batch_size(self) -> int:
+        return self._batch_size
+
+    @property
+    def is_compileable(self) -> bool:
+        return False  # dynamic shapes, python-side bookkeeping: never auto-compiled by generate
+
+    @property
+    def is_croppable(self) -> bool:
+        return False
+
+    @property
+    def is_initialized(self) -> bool:
+        return self.model_cache.offset > 0
+
+    def reorder_cache(self, beam_idx: torch.LongTensor) -> None:
+        self.model_cache.reorder(beam_idx.to(self._device) if self._device is not None else beam_idx)
+        self._batch_size = int(beam_idx.numel())
+
+    def batch_select_indices(self, indices: torch.Tensor) -> None:
+        indices = torch.as_tensor(indices, dtype=torch.long, device=self._device)
+        self.model_cache.reorder(indices)
+        self._batch_size = int(indices.numel())
+
+    def batch_repeat_interleave(self, repeats: int) -> None:
+        if self.model_cache.offset == 0 or self._batch_size < 0:
+            return  # nothing stored yet: the first forward will see the expanded batch
+        index = torch.arange(self._batch_size, device=self._device).repeat_interleave(repeats)
+        self.model_cache.reorder(index)
+        self._batch_size *= repeats
+
+    def crop(self, tokens_to_remove: int) -> None:
+        if tokens_to_remove == 0:
+            return
+        raise NotImplementedError(
+            "archlab caches cannot be rolled back (crop); assisted/speculative decoding is not supported"
+        )
+
+    def reset(self) -> None:
+        if self._factory is None:
+            raise NotImplementedError("this ArchlabCache was built without a factory; make a new one")
+        self.model_cache = self._factory()
+        self._batch_size = -1
+
+    def activate_past_recording(self) -> None:
+        pass  # nothing is ever cropped
+
+
+class ArchlabTopPLogitsWarper(LogitsProcessor):
+    """Nucleus filtering with archlab's boundary rule (:func:`archlab.models.generation.filter_logits`).
+
+    Same kept set as transformers' ``TopPLogitsWarper`` in exact arithmetic; used so that
+    sampling matches archlab's ``generate`` bit for bit (see the module docstring).
+    """
+
+    def __init__(self, top_p: float) -> None:
+        if not 0.0 < top_p < 1.0:
+            raise ValueError(f"top_p must be in (0, 1), got {top_p}")
+        self.top_p = float(top_p)
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        return filter_logits(scores, top_p=self.top_p)
+
+
+def _shared_parameter_aliases(root: nn.Module, prefix: str) -> dict[str, str]:
+    """{alias name: first name} for every parameter reachable under more than one name.
+
+    archlab shares parameters structurally: the LM head is the embedding when
+    ``tie_embeddings``, and layers without their own ``position`` share the model's scheme
+    module (one learned/T5 table registered under the model and under every attention).
+    """
+    first: dict[int, str] = {}
+    out: dict[str, str] = {}
+    for name, p in root.named_parameters(remove_duplicate=False):
+        if id(p) in first:
+            out[prefix + name] = first[id(p)]
+        else:
+            first[id(p)] = prefix + name
+    return out
+
+
+_SNAPSHOT_ATTR = "_archlab_hf_buffer_snapshot"
+
+
+def _snapshot_non_persistent_buffers(root: nn.Module) -> None:
+    """Keep a copy of every buffer outside the state dict on its own module (an attribute,
+    so it follows the module through deepcopy/pickle)."""
+    for mod in root.modules():
+        names = [n for n in mod._non_persistent_buffers_set if mod._buffers.get(n) is not None]
+        if names:
+            object.__setattr__(mod, _SNAPSHOT_ATTR, {n: mod._buffers[n].detach().clone() for n in names})
+
+
+class ArchlabForCausalLM(PreTrainedModel, GenerationMixin):
+    """Causal LM head model over an archlab ``LM``; see the module docstring."""
+
+    config_class = ArchlabConfig
+    base_model_prefix = "model"
+    main_input_name = "input_ids"
+    # Parameters shared under several names ({alias: source}): saved once, re-tied on load.
+    # The class value is the common case (tied embeddings); each instance replaces it with
+    # the sharing its archlab model really has (see _shared_parameter_aliases).
+    _tied_weights_keys = {"model.head.weight": "model.embed.weight"}
+    _no_split_modules = ["Block"]
+    # The cache cannot be rolled back: makes transformers refuse assisted decoding clearly.
+    _is_stateful = True
+    supports_gradient_checkpointing = False
+
+    def __init__(self, config: ArchlabConfig, *, lm: nn.Module | None = None) -> None:
+        super().__init__(config)
+        self.model = lm if lm is not None else build_model(config.archlab_model_config())
+        # archlab modules compute constant tables (e.g. ALiBi slopes, the sinusoid table)
+        # in their constructors as non-persistent buffers. transformers refills such buffers
+        # with uninitialised memory after loading a checkpoint and expects _init_weights to
+        # recompute them; a copy taken here is how we recompute them without knowing each
+        # scheme (the model is built for real, not on the meta device: get_init_context).
+        _snapshot_non_persistent_buffers(self.model)
+        self._tied_weights_keys = _shared_parameter_aliases(self.model, f"{self.base_model_prefix}.")
+        # post_init ties weights and runs _init_weights over every module; the archlab
+        # constructor has already initialised everything its own way, so that pass must
+        # change nothing (a fresh wrapper then holds exactly build_model(cfg)'s weights).
+        self._archlab_constructing = True
+        try:
+            self.post_init()
+        finally:
+            self._archlab_constructing = False
+        # post_init marked every module initialised; clear the marks so that after a
+        # from_pretrained load transformers calls _init_weights for the modules whose buffers
+        # it refilled or whose parameters the checkpoint lacked.
+        for mod in self.modules():
+            mod.__dict__.pop("_is_hf_initialized", None)
+
+    @classmethod
+    def from_archlab(cls, lm: nn.Module, **config_kwargs: Any) -> "ArchlabForCausalLM":
+        """Wrap an existing archlab ``LM`` (shares its parameters; nothing is copied). The
+        wrapper takes the LM's train/eval mode (it decides the ``use_cache`` default)."""
+        model = cls(ArchlabConfig.from_archlab(lm.cfg, **config_kwargs), lm=lm)
+        return model.train(lm.training)
+
+    # ------------------------------------------------------------------ transformers hooks
+
+    @classmethod
+    def get_init_context(cls, *args: Any, **kwargs: Any) -> list:
+        """transformers builds models on the meta device before loading; archlab constructors
+        compute real constant buffers, so build on the real device (see __init__)."""
+        contexts = super().get_init_context(*args, **kwargs)
+        return [c for c in contexts if not (isinstance(c, torch.device) and c.type == "meta")]
+
+    @classmethod
+    def _supports_default_dynamic_cache(cls) -> bool:
+        return False  # the first forward creates an ArchlabCache instead of a DynamicCache
+
+    @torch.no_grad()
+    def _init_weights(self, module: nn.Module) -> None:
+        """Restore refilled constant buffers; initialise parameters a checkpoint did not supply
+        the way archlab does (``archlab.models.lm.init_weights``). A no-op while constructing."""
+        if getattr(self, "_archlab_constructing", False):
+            return
+        for name, value in getattr(module, _SNAPSHOT_ATTR, {}).items():
+            buf = module._buffers.get(name)
+            if buf is not None:
+                buf.copy_(value)
+        for name, p in module.named_parameters(recurse=False):
+            if getattr(p, "_is_hf_initialized", False):
+                continue
+            self._init_parameter(module, name, p)
+
+    def _init_parameter(self, module: nn.Module, name: str, p: torch.Tensor) -> None:
+        cfg = self.model.cfg
+        std = cfg.init_std
+        if isinstance(module, nn.Linear) and name == "weight":
+            # residual-stream outputs get std/sqrt(2·depth), as archlab.models.lm.init_weights
+            s = std / math.sqrt(2 * cfg.depth) if getattr(module, "residual_out", False) else std
+            nn.init.normal_(p, std=s)
+        elif isinstance(module, nn.Embedding):
+            nn.init.normal_(p, std=std)
+        elif name == "bias":
+            nn.init.zeros_(p)
+        elif name == "weight" and p.dim() == 1:  # norm gains
+            nn.init.ones_(p)
+        else:
+            raise ValueError(
+                f"archlab: no initialiser for parameter '{name}' of {type(module).__name__}; "
+                "the checkpoint must contain it"
+            )
+
+    def get_input_embeddings(self) -> nn.Module:
+        return self.model.embed
+
+    def get_output_embeddings(self) -> nn.Module:
+        return self.model.head
+
+    def _get_logits_processor(self, *args: Any, **kwargs: Any):
+        """transformers' processors, with its nucleus filter replaced by archlab's rule."""
+        processors = super()._get_logits_processor(*args, **kwargs)
+        for i, proc in enumerate(processors):
+            if (type(proc) is TopPLogitsWarper and proc.min_tokens_to_keep == 1
+                    and 0.0 < proc.top_p < 1.0):
+                processors[i] = ArchlabTopPLogitsWarper(proc.top_p)
+        return processors
+
+    def _prepare_generation_config(self, generation_config: Any = None, **kwargs: Any) -> tuple[Any, dict]:
+        """transformers' merge of generation settings, minus its global default ``top_k=50``.
+
+        archlab samples with top-k off unless asked; a ``top_k`` given in the call, in the
+        passed ``generation_config`` or in the model's own ``generation_config`` is kept.
+        (Writing ``top_k=0`` into the model's generation_config instead is refused by
+        transformers' save-time validation, as top_k "needs" do_sample=True.)
+        """
+        asked = ("top_k" in kwargs
+                 or getattr(generation_config, "top_k", None) is not None
+                 or getattr(self.generation_config, "top_k", None) is not None)
+        config, model_kwargs = super()._prepare_generation_config(generation_config, **kwargs)
+        if not asked:
+            config.top_k = None
+        return config, model_kwargs
+
+    def new_cache(self) -> ArchlabCache:
+        """An empty cache for this model (pass as ``past_key_values`` to reuse it across calls)."""
+        return ArchlabCache(self.model.init_cache(), factory=self.model.init_cache)
+
+    # ------------------------------------------------------------------ forward
+
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.LongTensor | None = None,
+        past_key_values: ArchlabCache | None = None,
+        use_cache: bool | None = None,
+        labels: torch.LongTensor | None = None,
+        return_dict: bool | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+        output_attentions: bool | None = None,
+        output_hidden_states: bool | None = None,
+    ) -> CausalLMOutputWithPast | tuple:
+        """input_ids (B, T) -> logits (B, T, V).
+
+        ``attention_mask`` (B, past + T): 1 for real tokens, 0 for padding, covering cached
+        and new tokens. ``position_ids`` (B, T) or (1, T): default from the mask
+        (cumsum − 1, as transformers does) or ``past .. past+T−1``. ``labels`` (B, T): HF
+        convention, shifted here (token t predicts labels[t+1]); −100 is ignored; ``loss`` is
+        the mean over counted targets (archlab's training loss, incl. any auxiliary terms).
+        """
+        if inputs_embeds is not None:
+            raise NotImplementedError("ArchlabForCausalLM takes input_ids, not inputs_embeds")
+        if output_attentions or output_hidden_states:
+            raise NotImplementedError("ArchlabForCausalLM does not return attentions or hidden states")
+        if input_ids is None:
+            raise ValueError("input_ids is required")
+        return_dict = self.config.return_dict if return_dict is None else return_dict
+        if use_cache is None:
+            use_cache = bool(self.config.use_cache) and not self.training
+
+        cache = self._resolve_cache(past_key_values, use_cache)
+        past = cache.offset if cache is not None else 0
+        B, T = input_ids.shape
+        mask = self._key_mask(attention_mask, B, past + T)
+        positions = self._positions(position_ids, attention_mask, past, T)
+
+        targets = None
+        if labels is not None:
+            # HF labels are aligned with the inputs; archlab targets are the next tokens.
+            targets = F.pad(labels[:, 1:], (0, 1), value=IGNORE_INDEX).to(input_ids.device)
+        out = self.model(input_ids, targets=targets, positions=positions,
+                         cache=cache.model_cache if cache is not None else None, mask=mask)
+        if cache is not None:
+            cache._batch_size, cache._device = B, input_ids.device
+        result = CausalLMOutputWithPast(loss=out.loss if labels is not None else None, logits=out.logits,
+                                        past_key_values=cache if use_cache else None)
+        return result if return_dict else result.to_tuple()
+
+    def _resolve_cache(self, past_key_values: Any, use_cache: bool) -> ArchlabCache | None:
+        if past_key_values is None:
+            return self.new_cache() if use_cache else None
+        if isinstance(past_key_values, ArchlabCache):
+            return past_key_values
+        if isinstance(past_key_values, Cache) and past_key_values.get_seq_length() == 0:
+            # e.g. an empty DynamicCache() passed by habit: it cannot hold archlab state
+            return self.new_cache()
+        raise TypeError(
+            f"past_key_values must be an ArchlabCache (model.new_cache()), got {type(past_key_values).__name__}"
+        )
+
+    @staticmethod
+    def _key_mask(attention_mask: torch.Tensor | None, batch: int, total: int) -> torch.Tensor | None:
+        """HF 2-D mask -> archlab key mask (None when nothing is padded: the fast path)."""
+        if attention_mask is None:
+            return None
+        if attention_mask.dim() != 2:
+            raise ValueError(
+                f"attention_mask must be 2-D (batch, past + new tokens), got {tuple(attention_mask.shape)}"
+            )
+        if tuple(attention_mask.shape) != (batch, total):
+            raise ValueError(
+                f"attention_mask has shape {tuple(attention_mask.shape)}; expected ({batch}, {total}) "
+                "= (batch, cached + new tokens)"
+            )
+        mask = attention_mask.bool()
+        return None if bool(mask.all()) else mask
+
+    @staticmethod
+    def _positions(position_ids: torch.Tensor | None, attention_mask: torch.Tensor | None,
+                   past: int, T: int) -> torch.Tensor | None:
+        """archlab ``positions``: (T,) when every row agrees (archlab's shared-positions path,
+        identical to what archlab's own generate passes), else (B, T); None = archlab default."""
+        if position_ids is None:
+            if attention_mask is None or bool(attention_mask.bool().all()):
+                return None  # past .. past+T-1, archlab's default
+            position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+        position_ids = position_ids[..., -T:]
+        if position_ids.dim() == 1:
+            return position_ids
+        if position_ids.shape[0] == 1 or bool((position_ids == position_ids[:1]).all()):
+            return position_ids[0]
+        return position_ids
+
+    # ------------------------------------------------------------------ generation
+
+    def prepare_inputs_for_generation(
+        self,
+        input_ids: torch.LongTensor,
+        past_key_values: ArchlabCache | None = None,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.LongTensor | None = None,
+        use_cache: bool | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+        **kwargs: Any,
+    ) -> dict[str, Any]:
+        """Inputs of one decoding step: with a cache, only the tokens it has not consumed yet
+        (the new one after the prompt); position ids sliced to match (they come from the
+        attention mask for left-padded batches); the full 2-D mask (cached + new keys)."""
+        if inputs_embeds is not None:
+            raise NotImplementedError("ArchlabForCausalLM.generate takes input_ids, not inputs_embeds")
+        past = past_key_values.get_seq_length() if past_key_values is not None else 0
+        new_ids = input_ids[:, past:]
+        if position_ids is not None:
+            position_ids = position_ids[..., -new_ids.shape[1]:]
+        inputs: dict[str, Any] = {
+            "input_ids": new_ids,
+            "attention_mask": attention_mask,
+            "position_ids": position_ids,
+            "past_key_values": past_key_values,
+            "use_cache": use_cache,
+        }
+        # Generation-loop bookkeeping that is not a model input.
+        for key in ("next_sequence_length", "is_first_iteration", "labels"):
+            kwargs.pop(key, None)
+        inputs.update({k: v for k, v in kwargs.items() if v is not None})
+        return {k: (v.to(self.device) if torch.is_tensor(v) else v) for k, v in inputs.items()}
+
+
+# Importing this module makes the model class wanted by the Auto registration (archlab.hf._hook).
+_hook.want_model()
+
+__all__ = ["ArchlabCache", "ArchlabForCausalLM", "ArchlabTopPLogitsWarper"]
