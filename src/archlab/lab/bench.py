@@ -294,14 +294,9 @@ def nonembedding_params(model: nn.Module, exclude: Iterable[nn.Module] = ()) -> 
             skip.update(id(p) for p in mod.parameters())
     for mod in exclude:
         skip.update(id(p) for p in mod.parameters())
-    seen: set[int] = set()
-    total = 0
-    for p in model.parameters():  # parameters() already de-duplicates shared tensors
-        if id(p) in skip or id(p) in seen:
-            continue
-        seen.add(id(p))
-        total += p.numel()
-    return total
+    # parameters() yields a tensor shared by several modules only once, so tied weights are
+    # not double counted.
+    return sum(p.numel() for p in model.parameters() if id(p) not in skip)
 
 
 def mfu(tokens_per_s: float, flops_per_token: float, peak_gflops: float) -> float:
