@@ -30,8 +30,8 @@ test: $(VENV)/.installed-dev
 
 bench: $(VENV)/.installed-dev
 	$(PIP) install -q -c $(CONSTRAINTS) -e '.[peers]'
-	$(BIN)/archlab bench train --config configs/lm_ref.yaml
-	$(BIN)/archlab bench generate --config configs/lm_ref.yaml
+	$(BIN)/archlab bench all --out runs/bench/throughput.json
+	$(BIN)/archlab bench scaling --out runs/bench/scaling
 
 clean:
 	rm -rf $(VENV) runs build *.egg-info src/*.egg-info

@@ -77,12 +77,25 @@ def _cmd_info(a: argparse.Namespace) -> int:
 
 
 def _cmd_bench(a: argparse.Namespace) -> int:
-    from archlab.lab import benchmarks
+    if a.what == "scaling":
+        sp = argparse.ArgumentParser(prog="archlab bench scaling")
+        sp.add_argument("--lengths", default="256,512,1024,2048,4096,8192")
+        sp.add_argument("--mixers", default=None, help="comma-separated (default: every registered mixer)")
+        sp.add_argument("--dim", type=int, default=256)
+        sp.add_argument("--heads", type=int, default=4)
+        sp.add_argument("--repeats", type=int, default=3)
+        sp.add_argument("--out", default="runs/bench/scaling")
+        o = sp.parse_args(a.rest)
+        from archlab.lab.scaling import run_scaling
 
-    res = benchmarks.run(a.what, config=a.config, overrides=a.set, peer=not a.no_peer, out=a.out,
-                         steps=a.steps, rounds=a.rounds)
-    print(json.dumps(res, indent=2, default=str))
-    return 0
+        res = run_scaling(mixers=o.mixers.split(",") if o.mixers else None,
+                          lengths=[int(x) for x in o.lengths.split(",")], dim=o.dim, heads=o.heads,
+                          repeats=o.repeats, out=o.out)
+        print(f"wrote {Path(o.out) / 'scaling.json'} and {res['plot']}")
+        return 0
+    from archlab.lab.throughput import main as throughput
+
+    return throughput(a.rest, mode=a.what)
 
 
 def _cmd_compare(a: argparse.Namespace) -> int:
@@ -162,14 +175,11 @@ def build_parser() -> argparse.ArgumentParser:
     overrides(sp)
     sp.set_defaults(func=_cmd_info)
 
-    sp = sub.add_parser("bench", help="throughput benchmarks against peers, side by side")
-    sp.add_argument("what", choices=["train", "generate"])
-    sp.add_argument("--config", default=None, help="YAML config (default: the reference shape)")
-    sp.add_argument("--no-peer", action="store_true", help="skip x-transformers")
-    sp.add_argument("--steps", type=int, default=None)
-    sp.add_argument("--rounds", type=int, default=None)
-    sp.add_argument("--out", default=None, help="write the JSON result here")
-    overrides(sp)
+    sp = sub.add_parser("bench", help="benchmarks: train / generate (vs x-transformers), scaling",
+                        description="archlab bench {train,generate,all,scaling} [options]; "
+                                    "'archlab bench train --help' lists the options")
+    sp.add_argument("what", choices=["train", "generate", "all", "scaling"])
+    sp.add_argument("rest", nargs=argparse.REMAINDER, help="options of that benchmark")
     sp.set_defaults(func=_cmd_bench)
 
     sp = sub.add_parser("compare", help="train variants × seeds at equal budget; statistics and a report")

@@ -120,7 +120,9 @@ def run_compare(
     out.mkdir(parents=True, exist_ok=True)
     plan = [(v, s) for v in exp.variants for s in exp.seeds]
     steps_each = {v: exp.variants[v].train.total_steps() for v in exp.variants}
-    device = exp.variants[exp.baseline].train.device
+    from archlab.train.runtime import pick_device
+
+    device = str(pick_device(exp.variants[exp.baseline].train.device))
     results: dict[str, Any] = {
         "experiment": {
             "name": exp.name, "file": str(exp.path), "baseline": exp.baseline, "metric": exp.metric,

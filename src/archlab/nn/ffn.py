@@ -18,7 +18,7 @@ class GeluMLP(nn.Module):
         self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.dropout(self.down(F.gelu(self.up(x), approximate="tanh")))
+        return self.dropout(self.down(F.gelu(self.up(x))))
 
 
 class SwiGLU(nn.Module):

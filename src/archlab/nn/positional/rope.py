@@ -60,12 +60,15 @@ class RotaryEmbedding(PositionalScheme):
         dt = torch.float64 if dtype == torch.float64 else torch.float32
         # All layers sharing this scheme get the same positions tensor within one forward:
         # computing cos/sin once per forward instead of once per layer.
+        # Under torch.compile the graph is traced once and Python-side state would force a
+        # recompile, so the memo is only used eagerly.
+        eager = not torch.compiler.is_compiling()
         memo = self._memo
-        if memo is not None and memo[0] is positions and memo[1].dtype == dt:
+        if eager and memo is not None and memo[0] is positions and memo[1].dtype == dt:
             return memo[1], memo[2]
         ang = self.angles(positions)
         cos, sin = per_position(ang.cos().to(dt)), per_position(ang.sin().to(dt))
-        if not torch.is_grad_enabled() or not any(p.requires_grad for p in self.parameters()):
+        if eager and (not torch.is_grad_enabled() or not any(p.requires_grad for p in self.parameters())):
             self._memo = (positions, cos, sin)
         return cos, sin
 

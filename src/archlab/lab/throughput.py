@@ -1,0 +1,220 @@
+"""``archlab bench train|generate``: throughput at the reference shape, side by side with peers.
+
+    archlab bench train --out runs/bench/train.json
+    archlab bench generate --out runs/bench/generate.json
+    archlab bench all --contenders peer-xt-flash,ours --rounds 12
+
+Contenders run in one process, alternating (see ``archlab.lab.bench.interleaved``); the
+headline is the ratio of "ours" to the best x-transformers variant, never an absolute number.
+Rounds during which other processes took CPU are dropped (``--max-foreign-cpu``).
+
+Adding a contender is one function: ``def make_x(shape, args) -> Contender | None`` plus an
+entry in :data:`FACTORIES`. A factory returns ``None`` (with a printed reason) when its
+contender cannot be built here, e.g. the peer library is not installed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from archlab.lab import bench, peers
+from archlab.lab.bench import Contender, ReferenceShape
+
+DEFAULT_CONFIG = str(Path(__file__).resolve().parents[3] / "configs" / "lm_ref.yaml")
+
+Factory = Callable[[ReferenceShape, argparse.Namespace], "Contender | None"]
+
+
+# ---------------------------------------------------------------------------------------------
+# Contenders
+
+
+def _make_peer(variant: str) -> Factory:
+    """Factory for an x-transformers variant from :data:`archlab.lab.peers.XT_VARIANTS`."""
+
+    def make(shape: ReferenceShape, args: argparse.Namespace) -> Contender | None:
+        if not peers.peers_available():
+            print(f"skip peer-xt-{variant}: peers not installed: pip install 'archlab[peers]'")
+            return None
+        kw = peers.XT_VARIANTS[variant]
+        torch.manual_seed(args.seed)
+        model = peers.xtransformers_lm(
+            vocab=shape.vocab, dim=shape.dim, depth=shape.depth, heads=shape.heads,
+            seq_len=shape.seq_len,
+            # Room for the whole generation, so the peer's cache is not slid (ours is not).
+            max_seq_len=shape.prompt_len + shape.new_tokens, **kw,
+        )
+        import x_transformers
+
+        return Contender(
+            name=f"peer-xt-{variant}",
+            model=model,
+            loss_fn=peers.xtransformers_loss,
+            generate_fn=peers.xtransformers_generate_fn(model),
+            n_params_nonembedding=bench.nonembedding_params(model, exclude=peers.xtransformers_head(model)),
+            info={"library": "x-transformers", "version": getattr(x_transformers, "__version__", None)
+                  or _dist_version("x-transformers"), "kwargs": kw, "tie_embedding": True},
+        )
+
+    return make
+
+
+def make_ours(shape: ReferenceShape, args: argparse.Namespace) -> Contender | None:
+    """archlab's own model from ``--config`` (default ``configs/lm_ref.yaml``)."""
+    try:
+        from archlab.config import load_config
+        from archlab.models import build_model, generate
+    except ImportError as exc:  # the model package is not there yet
+        print(f"skip ours: {exc}")
+        return None
+    cfg_path = Path(args.config)
+    if not cfg_path.exists():
+        print(f"skip ours: config {cfg_path} not found")
+        return None
+    cfg = load_config(str(cfg_path))
+    m = cfg.model
+    if m.vocab_size is None:
+        m.vocab_size = shape.vocab
+    got = (m.vocab_size, m.dim, m.depth, m.heads)
+    want = (shape.vocab, shape.dim, shape.depth, shape.heads)
+    if got != want:  # a ratio between different shapes would be meaningless
+        print(f"skip ours: config shape (vocab, dim, depth, heads)={got} differs from the reference {want}")
+        return None
+    torch.manual_seed(args.seed)
+    model = build_model(m)
+    head = getattr(model, "head", None)
+    tied = head is not None and getattr(model, "embed", None) is not None and head.weight is model.embed.weight
+    excluded = [head] if isinstance(head, torch.nn.Module) and not tied else []
+
+    def gen(prompt: torch.Tensor, new_tokens: int) -> torch.Tensor:
+        out = generate(model, prompt, max_new_tokens=new_tokens, temperature=0.0)
+        return out[:, prompt.shape[1]:]
+
+    return Contender(
+        name="ours",
+        model=model,
+        generate_fn=gen,
+        n_params_nonembedding=bench.nonembedding_params(model, exclude=excluded),
+        info={"config": str(cfg_path), "model": _describe(m)},
+    )
+
+
+def _describe(model_cfg: Any) -> Any:
+    try:
+        from archlab.registry import to_dict
+
+        return to_dict(model_cfg)
+    except Exception:  # reporting only: never fail a benchmark over a description
+        return repr(model_cfg)
+
+
+def _dist_version(name: str) -> str | None:
+    try:
+        from importlib.metadata import version
+
+        return version(name)
+    except Exception:
+        return None
+
+
+FACTORIES: dict[str, Factory] = {
+    "peer-xt-default": _make_peer("default"),
+    "peer-xt-flash": _make_peer("flash"),
+    "ours": make_ours,
+}
+
+
+def _compiled(c: Contender) -> Contender:
+    """The same contender with ``torch.compile``d model (training and loss path)."""
+    compiled = torch.compile(c.model)
+    gen = c.generate_fn  # decoding stays eager: per-token shapes change every step
+    return Contender(
+        name=f"{c.name}+compile", model=compiled, loss_fn=c.loss_fn, generate_fn=gen,
+        n_params_nonembedding=c.n_params_nonembedding, info={**c.info, "torch_compile": True},
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# Main
+
+
+def _print_table(res: dict[str, Any], unit: str) -> None:
+    comp = res["comparison"]
+    base = comp.get("baseline")
+    kept = res["interleaving"]["kept_rounds"]
+    print(f"\n{res['kind']}: {len(kept)}/{res['interleaving']['rounds']} rounds kept"
+          + (f", matmul peak {res['peak_gflops']:.0f} GFLOP/s" if "peak_gflops" in res else ""))
+    for name, rec in res["contenders"].items():
+        line = f"  {name:24s} {rec['tokens_per_s']:8.1f} {unit}"
+        if rec.get("mfu") is not None:
+            line += f"   MFU {rec['mfu']:.2f}"
+        if rec.get("warmup_s") is not None:
+            line += f"   warmup {rec['warmup_s']:.1f}s"
+        if name in comp["ratios"]:
+            line += f"   ×{comp['ratios'][name]:.2f} (paired ×{comp['paired_ratios'][name]:.2f}) vs {base}"
+        print(line)
+
+
+def main(argv: list[str] | None = None, mode: str | None = None) -> int:
+    ap = argparse.ArgumentParser(prog=f"archlab bench {mode}" if mode else None,
+                                 description=__doc__.split("\n\n")[0])
+    ap.add_argument("--mode", choices=["train", "generate", "all"], default=mode or "train")
+    ap.add_argument("--contenders", default=",".join(FACTORIES),
+                    help=f"comma-separated, from {sorted(FACTORIES)}")
+    ap.add_argument("--compile", default="", help="comma-separated contenders to also run under torch.compile (train)")
+    ap.add_argument("--config", default=DEFAULT_CONFIG, help="config for 'ours'")
+    ap.add_argument("--rounds", type=int, default=None, help="interleaved rounds (train 10, generate 5)")
+    ap.add_argument("--steps-per-round", type=int, default=2)
+    ap.add_argument("--warmup", type=int, default=3)
+    ap.add_argument("--new-tokens", type=int, default=bench.REFERENCE_SHAPE.new_tokens)
+    ap.add_argument("--max-foreign-cpu", type=float, default=0.15,
+                    help="drop rounds where other processes used more than this fraction of the CPUs (<0: keep all)")
+    ap.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's choice)")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--out", default=None, help="write the JSON result here")
+    ap.add_argument("-v", "--verbose", action="store_true", help="print every round")
+    args = ap.parse_args(argv)
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    shape = ReferenceShape(new_tokens=args.new_tokens)
+    names = [n.strip() for n in args.contenders.split(",") if n.strip()]
+    unknown = [n for n in names if n not in FACTORIES]
+    if unknown:
+        ap.error(f"unknown contender(s) {unknown}; choose from {sorted(FACTORIES)}")
+    contenders = [c for c in (FACTORIES[n](shape, args) for n in names) if c is not None]
+    to_compile = {n.strip() for n in args.compile.split(",") if n.strip()}
+    if not contenders:
+        print("nothing to run")
+        return 1
+
+    max_foreign = None if args.max_foreign_cpu < 0 else args.max_foreign_cpu
+    verbose = (lambda r, n, x: print(f"  round {r} {n}: {x['tokens_per_s']:.1f} tok/s"
+                                     f" (foreign cpu {x.get('foreign_cpu') or 0:.2f})", flush=True)) if args.verbose else None
+    result: dict[str, Any] = {"command": " ".join(["archlab", "bench", args.mode, *(argv or [])])}
+    t0 = time.perf_counter()
+    if args.mode in ("train", "all"):
+        train_set = contenders + [_compiled(c) for c in contenders if c.name in to_compile]
+        result["train"] = bench.compare_train(
+            train_set, shape, rounds=args.rounds or 10, steps_per_round=args.steps_per_round,
+            warmup=args.warmup, max_foreign_cpu=max_foreign, on_result=verbose,
+        )
+        _print_table(result["train"], "tok/s")
+    if args.mode in ("generate", "all"):
+        result["generate"] = bench.compare_generate(
+            contenders, shape, rounds=args.rounds or 5, max_foreign_cpu=max_foreign, on_result=verbose,
+        )
+        _print_table(result["generate"], "tok/s")
+    result["wall_s"] = time.perf_counter() - t0
+    if args.out:
+        path = bench.write_json(args.out, result)
+        print(f"\nwrote {path}")
+    return 0
+
