@@ -7,7 +7,8 @@ checkpoint, summary) plus ``result.json`` once that run is finished and evaluate
 progress is visible); ``DIR/report.md``, ``DIR/report.html`` and ``DIR/plots/`` at the end.
 
 Re-running the same command skips finished runs and resumes an interrupted one from its
-checkpoint; the trainer refuses to resume a run whose config no longer matches.
+checkpoint; the trainer refuses to resume a run whose config no longer matches. Under
+``torchrun`` every rank trains each run (DDP) and rank 0 alone evaluates and writes.
 """
 
 from __future__ import annotations
@@ -95,6 +96,8 @@ def run_one(exp: Experiment, variant: str, seed: int, run_dir: Path, *, callback
     trainer = Trainer(cfg, run_dir, resume=(run_dir / CHECKPOINT).exists(), progress=False, log=log,
                       callbacks=list(callbacks))
     summary = trainer.fit()
+    if not trainer.dist.main:  # under torchrun only rank 0 evaluates and writes
+        return {"variant": variant, "seed": seed, "status": "done-on-other-rank"}
     t = cfg.train
     ev = evaluate(trainer.model, trainer.streams[exp.eval_split], seq_len=t.seq_len, batch_size=trainer.micro,
                   max_tokens=exp.eval_max_tokens, device=trainer.device, autocast=trainer.autocast)
@@ -116,6 +119,9 @@ def run_compare(
     log: Callable[[str], None] = print, report: bool = True,
 ) -> dict:
     exp = load_experiment(experiment)
+    main = int(os.environ.get("RANK", "0")) == 0  # torchrun: every rank trains, rank 0 reports
+    if not main:
+        progress, report, log = False, False, (lambda s: None)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     plan = [(v, s) for v in exp.variants for s in exp.seeds]
@@ -165,11 +171,14 @@ def run_compare(
                 msg = f"{label}: {exp.metric} {res[exp.metric]:.4f}, {res['tokens_per_s'] or 0:.0f} tokens/s"
                 (bar.write if bar is not None else log)(msg)
             results["runs"].append(res)
-            _atomic_json(out / "results.json", results)
+            if main:
+                _atomic_json(out / "results.json", results)
     finally:
         if bar is not None:
             bar.close()
     results["experiment"]["total_time"] = time.perf_counter() - t0
+    if not main:
+        return results
     from archlab.lab.stats import summarize
 
     results["variants"] = summarize(results)
