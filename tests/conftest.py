@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 
+import random
+
 import pytest
 import torch
 
@@ -55,3 +57,14 @@ def tiny_config():
 @pytest.fixture
 def build():
     return build_seeded
+
+
+@pytest.fixture(scope="session")
+def corpus(tmp_path_factory):
+    """A small deterministic text file, so runs need no stdlib scan."""
+    rng = random.Random(0)
+    words = ["def", "class", "return", "self", "import", "for", "in", "if", "else", "x", "y", "(", ")", ":"]
+    text = "\n".join(" ".join(rng.choice(words) for _ in range(12)) for _ in range(6000))
+    p = tmp_path_factory.mktemp("corpus") / "text.txt"
+    p.write_text(text)
+    return p

@@ -11,7 +11,7 @@ from archlab.lab import compare as compare_mod
 from archlab.lab.compare import run_compare
 from archlab.lab.experiment import load_experiment
 from archlab.registry import ConfigError
-from tests.test_train import KillAt, corpus  # noqa: F401
+from tests.test_train import KillAt
 
 
 def write_exp(tmp_path, corpus_path, variants=None, extra="", budget="steps: 4"):

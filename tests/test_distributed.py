@@ -10,7 +10,6 @@ import sys
 
 import pytest
 
-from tests.test_train import corpus  # noqa: F401  (fixture)
 
 
 def _free_port() -> int:

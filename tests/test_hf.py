@@ -295,14 +295,6 @@ def test_beam_search_reorders_the_cache():
 # ----------------------------------------------------------------------------- export
 
 
-@pytest.fixture(scope="module")
-def corpus(tmp_path_factory):
-    rng = random.Random(0)
-    words = ["def", "class", "return", "self", "import", "for", "in", "if", "else", "x", "y", "(", ")", ":"]
-    text = "\n".join(" ".join(rng.choice(words) for _ in range(12)) for _ in range(3000))
-    p = tmp_path_factory.mktemp("corpus") / "text.txt"
-    p.write_text(text)
-    return p
 
 
 @pytest.mark.parametrize("tokenizer", ["bytes", "bpe"])

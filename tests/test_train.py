@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import math
-import random
 import subprocess
 import sys
 
@@ -19,15 +18,6 @@ from archlab.train import checkpoint as ckpt_mod
 from archlab.train.checkpoint import CHECKPOINT, save_checkpoint
 
 
-@pytest.fixture(scope="module")
-def corpus(tmp_path_factory):
-    """A small deterministic text file, so runs need no stdlib scan."""
-    rng = random.Random(0)
-    words = ["def", "class", "return", "self", "import", "for", "in", "if", "else", "x", "y", "(", ")", ":"]
-    text = "\n".join(" ".join(rng.choice(words) for _ in range(12)) for _ in range(6000))
-    p = tmp_path_factory.mktemp("corpus") / "text.txt"
-    p.write_text(text)
-    return p
 
 
 def tiny(corpus, tmp_path, *extra):
@@ -215,3 +205,13 @@ def test_console_script_exit_code():
     r = subprocess.run([sys.executable, "-m", "archlab", "info", "configs/lm.yaml", "--set", "model.heads=3"],
                        capture_output=True, text=True)
     assert r.returncode == 2 and "Traceback" not in r.stderr and "model.heads" in r.stderr
+
+
+def test_wall_clock_budget(corpus, tmp_path):
+    cfg = tiny(corpus, tmp_path, "train.steps=null", "train.seconds=1.0", "train.eval_every=1000",
+               "train.log_every=1000")
+    assert cfg.train.total_steps() is None
+    summary = Trainer(cfg, tmp_path / "r", progress=False).fit()
+    assert summary["train_time"] >= 1.0 and summary["steps"] > 1
+    # the time budget is training time: evaluation at the end is not counted in it
+    assert summary["wall_time"] >= summary["train_time"]

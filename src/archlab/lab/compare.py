@@ -17,7 +17,6 @@ import datetime as _dt
 import json
 import os
 import platform
-import sys
 import time
 from pathlib import Path
 from typing import Any, Callable

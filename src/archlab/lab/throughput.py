@@ -4,7 +4,7 @@
     archlab bench generate --out runs/bench/generate.json
     archlab bench all --contenders peer-xt-flash,ours --rounds 12
 
-Contenders run in one process, alternating (see ``archlab.lab.bench.interleaved``); the
+Contenders run in one process, alternating (see ``archlab.lab.contest.interleaved``); the
 headline is the ratio of "ours" to the best x-transformers variant, never an absolute number.
 Rounds during which other processes took CPU are dropped (``--max-foreign-cpu``).
 
@@ -16,7 +16,6 @@ contender cannot be built here, e.g. the peer library is not installed.
 from __future__ import annotations
 
 import argparse
-import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -24,8 +23,9 @@ from typing import Any
 
 import torch
 
-from archlab.lab import bench, peers
-from archlab.lab.bench import Contender, ReferenceShape
+from archlab.lab import bench, contest, peers
+from archlab.lab.bench import ReferenceShape
+from archlab.lab.contest import Contender
 
 DEFAULT_CONFIG = str(Path(__file__).resolve().parents[3] / "configs" / "lm_ref.yaml")
 
@@ -202,19 +202,19 @@ def main(argv: list[str] | None = None, mode: str | None = None) -> int:
     t0 = time.perf_counter()
     if args.mode in ("train", "all"):
         train_set = contenders + [_compiled(c) for c in contenders if c.name in to_compile]
-        result["train"] = bench.compare_train(
+        result["train"] = contest.compare_train(
             train_set, shape, rounds=args.rounds or 10, steps_per_round=args.steps_per_round,
             warmup=args.warmup, max_foreign_cpu=max_foreign, on_result=verbose,
         )
         _print_table(result["train"], "tok/s")
     if args.mode in ("generate", "all"):
-        result["generate"] = bench.compare_generate(
+        result["generate"] = contest.compare_generate(
             contenders, shape, rounds=args.rounds or 5, max_foreign_cpu=max_foreign, on_result=verbose,
         )
         _print_table(result["generate"], "tok/s")
     result["wall_s"] = time.perf_counter() - t0
     if args.out:
-        path = bench.write_json(args.out, result)
+        path = contest.write_json(args.out, result)
         print(f"\nwrote {path}")
     return 0
 
