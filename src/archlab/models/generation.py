@@ -43,7 +43,6 @@ def _ends_with(seq: list[int], stop: Sequence[int]) -> bool:
     return len(stop) > 0 and len(seq) >= len(stop) and seq[-len(stop):] == list(stop)
 
 
-@torch.no_grad()
 def generate(
     model: torch.nn.Module,
     ids: torch.Tensor,
@@ -64,30 +63,35 @@ def generate(
         raise ValueError(f"max_new_tokens must be ≥ 0, got {max_new_tokens}")
     was_training = model.training
     model.eval()
-    B = ids.shape[0]
-    out = ids
-    done = torch.zeros(B, dtype=torch.bool, device=ids.device)
+    B, T = ids.shape
+    # One buffer for the whole result: appending a token is a copy of one column, not of all.
+    out = ids.new_full((B, T + max_new_tokens), pad_id)
+    out[:, :T] = ids
+    n = T
+    done = torch.zeros(B, dtype=torch.bool, device=ids.device) if stop else None
     rows = [r.tolist() for r in ids] if stop else None
     cache = model.init_cache() if use_cache else None
     step_in = ids
     try:
-        for _ in range(max_new_tokens):
-            if use_cache:
-                logits = model(step_in, cache=cache).logits[:, -1]
-            else:
-                logits = model(out).logits[:, -1]
-            tok = next_token(logits, temperature=temperature, top_k=top_k, top_p=top_p, generator=generator)
-            tok = torch.where(done, torch.full_like(tok, pad_id), tok)
-            out = torch.cat([out, tok[:, None]], dim=1)
-            step_in = tok[:, None]
-            if rows is not None:
-                for b in range(B):
-                    if not done[b]:
-                        rows[b].append(int(tok[b]))
-                        if any(_ends_with(rows[b], s) for s in stop):
-                            done[b] = True
-                if bool(done.all()):
-                    break
+        # inference_mode skips autograd bookkeeping on every small op of every decoding step
+        with torch.inference_mode():
+            for _ in range(max_new_tokens):
+                src = step_in if use_cache else out[:, :n]
+                logits = model(src, cache=cache).logits[:, -1]
+                tok = next_token(logits, temperature=temperature, top_k=top_k, top_p=top_p, generator=generator)
+                if done is not None:
+                    tok = torch.where(done, torch.full_like(tok, pad_id), tok)
+                out[:, n] = tok
+                n += 1
+                step_in = out[:, n - 1:n]
+                if rows is not None:
+                    for b in range(B):
+                        if not done[b]:
+                            rows[b].append(int(tok[b]))
+                            if any(_ends_with(rows[b], s) for s in stop):
+                                done[b] = True
+                    if bool(done.all()):
+                        break
     finally:
         model.train(was_training)
-    return out
+    return out[:, :n].clone()  # a normal tensor (usable in autograd), not an inference tensor
