@@ -21,7 +21,6 @@ from __future__ import annotations
 import math
 import os
 import statistics
-import sys
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass
@@ -30,6 +29,8 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from archlab.train.runtime import peak_memory_mb
 
 __all__ = [
     "ReferenceShape",
@@ -108,21 +109,6 @@ def _stats(values: list[float]) -> dict[str, float]:
         "p90": q(0.90),
         "stdev": float(statistics.stdev(s)) if n > 1 else 0.0,
     }
-
-
-def _peak_rss_mb() -> float | None:
-    """Peak resident set size of this process so far (MiB); ``None`` where unavailable.
-
-    This is a process-wide high-water mark: it can only grow, so it bounds the memory of the
-    largest contender run so far rather than isolating one run.
-    """
-    try:
-        import resource
-    except ImportError:  # Windows
-        return None
-    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    # Linux reports KiB, macOS bytes.
-    return rss / 1024.0 / (1024.0 if sys.platform == "darwin" else 1.0)
 
 
 class ForeignCpu:
@@ -392,7 +378,7 @@ class TrainBench:
             "steps": len(times),
             "final_loss": self.last_loss,
             "device": str(self.device),
-            "peak_rss_mb": _peak_rss_mb(),
+            "peak_rss_mb": peak_memory_mb(torch.device("cpu")),
             "foreign_cpu": monitor.fraction(),
         }
         if self.device.type == "cuda":
@@ -493,6 +479,6 @@ def bench_generate(
         "returned_len": produced,
         "repeats": repeats,
         "device": str(device),
-        "peak_rss_mb": _peak_rss_mb(),
+        "peak_rss_mb": peak_memory_mb(torch.device("cpu")),
         "foreign_cpu": monitor.fraction(),
     }

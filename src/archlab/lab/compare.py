@@ -24,6 +24,8 @@ from typing import Any, Callable
 import torch
 
 import archlab
+from archlab.atomic import write_text_atomic
+from archlab.lab.contest import cpu_model
 from archlab.lab.experiment import Experiment, load_experiment
 from archlab.train import Trainer
 from archlab.train.checkpoint import CHECKPOINT
@@ -31,15 +33,7 @@ from archlab.train.evaluate import evaluate
 
 
 def machine_info(device: str = "cpu") -> dict[str, Any]:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    info = {"cpu": cpu, "cores": os.cpu_count(), "threads": torch.get_num_threads(), "device": device,
+    info = {"cpu": cpu_model(), "cores": os.cpu_count(), "threads": torch.get_num_threads(), "device": device,
             "platform": platform.platform()}
     if torch.cuda.is_available():
         info["gpu"] = torch.cuda.get_device_name(0)
@@ -51,9 +45,7 @@ def versions() -> dict[str, str]:
 
 
 def _atomic_json(path: Path, data: Any) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(data, indent=2, default=float))
-    os.replace(tmp, path)
+    write_text_atomic(path, json.dumps(data, indent=2, default=float))
 
 
 def read_curve(run_dir: Path) -> list[dict[str, float]]:

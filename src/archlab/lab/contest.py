@@ -278,7 +278,7 @@ def compare_generate(
 # Environment and output
 
 
-def _cpu_model() -> str:
+def cpu_model() -> str:
     """CPU model name from /proc/cpuinfo (Linux), falling back to :mod:`platform`."""
     try:
         with open("/proc/cpuinfo", encoding="utf-8") as fh:
@@ -296,7 +296,7 @@ def environment() -> dict[str, Any]:
         "torch": torch.__version__,
         "python": platform.python_version(),
         "platform": platform.platform(),
-        "cpu_model": _cpu_model(),
+        "cpu_model": cpu_model(),
         "cpu_count": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
         "torch_interop_threads": torch.get_num_interop_threads(),

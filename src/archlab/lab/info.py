@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from archlab.config import Config
 from archlab.models import build_model
-from archlab.models.lm import count_parameters, flops_per_token
+from archlab.lab.bench import nonembedding_params, train_flops_per_token
+from archlab.models.lm import count_parameters
 
 
 def _part(p) -> str:
@@ -20,7 +21,11 @@ def describe(cfg: Config) -> str:
     model = build_model(m)
     n = count_parameters(model)
     n_ne = count_parameters(model, exclude_embeddings=True)
-    fl = flops_per_token(model, t.seq_len)
+    head = [] if model.head.weight is model.embed.weight else [model.head]
+    train_fl = train_flops_per_token(nonembedding_params(model, exclude=head), m.depth, m.dim, t.seq_len,
+                                     m.vocab_size, attn_dim=m.heads * m.resolved_head_dim(),
+                                     causal_discount=True)  # the fused causal kernel skips masked blocks
+    fl = {"forward": train_fl / 3, "train": train_fl}
     lines = [
         f"family {m.family}: dim {m.dim}, depth {m.depth}, heads {m.heads} (kv {m.resolved_kv_heads()}, "
         f"head_dim {m.resolved_head_dim()}), vocab {m.vocab_size}, position {_part(m.position)}",

@@ -14,13 +14,13 @@ import base64
 import html
 import json
 import math
-import os
 import re
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from archlab.atomic import write_text_atomic
 from archlab.lab.stats import summarize, variant_order
 from archlab.registry import ConfigError
 
@@ -358,10 +358,6 @@ def render_html(blocks: list[Block], plot_paths: dict[str, Path]) -> str:
             f"<style>{_CSS}</style></head>\n<body>\n" + "\n".join(body) + "\n</body></html>\n")
 
 
-def _atomic_write(path: Path, data: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")  # a reader never sees half a file
-    tmp.write_text(data, encoding="utf-8")
-    os.replace(tmp, path)
 
 
 def write_report(results: dict, out_dir: str | Path) -> dict[str, Path]:
@@ -377,8 +373,8 @@ def write_report(results: dict, out_dir: str | Path) -> dict[str, Path]:
     plots = write_plots(results, out / "plots")
     blocks = report_blocks(results, list(plots))
     paths = {"md": out / "report.md", "html": out / "report.html"}
-    _atomic_write(paths["md"], render_md(blocks))
-    _atomic_write(paths["html"], render_html(blocks, plots))
+    write_text_atomic(paths["md"], render_md(blocks))
+    write_text_atomic(paths["html"], render_html(blocks, plots))
     return {**paths, **plots}
 
 
@@ -395,5 +391,5 @@ def rebuild(out_dir: str | Path) -> dict[str, Path]:
     results = json.loads(path.read_text())
     results["variants"] = summarize(results)
     # allow_nan: a diverged run's NaN metric stays as the runner wrote it (summaries hold None).
-    _atomic_write(path, json.dumps(results, indent=2, default=float))
+    write_text_atomic(path, json.dumps(results, indent=2, default=float))
     return {"results": path, **write_report(results, out)}

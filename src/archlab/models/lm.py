@@ -145,17 +145,3 @@ def count_parameters(model: nn.Module, *, exclude_embeddings: bool = False) -> i
         seen.add(id(p))
         n += p.numel()
     return n
-
-
-def flops_per_token(model: nn.Module, seq_len: int) -> dict[str, float]:
-    """Approximate matmul FLOPs per token (Kaplan et al., 2020; Chinchilla appendix).
-
-    forward = 2·N_matmul + 2·depth·T·H·D  (causal attention: each query sees (T+1)/2 keys on
-    average, and q·kᵀ plus probs·v cost 2·2·H·D per key), where N_matmul counts the weights of
-    every linear layer including the LM head and excludes lookup tables. Training = 3× forward.
-    """
-    n_mm = sum(m.weight.numel() for m in model.modules() if isinstance(m, nn.Linear))
-    cfg = model.cfg
-    attn = 2 * cfg.depth * seq_len * cfg.heads * cfg.resolved_head_dim()
-    fwd = 2 * n_mm + attn
-    return {"forward": float(fwd), "train": float(3 * fwd), "matmul_params": float(n_mm)}

@@ -9,7 +9,6 @@ file is reported with its path.
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +16,8 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 from torch import nn
+
+from archlab.atomic import replace_atomically
 
 CHECKPOINT = "checkpoint.safetensors"
 
@@ -68,16 +69,8 @@ def save_checkpoint(
     if torch.cuda.is_available():
         for i, s in enumerate(torch.cuda.get_rng_state_all()):
             tensors[f"rng.cuda.{i}"] = s
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        save_file(tensors, str(tmp), metadata={"archlab": json.dumps(meta)})
-        with open(tmp, "rb") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-    return path
+    # save_file is looked up at call time so tests can simulate a crash mid-write
+    return replace_atomically(path, lambda tmp: save_file(tensors, str(tmp), metadata={"archlab": json.dumps(meta)}))
 
 
 def read_checkpoint(path: str | Path) -> tuple[dict[str, torch.Tensor], dict]:

@@ -16,7 +16,6 @@ from __future__ import annotations
 import contextlib
 import json
 import math
-import os
 import signal
 import time
 from pathlib import Path
@@ -25,6 +24,7 @@ from typing import Any, Callable, Protocol
 import torch
 import yaml
 
+from archlab.atomic import write_text_atomic
 from archlab.config import Config, parse_config
 from archlab.data import WindowSampler, iter_texts, load_tokenizer, make_tokenizer, prepare_corpus
 from archlab.models import build_model
@@ -367,7 +367,5 @@ class Trainer:
             "peak_mem_mb": peak_memory_mb(self.device), "unit": getattr(self.tokenizer, "unit", "byte"),
         }
         if self.rank == 0:
-            tmp = self.dir / ".summary.json.tmp"
-            tmp.write_text(json.dumps(summary, indent=2))
-            os.replace(tmp, self.dir / "summary.json")
+            write_text_atomic(self.dir / "summary.json", json.dumps(summary, indent=2))
         return summary
