@@ -76,26 +76,21 @@ def _cmd_info(a: argparse.Namespace) -> int:
     return 0
 
 
+# ``archlab bench NAME [options]``: NAME -> (module, function taking (argv, name) -> exit code).
+# A benchmark is one module with a ``main(argv, mode)``; adding one is one line here.
+BENCHES: dict[str, tuple[str, str]] = {
+    "train": ("archlab.lab.throughput", "main"),
+    "generate": ("archlab.lab.throughput", "main"),
+    "all": ("archlab.lab.throughput", "main"),
+    "scaling": ("archlab.lab.scaling", "main"),
+}
+
+
 def _cmd_bench(a: argparse.Namespace) -> int:
-    if a.what == "scaling":
-        sp = argparse.ArgumentParser(prog="archlab bench scaling")
-        sp.add_argument("--lengths", default="256,512,1024,2048,4096,8192")
-        sp.add_argument("--mixers", default=None, help="comma-separated (default: every registered mixer)")
-        sp.add_argument("--dim", type=int, default=256)
-        sp.add_argument("--heads", type=int, default=4)
-        sp.add_argument("--repeats", type=int, default=3)
-        sp.add_argument("--out", default="runs/bench/scaling")
-        o = sp.parse_args(a.rest)
-        from archlab.lab.scaling import run_scaling
+    import importlib
 
-        res = run_scaling(mixers=o.mixers.split(",") if o.mixers else None,
-                          lengths=[int(x) for x in o.lengths.split(",")], dim=o.dim, heads=o.heads,
-                          repeats=o.repeats, out=o.out)
-        print(f"wrote {Path(o.out) / 'scaling.json'} and {res['plot']}")
-        return 0
-    from archlab.lab.throughput import main as throughput
-
-    return throughput(a.rest, mode=a.what)
+    module, func = BENCHES[a.what]
+    return getattr(importlib.import_module(module), func)(a.rest, mode=a.what)
 
 
 def _cmd_compare(a: argparse.Namespace) -> int:
@@ -175,10 +170,10 @@ def build_parser() -> argparse.ArgumentParser:
     overrides(sp)
     sp.set_defaults(func=_cmd_info)
 
-    sp = sub.add_parser("bench", help="benchmarks: train / generate (vs x-transformers), scaling",
-                        description="archlab bench {train,generate,all,scaling} [options]; "
+    sp = sub.add_parser("bench", help=f"benchmarks: {', '.join(BENCHES)}",
+                        description=f"archlab bench {{{','.join(BENCHES)}}} [options]; "
                                     "'archlab bench train --help' lists the options")
-    sp.add_argument("what", choices=["train", "generate", "all", "scaling"])
+    sp.add_argument("what", choices=list(BENCHES))
     sp.add_argument("rest", nargs=argparse.REMAINDER, help="options of that benchmark")
     sp.set_defaults(func=_cmd_bench)
 

@@ -123,3 +123,22 @@ def plot_scaling(result: dict, path: Path) -> Path:
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
+
+
+def main(argv: list[str] | None = None, mode: str = "scaling") -> int:
+    """``archlab bench scaling``: time and peak memory of one block per mixer against T."""
+    import argparse
+
+    sp = argparse.ArgumentParser(prog="archlab bench scaling")
+    sp.add_argument("--lengths", default="256,512,1024,2048,4096,8192")
+    sp.add_argument("--mixers", default=None, help="comma-separated (default: every registered mixer)")
+    sp.add_argument("--dim", type=int, default=256)
+    sp.add_argument("--heads", type=int, default=4)
+    sp.add_argument("--repeats", type=int, default=3)
+    sp.add_argument("--out", default="runs/bench/scaling")
+    o = sp.parse_args(argv)
+    res = run_scaling(mixers=o.mixers.split(",") if o.mixers else None,
+                      lengths=[int(x) for x in o.lengths.split(",")], dim=o.dim, heads=o.heads,
+                      repeats=o.repeats, out=o.out)
+    print(f"wrote {Path(o.out) / 'scaling.json'} and {res['plot']}")
+    return 0
