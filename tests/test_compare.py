@@ -50,6 +50,9 @@ def test_experiment_budget_is_equal(corpus, tmp_path):  # noqa: F811
     ("  a: {}\n", "", "steps: 4, tokens: 100", "exactly one of"),
     ("  b: {}\n", "", "steps: 4", "baseline 'a' is not a variant"),
     ("  a: {}\n  b: {data.corpus: stdlib}\n", "", "steps: 4", "data.corpus"),
+    ("  a: {}\n", "metric: accuracy\n", "steps: 4", "unknown metric 'accuracy'; allowed: bpb, loss"),
+    ("  a: {}\n", "also: [bpb@512]\n", "steps: 4", "unknown metric 'bpb@512'"),
+    ("  a: {}\n", "overrides: {model.max_seq_len: 64}\nalso: [bpb@128]\n", "steps: 4", "unknown metric"),
 ])
 def test_experiment_errors(corpus, tmp_path, variants, extra, budget, needle):  # noqa: F811
     with pytest.raises(ConfigError, match=needle.replace("(", r"\(")) as e:
@@ -93,3 +96,24 @@ def test_compare_runs_resumes_and_reports(corpus, tmp_path, monkeypatch):  # noq
     calls.clear()
     run_compare(exp, out, progress=False, log=lambda s: None, report=False)
     assert calls == []
+
+
+def test_length_extrapolation_metrics(corpus, tmp_path):  # noqa: F811
+    """eval.seq_lens adds bpb@N / loss@N per run; ``also`` tabulates them with the same statistics."""
+    exp_path = write_exp(tmp_path, corpus, extra="also: [bpb@32, loss@64]\n", budget="steps: 2")
+    text = exp_path.read_text().replace("max_tokens: 256}", "max_tokens: 256, seq_lens: [32, 64]}")
+    exp_path.write_text(text)
+    with pytest.raises(ConfigError, match="exceeds variant a's model.max_seq_len 48"):
+        bad = tmp_path / "bad.yaml"
+        bad.write_text(text.replace("budget:", "overrides: {model.max_seq_len: 48}\nbudget:"))
+        load_experiment(bad)
+    exp = load_experiment(exp_path)
+    assert exp.eval_seq_lens == [32, 64] and exp.also == ["bpb@32", "loss@64"]
+    res = run_compare(exp_path, tmp_path / "out", progress=False, log=lambda s: None)
+    for r in res["runs"]:
+        assert r["bpb@32"] > 0 and r["loss@64"] > 0
+        assert r["bpb@32"] != r["bpb"]  # other windows: other contexts, other numbers
+    assert set(res["also"]) == {"bpb@32", "loss@64"}
+    assert res["also"]["bpb@32"]["a"]["metric"] == "bpb@32"
+    md = (tmp_path / "out" / "report.md").read_text()
+    assert "Also measured: bpb@32" in md and "loss@64 mean ± std" in md

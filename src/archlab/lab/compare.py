@@ -92,6 +92,12 @@ def run_one(exp: Experiment, variant: str, seed: int, run_dir: Path, *, callback
     t = cfg.train
     ev = evaluate(trainer.model, trainer.streams[exp.eval_split], seq_len=t.seq_len, batch_size=trainer.micro,
                   max_tokens=exp.eval_max_tokens, device=trainer.device, autocast=trainer.autocast)
+    extra: dict[str, float] = {}
+    for n in exp.eval_seq_lens:  # the same held-out tokens in longer windows (length extrapolation)
+        ev_n = evaluate(trainer.model, trainer.streams[exp.eval_split], seq_len=n,
+                        batch_size=max(1, trainer.micro * t.seq_len // n), max_tokens=exp.eval_max_tokens,
+                        device=trainer.device, autocast=trainer.autocast)
+        extra[f"bpb@{n}"], extra[f"loss@{n}"] = ev_n["bpb"], ev_n["loss"]
     result = {
         "variant": variant, "seed": seed, "dir": str(run_dir.relative_to(run_dir.parents[1])), "status": "done",
         "parameters": summary["parameters"], "tokens": summary["tokens"], "steps": summary["steps"],
@@ -99,7 +105,7 @@ def run_one(exp: Experiment, variant: str, seed: int, run_dir: Path, *, callback
         "final_val_bpb": summary["final_val_bpb"], "best_val_loss": summary["best_val_loss"],
         "tokens_per_s": summary["tokens_per_s"], "wall_time": summary["wall_time"],
         "train_time": summary["train_time"], "peak_mem_mb": summary["peak_mem_mb"],
-        "curve": read_curve(run_dir),
+        "curve": read_curve(run_dir), **extra,
     }
     _atomic_json(run_dir / "result.json", result)
     return result
@@ -123,6 +129,7 @@ def run_compare(
     results: dict[str, Any] = {
         "experiment": {
             "name": exp.name, "file": str(exp.path), "baseline": exp.baseline, "metric": exp.metric,
+            "also": exp.also, "eval_seq_lens": exp.eval_seq_lens,
             "budget": exp.budget, "seeds": exp.seeds, "eval_split": exp.eval_split,
             "eval_max_tokens": exp.eval_max_tokens, "variants": {v: exp.overrides[v] for v in exp.variants},
             "command": command or " ".join(["archlab", "compare", str(experiment), "--out", str(out)]),
@@ -173,6 +180,7 @@ def run_compare(
     from archlab.lab.stats import summarize
 
     results["variants"] = summarize(results)
+    results["also"] = {m: summarize(results, metric=m) for m in exp.also}
     _atomic_json(out / "results.json", results)
     if report:
         from archlab.lab.report import write_report

@@ -31,7 +31,7 @@ from archlab.config import Config, apply_overrides, load_yaml, parse_config
 from archlab.registry import ConfigError
 
 EXPERIMENT_KEYS = {"name", "description", "base", "overrides", "budget", "seeds", "baseline", "eval", "variants",
-                   "metric"}
+                   "metric", "also"}
 BUDGET_KEYS = ("tokens", "steps", "seconds")
 # What makes compute equal: no variant may change these.
 FIXED_KEYS = ("train.steps", "train.tokens", "train.seconds", "train.batch", "train.seq_len", "train.grad_accum",
@@ -51,7 +51,16 @@ class Experiment:
     variants: dict[str, Config]  # name -> validated config (seed set per run)
     overrides: dict[str, dict] = field(default_factory=dict)  # the variant overrides as written
     description: str = ""
-    metric: str = "bpb"
+    metric: str = "bpb"  # primary metric (lower is better): verdicts are given on it
+    also: list[str] = field(default_factory=list)  # secondary metrics, tabulated with the same statistics
+    eval_seq_lens: list[int] = field(default_factory=list)  # extra held-out evaluations at these lengths
+
+    def metric_names(self) -> list[str]:
+        """Every metric a run of this experiment reports (all lower-is-better)."""
+        names = ["bpb", "loss"]
+        for n in self.eval_seq_lens:
+            names += [f"bpb@{n}", f"loss@{n}"]
+        return names
 
     def config_for(self, variant: str, seed: int) -> Config:
         raw = apply_overrides(self.variants[variant].to_dict(), {"train.seed": seed})
@@ -123,17 +132,32 @@ def load_experiment(path: str | Path) -> Experiment:
         overrides[name] = over
 
     ev = raw.get("eval") or {}
-    if not isinstance(ev, dict) or set(ev) - {"split", "max_tokens"}:
-        raise ConfigError(f"{path}: eval: allowed keys: split, max_tokens")
+    if not isinstance(ev, dict) or set(ev) - {"split", "max_tokens", "seq_lens"}:
+        raise ConfigError(f"{path}: eval: allowed keys: split, max_tokens, seq_lens")
     split = ev.get("split", "validation")
     if split not in ("validation", "val", "test"):
         raise ConfigError(f"{path}: eval.split: '{split}'; allowed: validation, test")
-    metric = raw.get("metric", "bpb")
-    if metric not in ("bpb", "loss"):
-        raise ConfigError(f"{path}: metric: '{metric}'; allowed: bpb, loss")
-    return Experiment(
+    seq_lens = ev.get("seq_lens") or []
+    if not isinstance(seq_lens, list) or not all(isinstance(n, int) and n > 0 for n in seq_lens):
+        raise ConfigError(f"{path}: eval.seq_lens: expected a list of positive integers, got {seq_lens!r}")
+    for name, cfg in configs.items():
+        too_long = [n for n in seq_lens if n > cfg.model.max_seq_len]
+        if too_long:
+            raise ConfigError(f"{path}: eval.seq_lens: {too_long[0]} exceeds variant {name}'s model.max_seq_len "
+                              f"{cfg.model.max_seq_len}; raise model.max_seq_len in overrides")
+    exp = Experiment(
         name=str(raw.get("name", path.stem)), path=path, baseline=str(baseline), seeds=seeds,
         budget={bkey: bval}, eval_split="validation" if split == "val" else split,
         eval_max_tokens=ev.get("max_tokens", 131072), variants=configs, overrides=overrides,
-        description=str(raw.get("description", "")), metric=metric,
+        description=str(raw.get("description", "")), eval_seq_lens=list(seq_lens),
     )
+    known = exp.metric_names()
+    exp.metric = str(raw.get("metric", "bpb"))
+    also = raw.get("also") or []
+    if not isinstance(also, list):
+        raise ConfigError(f"{path}: also: expected a list of metric names, e.g. [bpb@512]")
+    exp.also = [str(m) for m in also]
+    for key, m in [("metric", exp.metric), *(("also", m) for m in exp.also)]:
+        if m not in known:
+            raise ConfigError(f"{path}: {key}: unknown metric '{m}'; allowed: {', '.join(known)}")
+    return exp

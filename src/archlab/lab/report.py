@@ -70,14 +70,19 @@ def _variants(results: dict) -> dict[str, dict]:
     return results.get("variants") or summarize(results)
 
 
-def summary_rows(results: dict) -> tuple[list[str], list[list[str]]]:
-    """Header and rows of the summary table (one row per variant, in variant order)."""
+def summary_rows(results: dict, metric: str | None = None) -> tuple[list[str], list[list[str]]]:
+    """Header and rows of the summary table (one row per variant, in variant order), for the
+    primary metric or one of the experiment's secondary (``also``) metrics."""
     exp = results.get("experiment", {})
-    metric, base = exp.get("metric", "bpb"), exp.get("baseline", "baseline")
+    base = exp.get("baseline", "baseline")
+    if metric is None or metric == exp.get("metric", "bpb"):
+        metric, variants = exp.get("metric", "bpb"), _variants(results)
+    else:
+        variants = (results.get("also") or {}).get(metric) or summarize(results, metric=metric)
     header = ["variant", "n", "params", f"{metric} mean ± std", "95% CI", f"Δ vs {base} [95% CI]", "Δ %",
               "verdict", "tokens/s"]
     rows = []
-    for name, v in _variants(results).items():
+    for name, v in variants.items():
         d = v.get("diff", {})
         if v.get("is_baseline"):
             delta, rel = "—", "—"
@@ -93,10 +98,11 @@ def summary_rows(results: dict) -> tuple[list[str], list[list[str]]]:
 def run_rows(results: dict) -> tuple[list[str], list[list[str]]]:
     """Header and rows of the per-run table, in the order the runs were made."""
     metric = results.get("experiment", {}).get("metric", "bpb")
-    header = ["variant", "seed", "status", metric, "loss", "final val bpb", "tokens", "steps", "tokens/s",
+    also = list(results.get("experiment", {}).get("also", []))
+    header = ["variant", "seed", "status", metric, *also, "loss", "final val bpb", "tokens", "steps", "tokens/s",
               "wall time (s)", "peak mem (MB)"]
     rows = [[str(r.get("variant")), str(r.get("seed")), str(r.get("status")), _fmt(r.get(metric)),
-             _fmt(r.get("loss")), _fmt(r.get("final_val_bpb")), _fmt0(r.get("tokens")), _fmt0(r.get("steps")),
+             *[_fmt(r.get(m)) for m in also], _fmt(r.get("loss")), _fmt(r.get("final_val_bpb")), _fmt0(r.get("tokens")), _fmt0(r.get("steps")),
              _fmt0(r.get("tokens_per_s")), _fmt(r.get("wall_time"), 1), _fmt(r.get("peak_mem_mb"), 0)]
             for r in results.get("runs", [])]
     return header, rows
@@ -305,6 +311,8 @@ def report_blocks(results: dict, plot_names: list[str]) -> list[Block]:
         blocks.append(("p", str(exp["description"]).strip()))
     blocks += [("h2", "How this was produced"), ("kv", provenance),
                ("h2", "Summary"), ("table", *summary_rows(results)),
+               *[b for m in exp.get("also", []) for b in (("h2", f"Also measured: {m}"),
+                                                          ("table", *summary_rows(results, m)))],
                ("h2", "Plots"), *[("img", n, CAPTIONS[n]) for n in plot_names],
                ("h2", "Runs"), ("table", *run_rows(results)),
                ("h2", "Statistics"), ("p", _stats_note(results, variants))]
@@ -390,6 +398,7 @@ def rebuild(out_dir: str | Path) -> dict[str, Path]:
         raise FileNotFoundError(f"{path}: no results.json (run `archlab compare EXPERIMENT --out {out}` first)")
     results = json.loads(path.read_text())
     results["variants"] = summarize(results)
+    results["also"] = {m: summarize(results, metric=m) for m in results.get("experiment", {}).get("also", [])}
     # allow_nan: a diverged run's NaN metric stays as the runner wrote it (summaries hold None).
     write_text_atomic(path, json.dumps(results, indent=2, default=float))
     return {"results": path, **write_report(results, out)}

@@ -274,7 +274,7 @@ def variant_order(results: dict) -> list[str]:
     return order
 
 
-def summarize(results: dict, *, correction: str = "none") -> dict[str, dict]:
+def summarize(results: dict, *, correction: str = "none", metric: str | None = None) -> dict[str, dict]:
     """Per-variant statistics for ``results.json``'s ``variants`` section, in variant order.
 
     Only runs with ``status == "done"`` and a finite metric count (``non_finite`` counts done runs
@@ -283,10 +283,11 @@ def summarize(results: dict, *, correction: str = "none") -> dict[str, dict]:
     ``diff`` (``mean``, ``ci95``, ``relative_pct``, ``verdict``, ``method``, ``df``, ``p_value``,
     ``level``, ``correction``), ``verdict``, ``is_baseline``, ``parameters``, mean
     ``tokens_per_s``, ``wall_time``, ``peak_mem_mb``, ``tokens``, and ``failed`` (runs not done).
-    Unknown values (a one-seed interval, a missing baseline) are ``None``.
+    Unknown values (a one-seed interval, a missing baseline) are ``None``. ``metric`` defaults
+    to the experiment's primary metric; the secondary ones (``experiment.also``) use the same code.
     """
     exp = results.get("experiment", {})
-    metric = exp.get("metric", "bpb")
+    metric = metric or exp.get("metric", "bpb")
     lower_is_better = bool(exp.get("lower_is_better", True))
     order = variant_order(results)
     baseline = exp.get("baseline") or (order[0] if order else None)
