@@ -254,3 +254,67 @@ def test_top_k_keeps_k_largest():
     assert _kept(logits, top_k=1) == {1}
     assert _kept(logits, top_k=10) == set(range(5))
     assert _kept(logits, top_k=2, top_p=0.01) == {1}
+
+
+# ----------------------------------------------------------------------------- the fast decoding path
+
+FAST_CASES = [{}, {"model.position.kind": "learned"}, {"model.position.kind": "none"},
+              {"model.position.kind": "sinusoidal"}, {"model.kv_heads": 2}, {"model.position.fraction": 0.5},
+              {"model.layers.default.ffn.kind": "gelu", "model.layers.default.norm.kind": "layer", "model.bias": True}]
+
+
+@pytest.mark.parametrize("sets", FAST_CASES, ids=lambda s: ",".join(f"{k.split('.')[-1]}={v}" for k, v in s.items()) or "rope")
+def test_fast_decoder_equals_generic_path(sets, tiny_config, build):
+    """The lean decoding path gives the full forward's logits at every step (float64) and the
+    same tokens as the generic cached path, greedy and sampled."""
+    from archlab.models.fastdecode import FastDecoder
+
+    model = build(tiny_config(**sets), double=True)
+    ids = torch.randint(0, 256, (3, 5), generator=torch.Generator().manual_seed(0))
+    with torch.inference_mode():
+        fd = FastDecoder.build(model, batch=3, capacity=25, dtype=torch.float64, device=torch.device("cpu"))
+        assert fd is not None
+        seq = generate(model, ids, max_new_tokens=20, temperature=0.0)
+        full = model(seq).logits
+        steps = [fd.prefill(seq[:, :5])] + [fd.step(seq[:, t]) for t in range(5, seq.shape[1] - 1)]
+    torch.testing.assert_close(torch.stack(steps, 1), full[:, 4:-1], atol=1e-12, rtol=0)
+    assert torch.equal(seq, generate(model, ids, max_new_tokens=20, temperature=0.0, fast_path=False))
+    kw = dict(max_new_tokens=20, temperature=1.0, top_k=20)
+    a = generate(model, ids, generator=torch.Generator().manual_seed(3), **kw)
+    b = generate(model, ids, generator=torch.Generator().manual_seed(3), fast_path=False, **kw)
+    assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("sets", [{"model.position.kind": "alibi"}, {"model.position.kind": "t5"},
+                                  {"model.layers.default.norm.placement": "post"}])
+def test_fast_decoder_declines_what_it_does_not_reproduce(sets, tiny_config, build):
+    from archlab.models.fastdecode import FastDecoder
+
+    model = build(tiny_config(**sets), double=True)
+    assert FastDecoder.build(model, batch=1, capacity=8, dtype=torch.float64, device=torch.device("cpu")) is None
+
+
+def test_fast_decoder_checks_the_rotation_against_the_scheme(tiny_config, build, monkeypatch):
+    """A rotary scheme whose rotate() no longer matches its cos/sin tables (as a subclass with
+    another formula would) is detected by the probe, and decoding falls back."""
+    from archlab.models.fastdecode import FastDecoder
+
+    model = build(tiny_config(), double=True)
+    pos = model.position
+    real = pos.rotate
+    monkeypatch.setattr(pos, "rotate", lambda q, k, qp, kp: tuple(t * 1.01 for t in real(q, k, qp, kp)))
+    assert FastDecoder.build(model, batch=1, capacity=8, dtype=torch.float64, device=torch.device("cpu")) is None
+    monkeypatch.undo()
+    assert FastDecoder.build(model, batch=1, capacity=8, dtype=torch.float64, device=torch.device("cpu")) is not None
+
+
+def test_fast_decoder_refuses_to_overflow(tiny_config, build):
+    from archlab.models.fastdecode import FastDecoder
+
+    model = build(tiny_config())
+    with torch.inference_mode():
+        fd = FastDecoder.build(model, batch=1, capacity=3, dtype=torch.float32, device=torch.device("cpu"))
+        fd.prefill(torch.tensor([[1, 2]]))
+        fd.step(torch.tensor([3]))
+        with pytest.raises(ValueError, match="full"):
+            fd.step(torch.tensor([4]))
