@@ -2,6 +2,15 @@
 
 __version__ = "0.1.0"
 
+
+def __getattr__(name: str):
+    # Lazy, so that `import archlab` stays light (no torch): `from archlab import HierarchicalTransformer`.
+    if name == "HierarchicalTransformer":
+        from archlab.models.hierarchical import HierarchicalTransformer
+
+        return HierarchicalTransformer
+    raise AttributeError(f"module 'archlab' has no attribute {name!r}")
+
 # --- transformers interop hook (owner: archlab.hf) --------------------------------------------
 # Registers model type "archlab" with transformers' Auto classes lazily, only once the program
 # imports transformers' auto modules; a few ms at import otherwise. See archlab/hf/_hook.py.

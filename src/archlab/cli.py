@@ -31,6 +31,10 @@ def _cmd_eval(a: argparse.Namespace) -> int:
 
     run = load_run(a.run)
     d, t = run.cfg.data, run.cfg.train
+    if d.corpus == "task":
+        return _eval_task(run, a)
+    if a.split not in ("train", "validation", "val", "test"):
+        raise ConfigError(f"--split: '{a.split}'; allowed: train, validation, test")
     streams = prepare_corpus(corpus=d.corpus, path=d.path, tokenizer=run.tokenizer, cache_dir=d.cache_dir)
     split = "validation" if a.split == "val" else a.split
     res = evaluate(run.model, streams[split], seq_len=a.seq_len or t.seq_len, batch_size=a.batch,
@@ -41,6 +45,27 @@ def _cmd_eval(a: argparse.Namespace) -> int:
     else:
         print(f"{split}: loss {res['loss']:.4f} nats  bpb {res['bpb']:.4f}  "
               f"({res['tokens']} tokens, step {res['step']})")
+    return 0
+
+
+def _eval_task(run, a: argparse.Namespace) -> int:
+    """A task run: error rates and answer loss on one split (``--split`` any of the task's splits)."""
+    from archlab.data.taskdata import build_task_data
+    from archlab.train.taskeval import evaluate_task
+
+    data = build_task_data(run.cfg.data.task)
+    split = "validation" if a.split == "val" else a.split
+    if split not in data.splits:
+        raise ConfigError(f"--split: '{a.split}' is not a split of task '{data.kind}'; allowed: {', '.join(data.splits)}")
+    if a.max_tokens is not None or a.seq_len is not None:
+        raise ConfigError("--max-tokens / --seq-len: not used for a task run (whole splits are scored)")
+    res = {"split": split, "step": run.state.get("step"),
+           **evaluate_task(run.model, data.splits[split], batch_size=a.batch)}
+    if a.json:
+        print(json.dumps(res))
+    else:
+        print(f"{split}: error {res['error']:.4f}  token error {res['token_error']:.4f}  answer loss "
+              f"{res['loss']:.4f} nats  ({res['examples']} examples, step {res['step']})")
     return 0
 
 
@@ -64,7 +89,8 @@ def _cmd_generate(a: argparse.Namespace) -> int:
         if s and new[-len(s):] == s:
             new = new[: -len(s)]
             break
-    print(a.prompt + tok.decode(new))
+    sep = " " if getattr(tok, "name", "") == "task_vocab" and new else ""  # a task's word vocabulary
+    print(a.prompt + sep + tok.decode(new))
     return 0
 
 
@@ -83,6 +109,9 @@ BENCHES: dict[str, tuple[str, str]] = {
     "generate": ("archlab.lab.throughput", "main"),
     "all": ("archlab.lab.throughput", "main"),
     "scaling": ("archlab.lab.scaling", "main"),
+    "hier": ("archlab.lab.hier_bench", "main"),
+    "local": ("archlab.lab.local_bench", "main"),
+    "variants": ("archlab.lab.variants_bench", "main"),
 }
 
 
@@ -146,7 +175,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     sp = sub.add_parser("eval", help="evaluate a run or checkpoint on a held-out split")
     sp.add_argument("run", help="run folder or checkpoint file")
-    sp.add_argument("--split", default="test", choices=["train", "validation", "val", "test"])
+    sp.add_argument("--split", default="test",
+                    help="train, validation (val) or test; a task run also takes its OOD splits (ood_*)")
     sp.add_argument("--max-tokens", type=int, default=None, help="evaluate only the first N targets")
     sp.add_argument("--seq-len", type=int, default=None, help="window length (default: the training length)")
     sp.add_argument("--batch", type=int, default=16)

@@ -22,6 +22,7 @@ from typing import Any, Literal
 import yaml
 
 from archlab import catalog  # noqa: F401  (registers the built-in parts)
+from archlab.data import tasks as _tasks  # noqa: F401  (registers the synthetic task kinds)
 from archlab.registry import FAMILY, ConfigError, PartConfig, from_dict, part, to_dict
 
 __all__ = [
@@ -64,6 +65,15 @@ class ModelConfig:
     bias: bool = False  # biases in linear layers
     dropout: float = 0.0
     init_std: float = 0.02
+    # Knobs of the model family beyond the ones above, parsed by the dataclass registered with
+    # the family (e.g. family 'hierarchical': hierarchies, dims, window_sizes; see docs/hierarchical.md).
+    family_options: dict[str, Any] = field(default_factory=dict)
+
+    def family_config(self) -> PartConfig:
+        """``family_options`` as the family's registered dataclass (unknown keys refused)."""
+        if "kind" in self.family_options:
+            raise ConfigError("model.family_options.kind: not an option; the family is set by model.family")
+        return FAMILY.parse({**self.family_options, "kind": self.family}, "model.family_options")
 
     def resolved_head_dim(self) -> int:
         return self.head_dim or self.dim // self.heads
@@ -85,11 +95,14 @@ class ModelConfig:
 
 @dataclass
 class DataConfig:
-    corpus: Literal["stdlib", "path", "enwik8"] = "stdlib"
+    corpus: Literal["stdlib", "path", "enwik8", "task"] = "stdlib"
     path: str | None = None
-    tokenizer: Literal["bytes", "bpe"] = "bytes"
+    tokenizer: Literal["bytes", "bpe"] = "bytes"  # text corpora; a task brings its own vocabulary
     bpe_vocab: int = 1024
     cache_dir: str | None = None  # None: $ARCHLAB_CACHE or ~/.cache/archlab
+    # corpus 'task': a synthetic task {kind: counting | selective_copy | flipflop | assoc_recall, ...knobs}
+    # (archlab.data.tasks; docs/tasks.md)
+    task: PartConfig | None = part("task", optional=True)
 
 
 @dataclass
@@ -117,6 +130,8 @@ class TrainConfig:
     ckpt_every: int = 200
     max_bad_steps: int = 5  # consecutive non-finite losses before stopping
     tensorboard: bool = True  # used when tensorboard is installed
+    # learning-dynamics controllers ({kind: rope_base | window | dropout, ...knobs}); see docs/dynamics.md
+    dynamics: list[Any] = field(default_factory=list)
 
     def total_steps(self) -> int | None:
         """Steps of a step/token budget; None for a wall-clock budget."""
@@ -229,6 +244,16 @@ def _validate(cfg: Config) -> Config:
     if not 0.0 <= m.dropout < 1.0:
         raise ConfigError(f"model.dropout: must be in [0, 1), got {m.dropout}")
     tok_vocab = 256 if d.tokenizer == "bytes" else d.bpe_vocab
+    if d.corpus == "task":
+        if d.task is None:
+            raise ConfigError("data.task: required for corpus 'task', e.g. data.task.kind=counting; "
+                              f"allowed kinds: {', '.join(_tasks.TASK.kinds())}")
+        if d.tokenizer != "bytes" or d.path is not None:
+            raise ConfigError("data.tokenizer / data.path: not used with corpus 'task' (the task defines its "
+                              "vocabulary and generates its data); remove them")
+        tok_vocab = len(d.task.vocabulary())
+    elif d.task is not None:
+        raise ConfigError(f"data.task: only used with data.corpus: task (corpus is '{d.corpus}')")
     if d.tokenizer == "bpe" and not 257 <= d.bpe_vocab <= 65536:
         raise ConfigError(f"data.bpe_vocab: must be in 257..65536, got {d.bpe_vocab}")
     if m.vocab_size is None:
@@ -252,6 +277,10 @@ def _validate(cfg: Config) -> Config:
         raise ConfigError(f"train.grad_accum: {t.grad_accum} must divide train.batch {t.batch}")
     if t.lr <= 0 or t.warmup < 0:
         raise ConfigError("train.lr must be positive and train.warmup non-negative")
+    if t.dynamics:
+        from archlab.train.dynamics import parse_dynamics  # the controller registry lives with the trainer
+
+        t.dynamics = parse_dynamics(t.dynamics, {"model": m, "train": t})
     layers = m.layer_configs()  # parses overrides, raising on bad keys
     ctx = {"model": m, "train": t}
     checks = [(m.position, "model.position")]
@@ -266,6 +295,11 @@ def _validate(cfg: Config) -> Config:
                 f"model.layers[{i}].position: '{lc.position.kind}' acts on the embeddings and can only be "
                 "set as model.position; per layer only rotary/bias schemes are allowed"
             )
+    if FAMILY.entry(m.family).config_cls is PartConfig and m.family_options:
+        raise ConfigError(f"model.family_options: family '{m.family}' takes no options, got {', '.join(m.family_options)}")
+    family_cfg = m.family_config()
+    if hasattr(family_cfg, "check"):
+        family_cfg.check(ctx, "model.family_options")
     return cfg
 
 

@@ -98,8 +98,9 @@ MIXER = Registry("mixer")
 FFN = Registry("ffn")
 NORM = Registry("norm")
 FAMILY = Registry("family")
+TASK = Registry("task")  # synthetic tasks (data.task); kinds in archlab.data.tasks
 
-REGISTRIES: dict[str, Registry] = {r.group: r for r in (POSITION, MIXER, FFN, NORM, FAMILY)}
+REGISTRIES: dict[str, Registry] = {r.group: r for r in (POSITION, MIXER, FFN, NORM, FAMILY, TASK)}
 
 
 def part(group: str, default: Callable[[], Any] | None = None, optional: bool = False) -> Any:

@@ -6,6 +6,10 @@ the registries) cover it from then on.
 """
 
 from archlab.catalog import blocks, positions  # noqa: F401
+from archlab.catalog import conv  # noqa: F401
+from archlab.catalog import cope  # noqa: F401
+from archlab.catalog import echo_positions  # noqa: F401
+from archlab.catalog import local  # noqa: F401
 from archlab.catalog.context import BuildContext
 
 __all__ = ["BuildContext"]

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import ClassVar
 
 from archlab.catalog.context import BuildContext
@@ -38,17 +38,29 @@ class SinusoidalConfig(PartConfig):
 class RopeConfig(PartConfig):
     base: float = 10000.0
     fraction: float = 1.0  # share of each head's channels that rotate
+    # Options (docs/echo_positional.md); off = plain RoPE.
+    learn_freq: bool = False  # θ_c · exp(δ_c), δ trainable (log-space offsets), init 0
+    learn_scale: bool = False  # positions × s, s = exp(ℓ) trainable, init 1
+    learn_phase: bool = False  # query angle + φ_{h,c} (query side only: a shared q/k phase cancels)
+    base_mults: list[float] = field(default_factory=list)  # multi-scale: head group g uses base · base_mults[g]
 
     def validate(self, where: str) -> None:
         if not 0.0 < self.fraction <= 1.0:
             raise ConfigError(f"{where}.fraction: must be in (0, 1], got {self.fraction}")
         if self.base <= 1.0:
             raise ConfigError(f"{where}.base: must be > 1, got {self.base}")
+        if any(self.base * m <= 1.0 for m in self.base_mults):
+            raise ConfigError(f"{where}.base_mults: every base · mult must be > 1, got {self.base_mults}")
 
     def check(self, ctx: dict, where: str) -> None:
         hd = ctx["model"].resolved_head_dim()
         if rotary_width(hd, self.fraction) < 2:
             raise ConfigError(f"{where}.fraction: {self.fraction} of head_dim {hd} leaves fewer than 2 rotary channels")
+        m = ctx["model"]
+        g, kv = len(self.base_mults), m.resolved_kv_heads()
+        if g and kv % g:
+            raise ConfigError(f"{where}.base_mults: {g} head groups must divide the {kv} key/value heads "
+                              "(each group holds whole key heads and the query heads that read them)")
 
 
 @dataclass
@@ -83,7 +95,14 @@ def _sinusoidal(cfg: SinusoidalConfig, ctx: BuildContext):
 
 @POSITION.register("rope", RopeConfig, "rotary position embedding")
 def _rope(cfg: RopeConfig, ctx: BuildContext):
-    return P.RotaryEmbedding(head_dim=ctx.head_dim, base=cfg.base, fraction=cfg.fraction)
+    return P.RotaryEmbedding(**rope_options(cfg, ctx))
+
+
+def rope_options(cfg: RopeConfig, ctx: BuildContext) -> dict:
+    """RotaryEmbedding keyword arguments from a RopeConfig (shared by the kinds that extend rope)."""
+    return {"head_dim": ctx.head_dim, "base": cfg.base, "fraction": cfg.fraction, "heads": ctx.heads,
+            "kv_heads": ctx.kv_heads, "learn_freq": cfg.learn_freq, "learn_scale": cfg.learn_scale,
+            "learn_phase": cfg.learn_phase, "base_mults": cfg.base_mults}
 
 
 @POSITION.register("alibi", AlibiConfig, "ALiBi linear distance bias")

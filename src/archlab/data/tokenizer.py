@@ -259,6 +259,10 @@ def load_tokenizer(directory: Union[str, Path]) -> Tokenizer:
         raise ValueError(f"{path}: corrupt tokenizer file (not a JSON object)")
     if spec.get("kind") == "bytes":
         return ByteTokenizer()
+    if spec.get("kind") == "task_vocab":  # a synthetic task's vocabulary (archlab.data.taskdata)
+        from .taskdata import WordTokenizer
+
+        return WordTokenizer.from_spec(spec, path)
     if isinstance(spec.get("model"), dict) and spec["model"].get("type") == "BPE":
         from tokenizers import Tokenizer as HFTokenizer
 

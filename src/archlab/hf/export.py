@@ -38,6 +38,9 @@ def export_run(run: Any, out_dir: str | Path) -> Path:
     if out.exists() and not out.is_dir():
         raise ConfigError(f"--hf {out}: exists and is not a folder")
     loaded = run if isinstance(run, LoadedRun) else load_run(run)
+    if loaded.cfg.model.family != "lm":
+        raise ConfigError(f"export --hf: model family '{loaded.cfg.model.family}' has no Hugging Face adapter; "
+                          "only family 'lm' can be exported")
     out.mkdir(parents=True, exist_ok=True)
 
     tok_name = getattr(loaded.tokenizer, "name", None)

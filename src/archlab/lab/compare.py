@@ -30,6 +30,7 @@ from archlab.lab.experiment import Experiment, load_experiment
 from archlab.train import Trainer
 from archlab.train.checkpoint import CHECKPOINT
 from archlab.train.evaluate import evaluate
+from archlab.train.taskeval import evaluate_task
 
 
 def machine_info(device: str = "cpu") -> dict[str, Any]:
@@ -59,7 +60,8 @@ def read_curve(run_dir: Path) -> list[dict[str, float]]:
             except json.JSONDecodeError:
                 continue  # a line cut short by a kill
             if "val_loss" in r:
-                points[r["step"]] = {k: r[k] for k in ("step", "tokens", "elapsed", "val_loss", "val_bpb") if k in r}
+                points[r["step"]] = {k: r[k] for k in ("step", "tokens", "elapsed", "val_loss", "val_bpb", "val_error",
+                                                       "val_token_error") if k in r}
     return [points[s] for s in sorted(points)]
 
 
@@ -89,6 +91,8 @@ def run_one(exp: Experiment, variant: str, seed: int, run_dir: Path, *, callback
     summary = trainer.fit()
     if not trainer.dist.main:  # under torchrun only rank 0 evaluates and writes
         return {"variant": variant, "seed": seed, "status": "done-on-other-rank"}
+    if exp.task is not None:
+        return _task_result(exp, trainer, summary, variant, seed, run_dir)
     t = cfg.train
     ev = evaluate(trainer.model, trainer.streams[exp.eval_split], seq_len=t.seq_len, batch_size=trainer.micro,
                   max_tokens=exp.eval_max_tokens, device=trainer.device, autocast=trainer.autocast)
@@ -106,6 +110,27 @@ def run_one(exp: Experiment, variant: str, seed: int, run_dir: Path, *, callback
         "tokens_per_s": summary["tokens_per_s"], "wall_time": summary["wall_time"],
         "train_time": summary["train_time"], "peak_mem_mb": summary["peak_mem_mb"],
         "curve": read_curve(run_dir), **extra,
+    }
+    _atomic_json(run_dir / "result.json", result)
+    return result
+
+
+def _task_result(exp: Experiment, trainer: Trainer, summary: dict, variant: str, seed: int, run_dir: Path) -> dict:
+    """A task run's result: error, token_error and loss on ``eval.split`` (in distribution) and
+    ``<metric>@<split>`` on every OOD split, each split scored whole."""
+    metrics: dict[str, float] = {}
+    for split in [exp.eval_split, *exp.task.ood_splits()]:
+        ev = evaluate_task(trainer.model, trainer.streams[split], batch_size=trainer.micro, device=trainer.device,
+                           autocast=trainer.autocast)
+        suffix = "" if split == exp.eval_split else f"@{split}"
+        metrics.update({f"{k}{suffix}": ev[k] for k in ("error", "token_error", "loss")})
+        metrics[f"examples{suffix}"] = ev["examples"]
+    result = {
+        "variant": variant, "seed": seed, "dir": str(run_dir.relative_to(run_dir.parents[1])), "status": "done",
+        "parameters": summary["parameters"], "tokens": summary["tokens"], "steps": summary["steps"], **metrics,
+        "final_val_error": summary["final_val_error"], "best_val_loss": summary["best_val_loss"],
+        "tokens_per_s": summary["tokens_per_s"], "wall_time": summary["wall_time"],
+        "train_time": summary["train_time"], "peak_mem_mb": summary["peak_mem_mb"], "curve": read_curve(run_dir),
     }
     _atomic_json(run_dir / "result.json", result)
     return result

@@ -55,8 +55,18 @@ class Experiment:
     also: list[str] = field(default_factory=list)  # secondary metrics, tabulated with the same statistics
     eval_seq_lens: list[int] = field(default_factory=list)  # extra held-out evaluations at these lengths
 
+    @property
+    def task(self) -> Any:
+        """The synthetic task (its ``TaskConfig``) every variant trains on (``data.corpus: task``), else None."""
+        d = self.variants[self.baseline].data
+        return d.task if d.corpus == "task" else None
+
     def metric_names(self) -> list[str]:
-        """Every metric a run of this experiment reports (all lower-is-better)."""
+        """Every metric a run of this experiment reports (all lower-is-better). A task reports its
+        error rates and answer loss on ``eval.split`` and, suffixed ``@ood_*``, on each OOD split."""
+        if self.task is not None:
+            base = ["error", "token_error", "loss"]
+            return base + [f"{m}@{s}" for s in self.task.ood_splits() for m in base]
         names = ["bpb", "loss"]
         for n in self.eval_seq_lens:
             names += [f"bpb@{n}", f"loss@{n}"]
@@ -151,8 +161,10 @@ def load_experiment(path: str | Path) -> Experiment:
         eval_max_tokens=ev.get("max_tokens", 131072), variants=configs, overrides=overrides,
         description=str(raw.get("description", "")), eval_seq_lens=list(seq_lens),
     )
+    if exp.task is not None:
+        _check_task_experiment(exp, ev, path)
     known = exp.metric_names()
-    exp.metric = str(raw.get("metric", "bpb"))
+    exp.metric = str(raw.get("metric", known[0]))
     also = raw.get("also") or []
     if not isinstance(also, list):
         raise ConfigError(f"{path}: also: expected a list of metric names, e.g. [bpb@512]")
@@ -161,3 +173,21 @@ def load_experiment(path: str | Path) -> Experiment:
         if m not in known:
             raise ConfigError(f"{path}: {key}: unknown metric '{m}'; allowed: {', '.join(known)}")
     return exp
+
+
+def _check_task_experiment(exp: Experiment, ev: dict, path: Path) -> None:
+    """A task experiment scores whole splits (no token cap, no window lengths); every variant's
+    lengths are checked against the data now, before the first run."""
+    from archlab.data.taskdata import build_task_data, check_task_lengths
+
+    for key in ("max_tokens", "seq_lens"):
+        if key in ev:
+            raise ConfigError(f"{path}: eval.{key}: not used by a task experiment (whole splits are scored; "
+                              "the OOD splits come with the task)")
+    exp.eval_max_tokens = None
+    data = build_task_data(exp.task)
+    for name, cfg in exp.variants.items():
+        try:
+            check_task_lengths(data, seq_len=cfg.train.seq_len, max_seq_len=cfg.model.max_seq_len)
+        except ConfigError as e:
+            raise ConfigError(f"{path}: variants.{name}: {e}") from None

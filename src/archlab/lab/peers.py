@@ -17,6 +17,8 @@ How the peer is configured, and why (x-transformers 2.x defaults in brackets):
   head computes ``(h @ Eᵀ) · dim**-0.5``.
 * Norm and MLP are left at the peer's defaults: pre-norm, bias-less LayerNorm with a gain
   (``nn.LayerNorm`` kernel), GELU MLP ×4 *with* biases, a final norm.
+* CoPE (``cope`` variant): ``attn_use_cope=True`` with ``attn_cope_max_pos=64``, no rotary
+  and no absolute table, i.e. CoPE alone, as archlab's ``position: {kind: cope}``.
 * Attention: by default [``attn_flash=False``] x-transformers computes attention explicitly
   (``einsum`` → mask → softmax → ``einsum``, materialising the ``T×T`` scores and keeping a
   copy for its intermediates). ``attn_flash=True`` routes to
@@ -75,6 +77,9 @@ def _xt() -> Any:
 XT_VARIANTS: dict[str, dict[str, Any]] = {
     "default": {},
     "flash": {"attn_flash": True},
+    # CoPE alone (x-transformers cannot combine it with flash attention), positions capped at
+    # 64 like archlab's ``cope`` default, and no rotary or absolute embedding besides.
+    "cope": {"rope": False, "wrapper_use_abs_pos_emb": False, "attn_use_cope": True, "attn_cope_max_pos": 64},
 }
 
 
@@ -107,8 +112,8 @@ def xtransformers_lm(
         num_tokens=vocab,
         max_seq_len=max(seq_len, max_seq_len or 0),
         # With RoPE there is no absolute table; without RoPE keep x-transformers' learned one
-        # so the model still knows positions.
-        use_abs_pos_emb=not rope,
+        # so the model still knows positions (unless the caller says otherwise, e.g. for CoPE).
+        use_abs_pos_emb=wrapper_kw.pop("use_abs_pos_emb", not rope),
         tie_embedding=tie_embedding,
         attn_layers=decoder,
         **wrapper_kw,

@@ -3,6 +3,7 @@
     archlab bench train --out runs/bench/train.json
     archlab bench generate --out runs/bench/generate.json
     archlab bench all --contenders peer-xt-flash,ours --rounds 12
+    archlab bench train --contenders peer-xt-flash,peer-xt-cope,ours,ours-cope --rounds 6   # CoPE
 
 Contenders run in one process, alternating (see ``archlab.lab.contest.interleaved``); the
 headline is the ratio of "ours" to the best x-transformers variant, never an absolute number.
@@ -16,6 +17,7 @@ contender cannot be built here, e.g. the peer library is not installed.
 from __future__ import annotations
 
 import argparse
+import functools
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -66,26 +68,28 @@ def _make_peer(variant: str) -> Factory:
     return make
 
 
-def make_ours(shape: ReferenceShape, args: argparse.Namespace) -> Contender | None:
-    """archlab's own model from ``--config`` (default ``configs/lm_ref.yaml``)."""
+def make_ours(shape: ReferenceShape, args: argparse.Namespace, *, name: str = "ours",
+              sets: tuple[str, ...] = ()) -> Contender | None:
+    """archlab's own model from ``--config`` (default ``configs/lm_ref.yaml``), with ``sets``
+    (``--set``-style ``key=value`` overrides) applied, e.g. another positional scheme."""
     try:
         from archlab.config import load_config
         from archlab.models import build_model, generate
     except ImportError as exc:  # the model package is not there yet
-        print(f"skip ours: {exc}")
+        print(f"skip {name}: {exc}")
         return None
     cfg_path = Path(args.config)
     if not cfg_path.exists():
-        print(f"skip ours: config {cfg_path} not found")
+        print(f"skip {name}: config {cfg_path} not found")
         return None
-    cfg = load_config(str(cfg_path))
+    cfg = load_config(str(cfg_path), list(sets))
     m = cfg.model
     if m.vocab_size is None:
         m.vocab_size = shape.vocab
     got = (m.vocab_size, m.dim, m.depth, m.heads)
     want = (shape.vocab, shape.dim, shape.depth, shape.heads)
     if got != want:  # a ratio between different shapes would be meaningless
-        print(f"skip ours: config shape (vocab, dim, depth, heads)={got} differs from the reference {want}")
+        print(f"skip {name}: config shape (vocab, dim, depth, heads)={got} differs from the reference {want}")
         return None
     torch.manual_seed(args.seed)
     model = build_model(m)
@@ -98,11 +102,11 @@ def make_ours(shape: ReferenceShape, args: argparse.Namespace) -> Contender | No
         return out[:, prompt.shape[1]:]
 
     return Contender(
-        name="ours",
+        name=name,
         model=model,
         generate_fn=gen,
         n_params_nonembedding=bench.nonembedding_params(model, exclude=excluded),
-        info={"config": str(cfg_path), "model": _describe(m)},
+        info={"config": str(cfg_path), "overrides": list(sets), "model": _describe(m)},
     )
 
 
@@ -127,8 +131,15 @@ def _dist_version(name: str) -> str | None:
 FACTORIES: dict[str, Factory] = {
     "peer-xt-default": _make_peer("default"),
     "peer-xt-flash": _make_peer("flash"),
+    "peer-xt-cope": _make_peer("cope"),
     "ours": make_ours,
+    # the same model with CoPE instead of RoPE (docs/cope.md)
+    "ours-cope": functools.partial(make_ours, name="ours-cope", sets=("model.position.kind=cope",)),
 }
+
+
+#: What runs without ``--contenders``: the RoPE reference comparison (CoPE is opt-in).
+DEFAULT_CONTENDERS = ("peer-xt-default", "peer-xt-flash", "ours")
 
 
 def _compiled(c: Contender) -> Contender:
@@ -166,7 +177,7 @@ def main(argv: list[str] | None = None, mode: str | None = None) -> int:
     ap = argparse.ArgumentParser(prog=f"archlab bench {mode}" if mode else None,
                                  description=__doc__.split("\n\n")[0])
     ap.add_argument("--mode", choices=["train", "generate", "all"], default=mode or "train")
-    ap.add_argument("--contenders", default=",".join(FACTORIES),
+    ap.add_argument("--contenders", default=",".join(DEFAULT_CONTENDERS),
                     help=f"comma-separated, from {sorted(FACTORIES)}")
     ap.add_argument("--compile", default="", help="comma-separated contenders to also run under torch.compile (train)")
     ap.add_argument("--config", default=DEFAULT_CONFIG, help="config for 'ours'")

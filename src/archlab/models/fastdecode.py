@@ -98,6 +98,10 @@ class FastDecoder:
                 return None
             pos = attn.position
             if type(pos) is RotaryEmbedding:
+                # one table for every head and for q and k alike: no multi-scale head groups,
+                # no query-only phase (both decode through the generic path)
+                if getattr(pos, "groups", 1) != 1 or getattr(pos, "phase", None) is not None:
+                    return None
                 if id(pos) not in tables:
                     tables[id(pos)] = self._rope_tables(pos, attn.head_dim)
                     if tables[id(pos)] is None:
@@ -153,12 +157,16 @@ class FastDecoder:
         P = _rotate_half_matrix(head_dim, 2 * half, self.dtype, self.device)
         # The probe: the scheme's own rotation of random q, k at a few positions must match.
         g = torch.Generator(device="cpu").manual_seed(0)
-        probe = torch.randn(1, 2, 3, head_dim, generator=g, dtype=torch.float64).to(self.device, self.dtype)
+        H, Hk = self.model.blocks[0].mixer.heads, self.model.blocks[0].mixer.kv_heads
+        probe = torch.randn(1, H + Hk, 3, head_dim, generator=g, dtype=torch.float64).to(self.device, self.dtype)
         at = torch.tensor([0, 1, self.capacity - 1], device=self.device)
-        ref_q, ref_k = pos.rotate(probe[:, :1], probe[:, 1:], at, at)
+        try:
+            ref_q, ref_k = pos.rotate(probe[:, :H], probe[:, H:], at, at)
+        except (RuntimeError, ValueError):  # a scheme whose rotate needs more than positions
+            return None
         ours = probe * C[at] + (probe @ P) * S[at]
         tol = 1e-9 if self.dtype == torch.float64 else 1e-4
-        if not (torch.allclose(ours[:, :1], ref_q, atol=tol) and torch.allclose(ours[:, 1:], ref_k, atol=tol)):
+        if not (torch.allclose(ours[:, :H], ref_q, atol=tol) and torch.allclose(ours[:, H:], ref_k, atol=tol)):
             return None
         return C, S, P
 

@@ -94,6 +94,17 @@ class LM(nn.Module):
         nn.init.normal_(self.embed.weight, std=cfg.init_std)
         if cfg.tie_embeddings:
             self.head.weight = self.embed.weight
+        # Parts with auxiliary training losses (e.g. an orthogonality penalty), found once so a
+        # model without any pays nothing per step; a plain list, not registered submodules.
+        self._aux_parts = [m for m in self.modules() if m is not self and callable(getattr(m, "aux_losses", None))]
+
+    def collect_aux(self) -> dict[str, torch.Tensor]:
+        """Sum of every part's ``aux_losses()`` (already weighted), by name."""
+        aux: dict[str, torch.Tensor] = {}
+        for m in self._aux_parts:
+            for name, value in m.aux_losses().items():
+                aux[name] = aux[name] + value if name in aux else value
+        return aux
 
     def init_cache(self) -> ModelCache:
         return ModelCache([b.init_cache() for b in self.blocks])
@@ -131,7 +142,9 @@ class LM(nn.Module):
         if flat.dtype in (torch.float16, torch.bfloat16):  # the loss in at least fp32
             flat = flat.float()
         nll = F.cross_entropy(flat, targets.reshape(-1), ignore_index=IGNORE_INDEX)
-        return ModelOutput(logits=logits, loss=nll, nll=nll)
+        aux = self.collect_aux() if self._aux_parts else {}
+        loss = nll + sum(aux.values()) if aux else nll
+        return ModelOutput(logits=logits, loss=loss, nll=nll, aux=aux)
 
 
 def count_parameters(model: nn.Module, *, exclude_embeddings: bool = False) -> int:

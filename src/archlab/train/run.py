@@ -43,6 +43,10 @@ def load_run(path: str | Path, *, device: str | torch.device = "cpu") -> LoadedR
     cfg = parse_config(state["config"])
     model = build_model(cfg.model)
     load_checkpoint(ckpt, model=model, restore_rng=False)
+    if cfg.train.dynamics:  # adapted scalars (rotary base, window, dropout) are not weights
+        from archlab.train.dynamics import restore
+
+        restore(model, cfg.train.dynamics, state)
     model.to(device).eval()
     tok_dir = ckpt.parent
     if (tok_dir / "tokenizer.json").exists():

@@ -27,12 +27,15 @@ import yaml
 from archlab.atomic import write_text_atomic
 from archlab.config import Config, parse_config
 from archlab.data import WindowSampler, iter_texts, load_tokenizer, make_tokenizer, prepare_corpus
+from archlab.data.taskdata import TaskSampler, build_task_data, check_task_lengths
 from archlab.models import build_model
-from archlab.models.lm import count_parameters
+from archlab.models.lm import IGNORE_INDEX, count_parameters
 from archlab.registry import ConfigError
 from archlab.train import distributed
 from archlab.train.checkpoint import CHECKPOINT, load_checkpoint, save_checkpoint
+from archlab.train.dynamics import build_controllers
 from archlab.train.evaluate import evaluate
+from archlab.train.taskeval import evaluate_task
 from archlab.train.optim import build_optimizer, lr_at
 from archlab.train.runtime import autocast_factory, peak_memory_mb, pick_device, seed_everything
 
@@ -67,11 +70,14 @@ def _flat(d: dict, prefix: str = "") -> dict[str, Any]:
 
 
 def setup_tokenizer(cfg: Config, run_dir: Path):
-    """The run's tokenizer: bytes, or a BPE trained on the train split and saved with the run."""
+    """The run's tokenizer: bytes, a BPE trained on the train split, or a synthetic task's word
+    vocabulary; saved with the run."""
     saved = run_dir / "tokenizer.json"
     if saved.exists():
         return load_tokenizer(run_dir)
-    if cfg.data.tokenizer == "bytes":
+    if cfg.data.corpus == "task":
+        tok = build_task_data(cfg.data.task).tokenizer
+    elif cfg.data.tokenizer == "bytes":
         tok = make_tokenizer("bytes")
     else:
         texts = iter_texts(cfg.data.corpus, "train", path=cfg.data.path)
@@ -147,11 +153,13 @@ class Trainer:
         for turn in (True, False):
             if self.dist.main == turn:
                 self.tokenizer = setup_tokenizer(cfg, self.dir)
-                self.streams = prepare_corpus(corpus=cfg.data.corpus, path=cfg.data.path,
-                                              tokenizer=self.tokenizer, cache_dir=cfg.data.cache_dir)
+                self.streams = self._prepare_data()
             distributed.barrier(self.dist)
         self.model = build_model(cfg.model).to(self.device)
         self.optimizer = build_optimizer(self.model, t, self.device)
+        # Controllers change the model between steps, so they run before other callbacks (which
+        # then see, save or stop at the step's final state); resume restores them below.
+        self.callbacks = [*build_controllers(t.dynamics, self.model), *self.callbacks]
         self.forward = self.model
         self.ddp = None
         if self.dist.enabled:
@@ -163,8 +171,12 @@ class Trainer:
             self.forward = torch.compile(self.forward)
         self.total_steps = t.total_steps()
         micro = t.batch // (t.grad_accum * self.world)  # rows per rank per micro-step
-        self.sampler = WindowSampler(self.streams["train"], seq_len=t.seq_len, batch_size=t.batch,
-                                     seed=t.seed, rank=self.rank, world_size=self.world)
+        if self.task is not None:  # answer-only targets, padded to train.seq_len
+            self.sampler = TaskSampler(self.streams["train"], width=t.seq_len, batch_size=t.batch, seed=t.seed,
+                                       ignore_index=IGNORE_INDEX, rank=self.rank, world_size=self.world)
+        else:
+            self.sampler = WindowSampler(self.streams["train"], seq_len=t.seq_len, batch_size=t.batch,
+                                         seed=t.seed, rank=self.rank, world_size=self.world)
         self.micro = micro
         if self.resume and (self.dir / CHECKPOINT).exists():
             state = load_checkpoint(self.dir / CHECKPOINT, model=self.model, optimizer=self.optimizer)
@@ -217,9 +229,33 @@ class Trainer:
             return None
         return save_checkpoint(self.dir / CHECKPOINT, model=self.model, optimizer=self.optimizer, state=self.state())
 
+    def _prepare_data(self) -> dict:
+        """Token streams of a text corpus, or the splits of a synthetic task (``self.task``)."""
+        d, t = self.cfg.data, self.cfg.train
+        self.task = None
+        if d.corpus != "task":
+            return prepare_corpus(corpus=d.corpus, path=d.path, tokenizer=self.tokenizer, cache_dir=d.cache_dir)
+        self.task = build_task_data(d.task)
+        if self.tokenizer.fingerprint() != self.task.tokenizer.fingerprint():
+            raise ConfigError(f"data.task: the run's tokenizer.json in {self.dir} is not this task's vocabulary")
+        check_task_lengths(self.task, seq_len=t.seq_len, max_seq_len=self.cfg.model.max_seq_len)
+        return self.task.splits
+
+    @property
+    def val_metrics(self) -> tuple[str, ...]:
+        """What :meth:`evaluate` reports: answer loss and error rates for a task, else loss and bpb."""
+        return ("loss", "error", "token_error") if self.task is not None else ("loss", "bpb", "bits_per_token")
+
     def evaluate(self, split: str = "validation", max_tokens: int | None = None) -> dict[str, float]:
+        """Held-out metrics on the first ``max_tokens`` targets (default ``train.eval_tokens``; 0: all).
+        For a task the limit is in padded token slots: the first ``ceil(limit / train.seq_len)``
+        examples are scored (:func:`archlab.train.taskeval.evaluate_task`)."""
         t = self.cfg.train
         limit = max_tokens if max_tokens is not None else (t.eval_tokens or None)
+        if self.task is not None:
+            n = None if limit is None else -(-limit // t.seq_len)
+            return evaluate_task(self.model, self.streams[split], batch_size=self.micro, max_examples=n,
+                                 device=self.device, autocast=self.autocast)
         return evaluate(self.model, self.streams[split], seq_len=t.seq_len, batch_size=self.micro,
                         max_tokens=limit, device=self.device, autocast=self.autocast)
 
@@ -335,15 +371,15 @@ class Trainer:
                     self.elapsed = elapsed0 + time.perf_counter() - session_start
                     self._write_metrics({"step": self.step, "tokens": self.step * tokens_per_step,
                                          "elapsed": self.elapsed, "train_time": self.train_time,
-                                         "val_loss": ev["loss"], "val_bpb": ev["bpb"],
-                                         "val_bits_per_token": ev["bits_per_token"]})
+                                         **{f"val_{k}": ev[k] for k in self.val_metrics}})
                     t_log = time.perf_counter()  # evaluation time is not training throughput
                 if self.step % t.ckpt_every == 0 or last or self._stop_requested:
                     self.save()
                 if bar is not None:
                     post = {"loss": f"{rec['loss']:.3f}"}
                     if last_val is not None:
-                        post["val_bpb"] = f"{last_val['bpb']:.3f}"
+                        key = self.val_metrics[1]  # bpb, or a task's error rate
+                        post[f"val_{key}"] = f"{last_val[key]:.3f}"
                     bar.set_postfix(post, refresh=False)
                     bar.update(1)
                 if self._stop_requested:
@@ -357,10 +393,10 @@ class Trainer:
             if self.tb is not None:
                 self.tb.flush()
         if last_val is None:  # nothing left to train (a finished run resumed), or not rank 0
-            last_val = self.evaluate() if self.dist.main else {"loss": math.nan, "bpb": math.nan}
+            last_val = self.evaluate() if self.dist.main else dict.fromkeys(self.val_metrics, math.nan)
         summary = {
             "steps": self.step, "tokens": self.step * tokens_per_step, "parameters": self.n_params,
-            "final_val_loss": last_val["loss"], "final_val_bpb": last_val["bpb"],
+            **{f"final_val_{k}": last_val[k] for k in self.val_metrics if k != "bits_per_token"},
             "best_val_loss": min(self.best_val, last_val["loss"]), "wall_time": self.elapsed,
             "train_time": self.train_time,
             "tokens_per_s": session_tokens / session_train if session_train > 0 else None,

@@ -89,7 +89,10 @@ class Attention(nn.Module):
         q, k, v = self.project(x)
         pos = self.position
         if pos.uses_rotate:
-            q, k = pos.rotate(q, k, positions, positions)
+            if getattr(pos, "uses_input", False):  # rotation predicted from the hidden state
+                q, k = pos.rotate(q, k, positions, positions, x=x)
+            else:
+                q, k = pos.rotate(q, k, positions, positions)
         fresh = cache is None or len(cache) == 0
         k_pos = positions
         if cache is not None:
@@ -126,8 +129,11 @@ class Attention(nn.Module):
         if self.kv_heads != self.heads:
             rep = self.heads // self.kv_heads
             k, v = k.repeat_interleave(rep, dim=1), v.repeat_interleave(rep, dim=1)
-        scores = (q @ k.transpose(-1, -2)) * (1.0 / math.sqrt(self.head_dim))
         allowed = allowed_mask(q_pos, k_pos, causal=self.causal, key_mask=mask)
+        fused = getattr(self.position, "attend", None)  # a scheme's own leaner path (CoPE)
+        if fused is not None:
+            return fused(q, k, v, q_pos, k_pos, allowed=allowed, scale=1.0 / math.sqrt(self.head_dim), dropout_p=p)
+        scores = (q @ k.transpose(-1, -2)) * (1.0 / math.sqrt(self.head_dim))
         scores = scores + self.position.bias(q, k, q_pos, k_pos, scores=scores, allowed=allowed)
         if allowed is not None:
             scores = scores.masked_fill(~allowed, float("-inf"))

@@ -3,7 +3,18 @@
 from archlab.nn.positional.absolute import LearnedAbsolute, NoPosition, Sinusoidal
 from archlab.nn.positional.base import PositionalScheme
 from archlab.nn.positional.bias import ALiBi, T5RelativeBias
+from archlab.nn.positional.learned_sinusoidal import LearnedSinusoidal
+from archlab.nn.positional.relative import ClippedRelativeBias, DynamicPositionBias
 from archlab.nn.positional.rope import RotaryEmbedding
+from archlab.nn.positional.rotations import (
+    ConditionalRotary,
+    GivensRounds,
+    OrthogonalMatrix,
+    RotatedRotary,
+)
 
-__all__ = ["PositionalScheme", "NoPosition", "LearnedAbsolute", "Sinusoidal", "RotaryEmbedding", "ALiBi",
-           "T5RelativeBias"]
+__all__ = [
+    "ALiBi", "ClippedRelativeBias", "ConditionalRotary", "DynamicPositionBias", "GivensRounds", "LearnedAbsolute",
+    "LearnedSinusoidal", "NoPosition", "OrthogonalMatrix", "PositionalScheme", "RotaryEmbedding", "RotatedRotary",
+    "Sinusoidal", "T5RelativeBias",
+]

@@ -1,0 +1,229 @@
+"""``archlab bench hier``: training throughput of the hierarchical family against lucidrains'
+simple-hierarchical-transformer at the same configuration, side by side.
+
+    archlab bench hier                                  # hierarchies (1, 2), dim 256, depth 4, seq 256, batch 16
+    archlab bench hier --hierarchies 1 --rounds 4       # the flat version
+    archlab bench hier --generate --out runs/bench/hier.json
+
+Both models get the same per-hierarchy dims, heads, dim_head, ff_mult, window sizes and strides
+(the peer's defaults: dim_head 64, heads 8, ff_mult 4, full attention, stride 1) and are driven
+the same way: one training step = forward with the training loss, backward, AdamW step, on the
+same random batches. The peer runs twice: as a user gets it (``peer-sht-default``: its
+reconstruction and next-latent auxiliary losses on) and at its cheapest (``peer-sht-lean``:
+both off, cross-entropy only); ours computes its full training loss (fine cross-entropy plus
+each coarse stream's next-token loss). Parameter counts of all are reported, since the two
+implementations compress and merge differently. Contenders alternate step by step
+(:func:`archlab.lab.contest.interleaved`); the headline is the ratio to the best peer variant.
+
+``--generate`` adds batch-1 decoding: ours uses its KV caches; the peer has none and recomputes
+the whole (cropped) sequence for every new token.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import time
+from typing import Any
+
+import torch
+
+from archlab.lab import contest
+from archlab.lab.bench import ReferenceShape, TrainBench
+from archlab.lab.contest import Contender
+
+PEER = "simple_hierarchical_transformer"
+INSTALL_HINT = "pip install simple-hierarchical-transformer (or 'archlab[peers]')"
+
+
+def _ints(text: str) -> tuple[int, ...]:
+    return tuple(int(v) for v in text.split(",") if v.strip())
+
+
+def _windows(text: str) -> tuple[int | None, ...]:
+    return tuple(None if v.strip().lower() in ("none", "full") else int(v) for v in text.split(",") if v.strip())
+
+
+def model_kwargs(args: argparse.Namespace) -> dict[str, Any]:
+    """The configuration both implementations are built with (the peer's argument names)."""
+    n = len(args.hierarchies)
+
+    def per(values: tuple) -> Any:
+        return values[0] if len(values) == 1 else values if len(values) == n else _bad(values, n)
+
+    return dict(num_tokens=256, dim=per(args.dim), depth=args.depth, seq_len=args.seq_len, heads=per(args.heads),
+                dim_head=per(args.dim_head), ff_mult=per(args.ff_mult), hierarchies=args.hierarchies,
+                hierarchical_stride=per(args.stride), window_sizes=per(args.windows))
+
+
+def _bad(values: tuple, n: int) -> Any:
+    raise SystemExit(f"archlab bench hier: {len(values)} values {list(values)} for {n} hierarchies")
+
+
+def _n_params(model: torch.nn.Module) -> int:
+    return sum(p.numel() for p in {id(p): p for p in model.parameters()}.values())
+
+
+def make_ours(kw: dict[str, Any], args: argparse.Namespace) -> Contender:
+    from archlab.models.generation import generate
+    from archlab.models.hierarchical import HierarchicalTransformer, _Protocol
+
+    torch.manual_seed(args.seed)
+    model = HierarchicalTransformer(**kw, use_flash_attn=not args.explicit)
+
+    def gen(prompt: torch.Tensor, new_tokens: int) -> torch.Tensor:
+        return generate(_Protocol(model), prompt, max_new_tokens=new_tokens, temperature=0.0)[:, prompt.shape[1]:]
+
+    return Contender(
+        name="ours", model=model, loss_fn=lambda m, tokens: m(tokens, return_loss=True)[0], generate_fn=gen,
+        info={"kwargs": {**kw, "use_flash_attn": not args.explicit}, "n_params": _n_params(model),
+              "levels": [lv.__dict__ for lv in model.levels]},
+    )
+
+
+def make_peer(kw: dict[str, Any], args: argparse.Namespace, *, lean: bool) -> Contender | None:
+    if importlib.util.find_spec(PEER) is None:
+        print(f"skip peer: simple-hierarchical-transformer not installed: {INSTALL_HINT}")
+        return None
+    import simple_hierarchical_transformer as sht
+
+    extra = {"recon_loss_weight": 0.0, "next_latent_loss_weight": 0.0} if lean else {}
+    torch.manual_seed(args.seed)
+    model = sht.HierarchicalTransformer(**kw, **extra)
+
+    @torch.no_grad()
+    def gen(prompt: torch.Tensor, new_tokens: int) -> torch.Tensor:
+        model.eval()
+        out = prompt
+        for _ in range(new_tokens):  # no cache: the whole window again for every token (greedy)
+            logits = model(out[:, -kw["seq_len"]:])[:, -1]
+            out = torch.cat([out, logits.argmax(-1, keepdim=True)], dim=1)
+        return out[:, prompt.shape[1]:]
+
+    return Contender(
+        name="peer-sht-lean" if lean else "peer-sht-default", model=model,
+        loss_fn=lambda m, tokens: m(tokens, return_loss=True)[0], generate_fn=gen,
+        info={"library": "simple-hierarchical-transformer", "version": _version(), "kwargs": {**kw, **extra},
+              "n_params": _n_params(model)},
+    )
+
+
+def _version() -> str | None:
+    try:
+        from importlib.metadata import version
+
+        return version("simple-hierarchical-transformer")
+    except Exception:
+        return None
+
+
+class CpuTrainBench(TrainBench):
+    """A :class:`TrainBench` whose step time is this process's CPU time (user + system) instead
+    of wall time. On a machine shared with other jobs, wall time mostly measures the neighbours;
+    CPU time measures the work done (with one thread it equals the wall time of a quiet machine,
+    up to cache effects)."""
+
+    def step(self) -> float:
+        tokens = self.batches[self.steps_done % len(self.batches)]
+        self.model.train()
+        t0 = time.process_time()
+        loss = self.loss_fn(self.model, tokens)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizer.step()
+        dt = time.process_time() - t0
+        self.steps_done += 1
+        self.last_loss = float(loss.detach())
+        return dt
+
+
+def compare_train(contenders: list[Contender], shape: ReferenceShape, *, clock: str = "wall", rounds: int = 6,
+                  steps_per_round: int = 1, warmup: int = 2, max_foreign_cpu: float | None = None) -> dict[str, Any]:
+    """Training tokens/s of each contender, interleaved step by step; ratios to the best peer."""
+    cls = CpuTrainBench if clock == "cpu" else TrainBench
+    benches = {}
+    for c in contenders:
+        tb = cls(c.model, loss_fn=c.loss_fn, batch_size=shape.batch_size, seq_len=shape.seq_len, vocab_size=shape.vocab)
+        benches[c.name] = tb.warmup(warmup)
+    runs = {name: (lambda tb=tb: tb.run(steps_per_round)) for name, tb in benches.items()}
+    summary = contest.interleaved(runs, rounds, max_foreign_cpu=max_foreign_cpu)
+    per = {c.name: {"tokens_per_s": summary["results"][c.name]["median"], "values": summary["results"][c.name]["values"],
+                    "final_loss": benches[c.name].last_loss, "info": c.info} for c in contenders}
+    return {"kind": "train", "shape": shape.to_dict(), "contenders": per, "comparison": contest.summarize(summary),
+            "interleaving": {k: summary[k] for k in ("order", "rounds", "kept_rounds")}}
+
+
+def main(argv: list[str] | None = None, mode: str | None = None) -> int:
+    ap = argparse.ArgumentParser(prog=f"archlab bench {mode or 'hier'}", description=__doc__.split("\n\n")[0])
+    ap.add_argument("--hierarchies", type=_ints, default=(1, 2), help="compression factors, e.g. 1,2,4")
+    ap.add_argument("--dim", type=_ints, default=(256,), help="one width or one per hierarchy")
+    ap.add_argument("--heads", type=_ints, default=(8,))
+    ap.add_argument("--dim-head", type=_ints, default=(64,))
+    ap.add_argument("--ff-mult", type=_ints, default=(4,))
+    ap.add_argument("--stride", type=_ints, default=(1,), help="hierarchical_stride")
+    ap.add_argument("--windows", type=_windows, default=(None,), help="window sizes; 'none' is full attention")
+    ap.add_argument("--depth", type=int, default=4)
+    ap.add_argument("--seq-len", type=int, default=256)
+    ap.add_argument("--batch", type=int, default=16)
+    ap.add_argument("--contenders", default="ours,peer-sht-default,peer-sht-lean")
+    ap.add_argument("--explicit", action="store_true", help="ours with use_flash_attn=False (the explicit path)")
+    ap.add_argument("--rounds", type=int, default=6)
+    ap.add_argument("--steps-per-round", type=int, default=1)
+    ap.add_argument("--warmup", type=int, default=2)
+    ap.add_argument("--generate", action="store_true", help="also batch-1 decoding tokens/s")
+    ap.add_argument("--new-tokens", type=int, default=64)
+    ap.add_argument("--max-foreign-cpu", type=float, default=-1.0,
+                    help="drop rounds where other processes used more than this CPU fraction (<0: keep all)")
+    ap.add_argument("--clock", choices=["wall", "cpu"], default="wall",
+                    help="time steps by wall clock, or by this process's CPU time (use with --threads 1 on a shared machine)")
+    ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--out", default=None, help="write the JSON result here")
+    args = ap.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    kw = model_kwargs(args)
+    factories = {
+        "ours": lambda: make_ours(kw, args),
+        "peer-sht-default": lambda: make_peer(kw, args, lean=False),
+        "peer-sht-lean": lambda: make_peer(kw, args, lean=True),
+    }
+    names = [n.strip() for n in args.contenders.split(",") if n.strip()]
+    unknown = [n for n in names if n not in factories]
+    if unknown:
+        ap.error(f"unknown contender(s) {unknown}; choose from {sorted(factories)}")
+    contenders = [c for c in (factories[n]() for n in names) if c is not None]
+    if not contenders:
+        print("nothing to run")
+        return 1
+    dim0 = kw["dim"][0] if isinstance(kw["dim"], tuple) else kw["dim"]
+    heads0 = kw["heads"][0] if isinstance(kw["heads"], tuple) else kw["heads"]
+    shape = ReferenceShape(vocab=256, dim=dim0, depth=args.depth, heads=heads0, seq_len=args.seq_len,
+                           batch_size=args.batch, prompt_len=16, new_tokens=args.new_tokens)
+    foreign = None if args.max_foreign_cpu < 0 else args.max_foreign_cpu
+    result: dict[str, Any] = {"command": " ".join(["archlab", "bench", mode or "hier", *(argv or [])]),
+                              "config": kw, "clock": args.clock, "environment": contest.environment()}
+    t0 = time.perf_counter()
+    result["train"] = compare_train(contenders, shape, clock=args.clock, rounds=args.rounds,
+                                    steps_per_round=args.steps_per_round, warmup=args.warmup, max_foreign_cpu=foreign)
+    _print(result["train"], f"train tok/s ({args.clock} clock)")
+    if args.generate:
+        result["generate"] = contest.compare_generate(contenders, shape, rounds=max(2, args.rounds // 2),
+                                                      max_foreign_cpu=foreign)
+        _print(result["generate"], "decode tok/s (wall clock)")
+    result["wall_s"] = time.perf_counter() - t0
+    if args.out:
+        print(f"\nwrote {contest.write_json(args.out, result)}")
+    return 0
+
+
+def _print(res: dict[str, Any], unit: str) -> None:
+    comp = res["comparison"]
+    print(f"\n{unit} ({len(res['interleaving']['kept_rounds'])}/{res['interleaving']['rounds']} rounds kept)")
+    for name, rec in res["contenders"].items():
+        line = f"  {name:18s} {rec['tokens_per_s']:9.1f}"
+        if "n_params" in rec.get("info", {}):
+            line += f"   {rec['info']['n_params'] / 1e6:6.2f}M params"
+        if name in comp["ratios"]:
+            line += f"   ×{comp['ratios'][name]:.2f} (paired ×{comp['paired_ratios'][name]:.2f}) vs {comp['baseline']}"
+        print(line)

@@ -1,0 +1,456 @@
+"""Hierarchical transformer: a full-resolution stream plus streams compressed 2×, 4×, …,
+each with its own blocks, merged into the prediction stream at every layer.
+
+After lucidrains' "simple-hierarchical-transformer" experiment (the idea of the hourglass
+transformer, Nawrot et al., 2021, with convolutional compression and per-layer merging):
+
+    x = Embed(ids)                                   (B, T, D_e), D_e = max(dims)
+    s⁰ = P x;  sʰ = Compress_h(x)                    stream h: ⌈T/stride_h⌉ tokens, token j
+                                                     summarises positions [j·s−c+1, j·s]
+    for each layer:  zʰ = Block_{l,h}(sʰ)            local/full/no attention, token shift, FFN
+                     s⁰ = z⁰ + Merge_l(z⁰, z¹, …)    (all streams with ``merge_all``)
+    logits = Head(N(s⁰));  every stream h also predicts the token after its window (aux loss)
+
+Causality: fine position i reads stream token ⌊i/s⌋, whose window ends at ⌊i/s⌋·s ≤ i, and a
+coarse token j predicts the token at j·s + 1, which no input of it has seen. What differs from
+the peer: ``use_flash_attn`` selects the fused kernel for real; every stream has a KV cache
+(bounded for local windows; strided streams emit a token when its group completes), so
+generation costs one step per token; the main loss is always the fine stream's cross-entropy
+and auxiliary terms are named and weighted separately.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from archlab.catalog import BuildContext
+from archlab.models.lm import IGNORE_INDEX, ModelOutput, init_weights
+from archlab.nn.compress import COMPRESSORS, build_compressor, new_groups
+from archlab.nn.hierarchy import HierarchyMerge, StreamAttention, StreamBlock, StreamState
+from archlab.nn.positional.rope import RotaryEmbedding
+from archlab.registry import FFN, NORM, ConfigError, PartConfig
+
+AUTO = "auto"
+
+
+@dataclass(frozen=True)
+class Level:
+    """One hierarchy, resolved: compression factor, stride, width and attention shape."""
+
+    factor: int
+    stride: int
+    dim: int
+    heads: int
+    dim_head: int
+    ff_mult: float
+    window: int | None  # None: full causal attention; 0: no attention
+
+    @property
+    def axial(self) -> int:
+        return self.factor // self.stride
+
+
+def _per_level(name: str, value: Any, n: int, hierarchies: tuple) -> list:
+    if isinstance(value, (list, tuple)):
+        if len(value) != n:
+            raise ConfigError(f"{name}: {len(value)} values for {n} hierarchies {list(hierarchies)}; "
+                              f"give one value for all or exactly {n}")
+        return list(value)
+    return [value] * n
+
+
+def _int(name: str, v: Any, lo: int) -> int:
+    if isinstance(v, bool) or not isinstance(v, int) or v < lo:
+        raise ConfigError(f"{name}: expected an integer ≥ {lo}, got {v!r}")
+    return v
+
+
+def resolve_levels(*, hierarchies: Any, dim: Any, heads: Any, dim_head: Any, ff_mult: Any, stride: Any,
+                   window_sizes: Any, seq_len: int, name: Callable[[str], str] = str) -> list[Level]:
+    """Scalars broadcast to every hierarchy; tuples must have one entry per hierarchy.
+    Raises a one-line ConfigError naming the argument (``name`` maps to config keys)."""
+    hs = tuple(hierarchies) if isinstance(hierarchies, (list, tuple)) else (hierarchies,)
+    hs = tuple(_int(f"{name('hierarchies')}[{i}]", h, 1) for i, h in enumerate(hs))
+    if not hs or hs[0] != 1 or any(b <= a for a, b in zip(hs, hs[1:])):
+        raise ConfigError(f"{name('hierarchies')}: must start with 1 (the full-resolution stream that predicts) "
+                          f"and increase strictly, got {list(hs)}")
+    n = len(hs)
+    per = {k: _per_level(name(k), v, n, hs) for k, v in (("dim", dim), ("heads", heads), ("dim_head", dim_head),
+                                                          ("ff_mult", ff_mult), ("hierarchical_stride", stride),
+                                                          ("window_sizes", window_sizes))}
+    levels = []
+    for i, c in enumerate(hs):
+        d = _int(f"{name('dim')}[{i}]", per["dim"][i], 1)
+        h = _int(f"{name('heads')}[{i}]", per["heads"][i], 1)
+        dh = per["dim_head"][i]
+        if dh is None:
+            if d % h:
+                raise ConfigError(f"{name('heads')}[{i}]: {h} heads do not divide width {d}; set {name('dim_head')}")
+            dh = d // h
+        dh = _int(f"{name('dim_head')}[{i}]", dh, 1)
+        fm = per["ff_mult"][i]
+        if isinstance(fm, bool) or not isinstance(fm, (int, float)) or fm <= 0:
+            raise ConfigError(f"{name('ff_mult')}[{i}]: expected a positive number, got {fm!r}")
+        s = _int(f"{name('hierarchical_stride')}[{i}]", per["hierarchical_stride"][i], 1)
+        if c % s or (i == 0 and s != 1):
+            raise ConfigError(f"{name('hierarchical_stride')}[{i}]: stride {s} must divide the compression factor {c}"
+                              + (" (the full-resolution stream has stride 1)" if i == 0 else ""))
+        w = per["window_sizes"][i]
+        if w == AUTO:
+            w = max(1, seq_len // c // 2)  # half the stream's (axial) length
+        elif w is not None:
+            w = _int(f"{name('window_sizes')}[{i}]", w, 0)
+        levels.append(Level(factor=c, stride=s, dim=d, heads=h, dim_head=dh, ff_mult=float(fm), window=w))
+    return levels
+
+
+@dataclass
+class HierarchicalCache:
+    """Decoding state: per layer and stream the block state, per stream the last c − 1 fine
+    embeddings (the compressor's window), per layer the merge's last projection of each
+    stream's latest token, and the number of fine positions consumed."""
+
+    states: list[list[StreamState]]
+    tails: list
+    lasts: list
+    offset: int = 0
+
+
+class HierarchicalLM(nn.Module):
+    """The model; ``forward`` speaks archlab's protocol (:class:`ModelOutput`). Per-hierarchy
+    arguments take a scalar (for all) or a tuple with one entry per hierarchy."""
+
+    def __init__(
+        self, *, num_tokens: int, dim: Any = 512, depth: int = 6, seq_len: int = 2048, heads: Any = 8,
+        dim_head: Any = None, ff_mult: Any = 4.0, hierarchies: Any = 1, hierarchical_stride: Any = 1,
+        window_sizes: Any = AUTO, compressor: str = "conv", merge_all: bool = False, token_shift: bool = True,
+        use_flash_attn: bool = True, aux_loss_weight: float = 0.1, dim_embed: int | None = None,
+        ffn: Any = "gelu", norm: Any = "rms", rope_base: float | None = 10000.0, rope_fraction: float = 1.0,
+        tie_embeddings: bool = False, dropout: float = 0.0, init_std: float = 0.02, vq_codes: int = 512,
+        vq_dim: int = 32, vq_beta: float = 0.25, vq_weight: float = 1.0, names: Callable[[str], str] = str,
+    ) -> None:
+        super().__init__()
+        self.levels = resolve_levels(hierarchies=hierarchies, dim=dim, heads=heads, dim_head=dim_head, ff_mult=ff_mult,
+                                     stride=hierarchical_stride, window_sizes=window_sizes, seq_len=seq_len, name=names)
+        if compressor not in COMPRESSORS:
+            raise ConfigError(f"{names('compressor')}: '{compressor}' is not allowed; allowed: {', '.join(COMPRESSORS)}")
+        if aux_loss_weight < 0 or vq_weight < 0:
+            raise ConfigError(f"{names('aux_loss_weight')}/{names('vq_weight')}: weights must be ≥ 0")
+        _int(names("depth"), depth, 1)
+        L, H = self.levels, len(self.levels)
+        D = dim_embed if dim_embed is not None else max(lv.dim for lv in L)
+        _int(names("dim_embed"), D, 1)
+        self.depth, self.seq_len, self.num_tokens, self.dim_embed = depth, seq_len, num_tokens, D
+        self.merge_all, self.aux_loss_weight, self.vq_weight = merge_all, aux_loss_weight, vq_weight
+        self.compressor_kind = compressor
+        ffn_cfg = FFN.parse(ffn, names("ffn"))
+        norm_cfg = NORM.parse(norm, names("norm"))
+        if getattr(norm_cfg, "placement", "pre") != "pre":
+            raise ConfigError(f"{names('norm')}.placement: the hierarchical family is pre-norm only; allowed: pre")
+
+        def ctx(d: int) -> BuildContext:
+            return BuildContext(dim=d, heads=1, kv_heads=1, head_dim=d, max_seq_len=seq_len, dropout=dropout,
+                                init_std=init_std)
+
+        def make_norm(d: int) -> nn.Module:
+            return NORM.build(norm_cfg, ctx(d))
+
+        self.embed = nn.Embedding(num_tokens, D)
+        self.drop = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
+        self.to_fine = nn.Identity() if D == L[0].dim else nn.Linear(D, L[0].dim, bias=False)
+        self.compressors = nn.ModuleList(
+            build_compressor(compressor, dim_in=D, dim_out=lv.dim, factor=lv.factor, stride=lv.stride, heads=lv.heads,
+                             vq_codes=vq_codes, vq_dim=vq_dim, vq_beta=vq_beta, seed=i)
+            for i, lv in enumerate(L[1:], 1)
+        )
+        self.rotaries = nn.ModuleList(
+            RotaryEmbedding(head_dim=lv.dim_head, base=rope_base, fraction=rope_fraction) if rope_base else nn.Identity()
+            for lv in L
+        )
+        self.layers = nn.ModuleList()
+        for _ in range(depth):
+            row = nn.ModuleList()
+            for h, lv in enumerate(L):
+                attn = None
+                if lv.window != 0:
+                    attn = StreamAttention(dim=lv.dim, heads=lv.heads, dim_head=lv.dim_head, window=lv.window,
+                                           flash=use_flash_attn, rotary=self.rotaries[h] if rope_base else None,
+                                           dropout=dropout)
+                ff = FFN.build(dataclasses.replace(ffn_cfg, mult=lv.ff_mult), ctx(lv.dim))
+                row.append(StreamBlock(dim=lv.dim, attn=attn, ffn=ff, norm=make_norm, axial=lv.axial,
+                                       shift=token_shift, dropout=dropout))
+            self.layers.append(row)
+        self.merges = nn.ModuleList()
+        if H > 1:
+            out = sum(lv.dim for lv in L) if merge_all else L[0].dim
+            for _ in range(depth):
+                self.merges.append(HierarchyMerge(dims=[lv.dim for lv in L], strides=[lv.stride for lv in L],
+                                                  dim_out=out, hidden=2 * out, norm=make_norm))
+        self.norm = make_norm(L[0].dim)
+        self.head = nn.Linear(L[0].dim, num_tokens, bias=False)
+        # Coarse streams predict the token after their window (no head when the weight is 0).
+        n_aux = H - 1 if aux_loss_weight > 0 else 0
+        self.aux_norms = nn.ModuleList(make_norm(lv.dim) for lv in L[1:1 + n_aux])
+        self.aux_heads = nn.ModuleList(nn.Linear(lv.dim, num_tokens, bias=False) for lv in L[1:1 + n_aux])
+        init_weights(self, init_std, depth)
+        nn.init.normal_(self.embed.weight, std=init_std)
+        if tie_embeddings:
+            if D != L[0].dim:
+                raise ConfigError(f"{names('tie_embeddings')}: the head (width {L[0].dim}) can share the embedding "
+                                  f"only when {names('dim_embed')} is {L[0].dim}, got {D}; untie or set it")
+            self.head.weight = self.embed.weight
+
+    # ------------------------------------------------------------------ decoding state
+
+    def init_cache(self) -> HierarchicalCache:
+        return HierarchicalCache(
+            states=[[blk.init_state() for blk in row] for row in self.layers],
+            tails=[None] * len(self.levels), lasts=[None] * self.depth,
+        )
+
+    # ------------------------------------------------------------------ forward
+
+    def _streams(self, ids: torch.Tensor, cache: HierarchicalCache | None) -> tuple[list, list, dict]:
+        """Every stream's final tokens (new ones only, with a cache), their first indices, and
+        the compressors' auxiliary losses."""
+        B, n = ids.shape
+        i0 = cache.offset if cache is not None else 0
+        x = self.drop(self.embed(ids))
+        streams, j0s, aux = [self.to_fine(x)], [i0], {}
+        for h, (lv, comp) in enumerate(zip(self.levels[1:], self.compressors), 1):
+            tail = cache.tails[h] if cache is not None else None
+            if tail is None:  # the left padding of the causal window
+                tail = x.new_zeros(B, lv.factor - 1, x.shape[-1])
+            ext = torch.cat([tail, x], dim=1)
+            if cache is not None:
+                cache.tails[h] = ext[:, ext.shape[1] - (lv.factor - 1):]
+            z, extra = comp(ext, i0)
+            streams.append(z)
+            j0s.append(new_groups(i0, n, lv.stride)[0])
+            if extra is not None and cache is None:
+                aux[f"vq_x{lv.factor}"] = extra
+        # Axial positions of every stream, one tensor per stream shared by all layers (RoPE reuses its tables).
+        pos = [None if cache is not None else torch.arange(-(-s.shape[1] // lv.axial), device=ids.device)
+               for s, lv in zip(streams, self.levels)]
+        for li, row in enumerate(self.layers):
+            zs = [
+                blk(s, n0=j0, state=cache.states[li][h] if cache is not None else None, positions=pos[h])
+                if s.shape[1] else s
+                for h, (blk, s, j0) in enumerate(zip(row, streams, j0s))
+            ]
+            if self.merges:
+                pooled, lasts = self.merges[li](zs, i0=i0, n=n, j0s=j0s,
+                                                lasts=cache.lasts[li] if cache is not None else None)
+                if cache is not None:
+                    cache.lasts[li] = lasts
+                if self.merge_all:
+                    parts = pooled.split([lv.dim for lv in self.levels], dim=-1)
+                    # stream token j receives the pooled value at its end position j·s (≥ everything it saw)
+                    zs = [z + p[:, j0 * lv.stride - i0::lv.stride][:, : z.shape[1]]
+                          for z, p, j0, lv in zip(zs, parts, j0s, self.levels)]
+                else:
+                    zs[0] = zs[0] + pooled
+            streams = zs
+        if cache is not None:
+            cache.offset += n
+        return streams, j0s, aux
+
+    def forward(self, ids: torch.Tensor, *, targets: torch.Tensor | None = None,
+                cache: HierarchicalCache | None = None, positions: torch.Tensor | None = None,
+                mask: torch.Tensor | None = None) -> ModelOutput:
+        """ids (B, n) at positions offset … offset+n−1 -> fine logits (B, n, V); with targets
+        (B, n) the fine NLL (``nll``), and ``loss`` = nll + aux_loss_weight·Σ coarse NLLs
+        + vq_weight·Σ VQ losses. ``aux`` names the unweighted terms: ``nll_x{c}``, ``vq_x{c}``."""
+        if positions is not None or mask is not None:
+            raise ValueError("the hierarchical family takes contiguous sequences: no positions or padding mask")
+        i0 = cache.offset if cache is not None else 0
+        streams, j0s, aux = self._streams(ids, cache)
+        logits = self.head(self.norm(streams[0]))
+        if targets is None:
+            return ModelOutput(logits=logits)
+        nll = _ce(logits, targets)
+        loss = nll
+        for h, (lv, norm, head) in enumerate(zip(self.levels[1:], self.aux_norms, self.aux_heads), 1):
+            z = streams[h]
+            if not z.shape[1]:
+                continue
+            ends = torch.arange(j0s[h], j0s[h] + z.shape[1], device=ids.device) * lv.stride - i0
+            aux[f"nll_x{lv.factor}"] = _ce(head(norm(z)), targets.index_select(1, ends))
+            loss = loss + self.aux_loss_weight * aux[f"nll_x{lv.factor}"]
+        for k, v in aux.items():
+            if k.startswith("vq_"):
+                loss = loss + self.vq_weight * v
+        return ModelOutput(logits=logits, loss=loss, nll=nll, aux=aux)
+
+    @torch.no_grad()
+    def stream_predictions(self, ids: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """Per stream with a head: (logits (B, m, V), the index in ``ids`` of the token each
+        row predicts). A row must not depend on ``ids`` at or after that index (tested)."""
+        streams, j0s, _ = self._streams(ids, None)
+        T, dev = ids.shape[1], ids.device
+        out = [(self.head(self.norm(streams[0])), torch.arange(1, T + 1, device=dev))]
+        for h, (lv, norm, head) in enumerate(zip(self.levels[1:], self.aux_norms, self.aux_heads), 1):
+            ends = torch.arange(streams[h].shape[1], device=dev) * lv.stride
+            out.append((head(norm(streams[h])), ends + 1))
+        return out
+
+
+def _ce(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    flat = logits.reshape(-1, logits.shape[-1])
+    if flat.dtype in (torch.float16, torch.bfloat16):
+        flat = flat.float()
+    return F.cross_entropy(flat, targets.reshape(-1), ignore_index=IGNORE_INDEX)
+
+
+class _Protocol:
+    """archlab's calling convention on a :class:`HierarchicalTransformer` (for ``generate``)."""
+
+    def __init__(self, model: HierarchicalLM) -> None:
+        self.model = model
+
+    def __getattr__(self, name: str) -> Any:  # training, eval, train, init_cache
+        return getattr(self.model, name)
+
+    def __call__(self, ids: torch.Tensor, **kw: Any) -> ModelOutput:
+        return HierarchicalLM.forward(self.model, ids, **kw)
+
+
+class HierarchicalTransformer(HierarchicalLM):
+    """The peer-style Python API over the same module::
+
+        model = HierarchicalTransformer(num_tokens=256, dim=(128, 256), depth=4, hierarchies=(1, 2))
+        loss, aux = model(ids, return_loss=True)  # ids (B, T+1); aux: {"nll": …, "nll_x2": …}
+        logits = model(ids)                       # (B, T, V)
+
+    With ``targets=`` or ``cache=`` it answers archlab's protocol (a ModelOutput) instead.
+    """
+
+    def forward(self, ids: torch.Tensor, *, return_loss: bool = False, targets: torch.Tensor | None = None,
+                cache: HierarchicalCache | None = None, **kw: Any) -> Any:
+        if return_loss:
+            out = super().forward(ids[:, :-1], targets=ids[:, 1:], **kw)
+            return out.loss, {"nll": out.nll, **out.aux}
+        out = super().forward(ids, targets=targets, cache=cache, **kw)
+        return out if targets is not None or cache is not None else out.logits
+
+    @torch.no_grad()
+    def generate(self, prompt: torch.Tensor, max_new_tokens: int, **kw: Any) -> torch.Tensor:
+        """Continue ``prompt`` (B, T) with cached decoding; see :func:`archlab.models.generate`."""
+        from archlab.models.generation import generate
+
+        return generate(_Protocol(self), prompt, max_new_tokens=max_new_tokens, **kw)
+
+
+# ----------------------------------------------------------------------------- config path
+
+
+@dataclass
+class HierarchicalConfig(PartConfig):
+    """``model.family_options`` of family ``hierarchical``. ``None`` takes the value from the
+    model section (dims: model.dim, heads: model.heads, dim_head: model.head_dim, ff_mult:
+    model.layers.default.ffn.mult, seq_len: model.max_seq_len); lists give one per hierarchy."""
+
+    hierarchies: Any = field(default_factory=lambda: [1, 2])
+    dims: Any = None
+    heads: Any = None
+    dim_head: Any = None
+    ff_mult: Any = None
+    hierarchical_stride: Any = 1
+    window_sizes: Any = AUTO  # int: local window; null: full causal; 0: no attention; auto: half the stream
+    compressor: str = "conv"
+    merge_all: bool = False
+    token_shift: bool = True
+    use_flash_attn: bool = True
+    aux_loss_weight: float = 0.1
+    seq_len: int | None = None
+    dim_embed: int | None = None
+    vq_codes: int = 512
+    vq_dim: int = 32
+    vq_beta: float = 0.25
+    vq_weight: float = 1.0
+
+    def check(self, ctx: dict, where: str) -> None:
+        model_kwargs(ctx["model"], self, where)
+
+
+def model_kwargs(m: Any, opts: HierarchicalConfig, where: str = "model.family_options") -> dict[str, Any]:
+    """Keyword arguments of :class:`HierarchicalLM` for a ModelConfig, validated (one-line
+    ConfigErrors naming the config key)."""
+    default = m.layers.default
+    if m.layers.overrides:
+        raise ConfigError("model.layers.overrides: not used by family 'hierarchical'; "
+                          f"set per-hierarchy values in {where} (window_sizes, heads, ...)")
+    if default.mixer.kind != "attention" or default.position is not None:
+        raise ConfigError("model.layers.default: family 'hierarchical' uses its own attention; "
+                          "leave mixer (attention) and position (unset) at their defaults")
+    if m.bias:
+        raise ConfigError("model.bias: biases in linear layers are not supported by family 'hierarchical'; "
+                          "allowed: false")
+    if m.kv_heads is not None:
+        raise ConfigError("model.kv_heads: grouped-query attention is not supported by family 'hierarchical'")
+    if m.position.kind == "rope":
+        rope_base, rope_fraction = m.position.base, m.position.fraction
+        fixed = type(m.position)(kind="rope", base=rope_base, fraction=rope_fraction)
+        other = [f.name for f in dataclasses.fields(m.position) if getattr(m.position, f.name) != getattr(fixed, f.name)]
+        if other:
+            raise ConfigError(f"model.position.{other[0]}: not supported by family 'hierarchical'; "
+                              "its rotary embedding takes base and fraction only")
+    elif m.position.kind == "none":
+        rope_base, rope_fraction = None, 1.0
+    else:
+        raise ConfigError(f"model.position.kind: '{m.position.kind}' is not supported by family 'hierarchical'; "
+                          "allowed: rope, none")
+    if default.ffn.kind not in ("gelu", "swiglu"):
+        raise ConfigError(f"model.layers.default.ffn.kind: '{default.ffn.kind}'; allowed for family "
+                          "'hierarchical': gelu, swiglu")
+
+    model_keys = {"ffn": "model.layers.default.ffn", "norm": "model.layers.default.norm", "depth": "model.depth",
+                  "tie_embeddings": "model.tie_embeddings"}
+
+    def name(k: str) -> str:
+        return model_keys.get(k) or f"{where}.{'dims' if k == 'dim' else k}"
+
+    kw = dict(
+        num_tokens=m.vocab_size, depth=m.depth, seq_len=opts.seq_len or m.max_seq_len,
+        dim=opts.dims if opts.dims is not None else m.dim,
+        heads=opts.heads if opts.heads is not None else m.heads,
+        dim_head=opts.dim_head if opts.dim_head is not None else m.head_dim,
+        ff_mult=opts.ff_mult if opts.ff_mult is not None else default.ffn.mult,
+        hierarchies=opts.hierarchies, hierarchical_stride=opts.hierarchical_stride, window_sizes=opts.window_sizes,
+        compressor=opts.compressor, merge_all=opts.merge_all, token_shift=opts.token_shift,
+        use_flash_attn=opts.use_flash_attn, aux_loss_weight=opts.aux_loss_weight, dim_embed=opts.dim_embed,
+        ffn=default.ffn, norm=default.norm, rope_base=rope_base, rope_fraction=rope_fraction,
+        tie_embeddings=m.tie_embeddings, dropout=m.dropout, init_std=m.init_std, vq_codes=opts.vq_codes,
+        vq_dim=opts.vq_dim, vq_beta=opts.vq_beta, vq_weight=opts.vq_weight, names=name,
+    )
+    levels = resolve_levels(hierarchies=kw["hierarchies"], dim=kw["dim"], heads=kw["heads"], dim_head=kw["dim_head"],
+                            ff_mult=kw["ff_mult"], stride=kw["hierarchical_stride"], window_sizes=kw["window_sizes"],
+                            seq_len=kw["seq_len"], name=name)
+    if opts.compressor not in COMPRESSORS:
+        raise ConfigError(f"{where}.compressor: '{opts.compressor}' is not allowed; allowed: {', '.join(COMPRESSORS)}")
+    if opts.compressor == "attn":
+        for i, lv in enumerate(levels[1:], 1):
+            if lv.dim % lv.heads:
+                raise ConfigError(f"{where}.heads[{i}]: attention pooling needs heads dividing the width {lv.dim}")
+    for k in ("aux_loss_weight", "vq_weight", "vq_beta"):
+        if getattr(opts, k) < 0:
+            raise ConfigError(f"{where}.{k}: must be ≥ 0, got {getattr(opts, k)}")
+    for k in ("vq_codes", "vq_dim"):
+        _int(f"{where}.{k}", getattr(opts, k), 1)
+    D = opts.dim_embed if opts.dim_embed is not None else max(lv.dim for lv in levels)
+    if m.tie_embeddings and D != levels[0].dim:
+        raise ConfigError(f"model.tie_embeddings: the head (width {levels[0].dim}) can share the embedding only when "
+                          f"{where}.dim_embed is {levels[0].dim} (default: the widest stream, {D}); "
+                          "set model.tie_embeddings=false or dim_embed")
+    return kw
+
+
+def from_config(model_cfg: Any) -> HierarchicalLM:
+    """The model of a validated ModelConfig with ``family: hierarchical``."""
+    return HierarchicalLM(**model_kwargs(model_cfg, model_cfg.family_config()))

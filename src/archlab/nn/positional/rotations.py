@@ -1,0 +1,293 @@
+"""Orthogonal transforms of each head's queries and keys *before* RoPE.
+
+With R(·) the rotary map and Q an orthogonal matrix applied identically to q and k (row
+vectors, x ↦ x·Q), the score becomes
+
+    (q_m Q R(m)) · (k_n Q R(n)) = q_m Q R(n − m) Qᵀ k_nᵀ,
+
+so Q chooses which directions of the head space turn at which rotary frequency, and the score
+still depends on positions only through n − m. Applied *after* RoPE the same Q cancels:
+(q R(m) Q)·(k R(n) Q) = q R(m) Q Qᵀ R(n)ᵀ kᵀ = q R(n − m) kᵀ (the Echo seed's mistake).
+
+Parameterisations (all return an n×n matrix per group, G = 1 shared or one per key head):
+
+* :class:`GivensRounds`: K rounds of disjoint channel pairs from a round-robin tournament
+  (:func:`round_robin_pairs`); round k is G_k = ∏ over its pairs of a plane rotation by a
+  trainable angle, so a round is one vectorised op and K = n − 1 rounds touch every pair once
+  (n(n − 1)/2 angles, the dimension of SO(n)).
+* :class:`OrthogonalMatrix`: a full matrix R, either exactly orthogonal, R = R₀·exp(A − Aᵀ)
+  (R₀ a fixed random orthogonal matrix, A trainable and zero at init; "trivialisation",
+  Lezcano-Casado & Martínez-Rubio, 2019), or unconstrained with the penalty
+  λ·‖R Rᵀ − I‖²_F returned by ``aux_losses()`` and added to the training loss by the LM.
+
+The product ∏G_k·R is formed once per forward (Givens matrices built in one scatter, then
+multiplied as a balanced tree: ⌈log₂ K⌉ batched matmuls) and applied to q and k with a single
+matmul each. :class:`ConditionalRotary` instead predicts the angles from each token's hidden
+state, so its rotation differs per token and is applied round by round.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Literal
+
+import torch
+from torch import nn
+
+from archlab.nn.positional.rope import RotaryEmbedding, params_key
+
+Scope = Literal["shared", "head"]
+
+
+def round_robin_pairs(n: int) -> torch.Tensor:
+    """(n − 1, n/2, 2) channel pairs by the circle method: in round r, channel n − 1 meets r and
+    (r + i) mod (n − 1) meets (r − i) mod (n − 1) for i = 1 … n/2 − 1. Each round pairs every
+    channel exactly once; over the n − 1 rounds every unordered pair meets exactly once."""
+    if n < 2 or n % 2:
+        raise ValueError(f"Givens rounds need an even dimension ≥ 2, got {n}")
+    m = n - 1
+    rounds = []
+    for r in range(m):
+        pairs = [(r, n - 1)] + [((r + i) % m, (r - i) % m) for i in range(1, n // 2)]
+        rounds.append(pairs)
+    return torch.tensor(rounds, dtype=torch.long)
+
+
+def resolve_rounds(rounds: int, n: int) -> int:
+    """−1 means a full tournament (n − 1 rounds)."""
+    return n - 1 if rounds == -1 else rounds
+
+
+def givens_matrices(cos: torch.Tensor, sin: torch.Tensor, pairs: torch.Tensor) -> torch.Tensor:
+    """cos/sin (…, K, n/2), pairs (K, n/2, 2) -> the round matrices (…, K, n, n).
+
+    For a pair (i, j) with angle a: G[i, i] = G[j, j] = cos a, G[i, j] = −sin a, G[j, i] = sin a,
+    so the row vector x·G has x'_i = x_i cos a + x_j sin a, x'_j = x_j cos a − x_i sin a.
+    Built by one out-of-place scatter (differentiable in the angles)."""
+    h = pairs.shape[1]
+    n = 2 * h
+    i, j = pairs[..., 0], pairs[..., 1]
+    index = torch.cat([i * n + i, j * n + j, i * n + j, j * n + i], dim=-1)  # (K, 2n)
+    values = torch.cat([cos, cos, -sin, sin], dim=-1)  # (…, K, 2n)
+    index = index.expand(values.shape)
+    flat = values.new_zeros(*values.shape[:-1], n * n).scatter(-1, index, values)
+    return flat.view(*values.shape[:-1], n, n)
+
+
+def chain_product(mats: torch.Tensor) -> torch.Tensor:
+    """mats (…, K, n, n) -> M_0 · M_1 ⋯ M_{K−1} (…, n, n), as a balanced tree of batched
+    matmuls (order kept; ⌈log₂ K⌉ calls instead of K − 1)."""
+    while mats.shape[-3] > 1:
+        K = mats.shape[-3]
+        paired = mats[..., 0:K - 1:2, :, :] @ mats[..., 1:K:2, :, :]
+        mats = torch.cat([paired, mats[..., K - 1:, :, :]], dim=-3) if K % 2 else paired
+    return mats[..., 0, :, :]
+
+
+def apply_matrix(x: torch.Tensor, M: torch.Tensor) -> torch.Tensor:
+    """x (B, N, T, D) · M, M (G, D, D) with G = 1 (shared) or G dividing N (head h uses
+    M[h // (N/G)], so a query head uses the matrix of the key head it reads)."""
+    G = M.shape[0]
+    if G == 1:
+        return x @ M[0]
+    B, N, T, D = x.shape
+    return (x.view(B, G, N // G, T, D) @ M[:, None]).view(B, N, T, D)
+
+
+class GivensRounds(nn.Module):
+    """∏_{k<K} G_k per group, from trainable angles (G, K, n/2), init U(−π, π).
+
+    A random start is as good as any for a rotation that sits right after the randomly
+    initialised q/k projections (W·Q of a Gaussian W is again Gaussian), and it keeps the
+    round count visible from the first step."""
+
+    def __init__(self, *, dim: int, rounds: int, groups: int = 1) -> None:
+        super().__init__()
+        pairs = round_robin_pairs(dim)
+        K = resolve_rounds(rounds, dim)
+        if not 1 <= K <= dim - 1:
+            raise ValueError(f"Givens rounds {rounds}: allowed 1 … {dim - 1} or −1 (all) for dimension {dim}")
+        self.register_buffer("pairs", pairs[:K], persistent=False)
+        self.angles = nn.Parameter(torch.empty(groups, K, dim // 2).uniform_(-math.pi, math.pi))
+
+    def matrix(self) -> torch.Tensor:
+        a = self.angles
+        return chain_product(givens_matrices(a.cos(), a.sin(), self.pairs))
+
+
+class OrthogonalMatrix(nn.Module):
+    """An orthogonal n×n matrix per group (G, n, n), exact or penalised.
+
+    ``penalty == 0``: R = R₀·exp(A − Aᵀ); R₀ ∈ O(n) random (a persistent buffer: it is part of
+    the model), A trainable, zero at init. exp of a skew matrix is orthogonal, so R is
+    orthogonal to rounding at every step. ``penalty = λ > 0``: R trainable and free, init R₀;
+    ``aux_losses()`` returns {"orthogonality": λ·Σ_g ‖R_g R_gᵀ − I‖²_F}."""
+
+    def __init__(self, *, dim: int, groups: int = 1, penalty: float = 0.0) -> None:
+        super().__init__()
+        if penalty < 0:
+            raise ValueError(f"orthogonality penalty must be ≥ 0, got {penalty}")
+        self.penalty = float(penalty)
+        init = torch.empty(groups, dim, dim)
+        for g in range(groups):
+            nn.init.orthogonal_(init[g])
+        if self.penalty == 0:
+            self.register_buffer("origin", init)
+            self.skew = nn.Parameter(torch.zeros(groups, dim, dim))
+            self.weight = None
+        else:
+            self.origin, self.skew = None, None
+            self.weight = nn.Parameter(init)
+
+    def matrix(self) -> torch.Tensor:
+        if self.weight is not None:
+            return self.weight
+        A = self.skew
+        return self.origin @ torch.linalg.matrix_exp(A - A.transpose(-1, -2))
+
+    def deviation(self) -> torch.Tensor:
+        """Σ_g ‖R_g R_gᵀ − I‖²_F (zero exactly when every R_g is orthogonal)."""
+        R = self.matrix()
+        eye = torch.eye(R.shape[-1], dtype=R.dtype, device=R.device)
+        return (R @ R.transpose(-1, -2) - eye).square().sum()
+
+    def aux_losses(self) -> dict[str, torch.Tensor]:
+        if self.penalty == 0:
+            return {}
+        return {"orthogonality": self.penalty * self.deviation()}
+
+
+class RotatedRotary(RotaryEmbedding):
+    """RoPE preceded by x ↦ x·(∏_k G_k)·R on every head's q and k (see the module docstring).
+
+    ``givens_rounds``: 0 none, −1 a full tournament, K > 0 that many rounds; ``orthogonal``:
+    include the full matrix R (``penalty`` 0: exact; > 0: penalised). ``scope``: one transform
+    shared by all heads, or one per key/value head (query heads use their key head's). All
+    RoPE options (learnable frequencies/scale/phase, multi-scale bases) apply after it."""
+
+    def __init__(self, *, head_dim: int, givens_rounds: int = 0, orthogonal: bool = False, penalty: float = 0.0,
+                 scope: Scope = "shared", heads: int = 1, kv_heads: int | None = None, **rope) -> None:
+        super().__init__(head_dim=head_dim, heads=heads, kv_heads=kv_heads, **rope)
+        if scope not in ("shared", "head"):
+            raise ValueError(f"rotation scope '{scope}'; allowed: shared, head")
+        if not givens_rounds and not orthogonal:
+            raise ValueError("RotatedRotary needs Givens rounds, a full matrix, or both")
+        G = self.kv_heads if scope == "head" else 1
+        self.givens = GivensRounds(dim=head_dim, rounds=givens_rounds, groups=G) if givens_rounds else None
+        self.matrix = OrthogonalMatrix(dim=head_dim, groups=G, penalty=penalty) if orthogonal else None
+        self._rot_memo: tuple | None = None
+
+    def rotation(self, positions: torch.Tensor | None = None) -> torch.Tensor:
+        """The (G, D, D) matrix ∏G_k·R, built once per forward and shared by every layer that
+        uses this scheme.
+
+        Memo key: the parameters' versions (an optimiser step or ``load_state_dict`` changes
+        them) and, when gradients are wanted, the identity of the forward's ``positions`` tensor
+        (all layers of one forward receive the same one). A gradient-carrying memo is dropped as
+        soon as the backward pass reaches it, so a later forward never reuses a freed graph."""
+        if torch.compiler.is_compiling():  # traced once: no Python-side state
+            return self._build()
+        tensors = [t for m in (self.givens, self.matrix) if m is not None for t in (*m.parameters(), *m.buffers())]
+        grad = torch.is_grad_enabled() and any(t.requires_grad for t in tensors)
+        key = (params_key(tensors), grad)
+        memo = self._rot_memo
+        if memo is not None and memo[0] == key and (not grad or memo[1] is positions):
+            return memo[2]
+        M = self._build()
+        if not grad or positions is not None:
+            entry = (key, positions if grad else None, M)
+            self._rot_memo = entry
+            if grad:
+                M.register_hook(lambda g, entry=entry: self._drop_memo(entry) or g)
+        return M
+
+    def _build(self) -> torch.Tensor:
+        mats = [m.matrix() for m in (self.givens, self.matrix) if m is not None]
+        return mats[0] if len(mats) == 1 else mats[0] @ mats[1]
+
+    def _drop_memo(self, entry: tuple) -> None:
+        if self._rot_memo is entry:
+            self._rot_memo = None
+
+    def rotate(self, q, k, q_pos, k_pos):
+        M = self.rotation(q_pos).to(q.dtype)
+        return super().rotate(apply_matrix(q, M), apply_matrix(k, M), q_pos, k_pos)
+
+
+class GivensApply(nn.Module):
+    """Apply K Givens rounds with per-element angles directly: x·G_1(a_1)⋯G_K(a_K).
+
+    Channels keep their order: round r maps x ↦ x ⊙ C_r + x[partner_r] ⊙ S_r, where partner_r
+    swaps the two channels of each pair, C_r holds each channel's pair cosine and S_r its
+    signed sine (+sin a for the first channel of a pair, −sin a for the second). One gather, one
+    multiply and one fused multiply-add per round, no per-pair loop; C and S are expanded from
+    the (…, K, n/2) angles once and shared by every tensor the rotation is applied to."""
+
+    def __init__(self, *, dim: int, rounds: int) -> None:
+        super().__init__()
+        K = resolve_rounds(rounds, dim)
+        if not 1 <= K <= dim - 1:
+            raise ValueError(f"Givens rounds {rounds}: allowed 1 … {dim - 1} or −1 (all) for dimension {dim}")
+        pairs = round_robin_pairs(dim)[:K]
+        i, j = pairs[..., 0], pairs[..., 1]
+        rows = torch.arange(K)[:, None]
+        slot = torch.arange(dim // 2).expand(K, -1)
+        partner, where, sign = (torch.empty(K, dim, dtype=torch.long), torch.empty(K, dim, dtype=torch.long),
+                                torch.empty(K, dim))
+        partner[rows, i], partner[rows, j] = j, i
+        where[rows, i], where[rows, j] = slot, slot
+        sign[rows, i], sign[rows, j] = 1.0, -1.0
+        self.rounds = K
+        self.register_buffer("partner", partner, persistent=False)
+        self.register_buffer("slot", where, persistent=False)
+        self.register_buffer("sign", sign, persistent=False)
+
+    def tables(self, angles: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Angles (…, K, n/2) -> per-channel C, S (…, K, n)."""
+        idx = self.slot.expand(*angles.shape[:-1], -1)
+        a = torch.gather(angles, -1, idx)
+        return a.cos(), a.sin() * self.sign.to(a.dtype)
+
+    def forward(self, x: torch.Tensor, C: torch.Tensor, S: torch.Tensor) -> torch.Tensor:
+        """x (…, n); C, S (…, K, n) from :meth:`tables`, broadcastable to x's leading dims."""
+        for r in range(self.rounds):
+            x = torch.addcmul(x * C[..., r, :], x.index_select(-1, self.partner[r]), S[..., r, :])
+        return x
+
+
+class ConditionalRotary(RotaryEmbedding):
+    """RoPE preceded by an input-dependent rotation: a small network maps each token's hidden
+    state x_t (the attention input) to Givens angles a_t = f(x_t) ∈ R^{G×K×n/2}, and that
+    token's q and k are turned by ∏_k G_k(a_t) before RoPE.
+
+    Score: q_m Q(x_m) R(n − m) Q(x_n)ᵀ k_nᵀ. Because Q depends only on the token's own state, a
+    key is rotated once when it is new and can be cached rotated (decoding is unchanged).
+    f is linear (``hidden`` 0) or a one-hidden-layer SiLU MLP. ``scope``: one rotation per
+    token shared by the heads, or one per key/value head."""
+
+    uses_input = True
+
+    def __init__(self, *, head_dim: int, dim: int, rounds: int = 2, hidden: int = 0, scope: Scope = "shared",
+                 heads: int = 1, kv_heads: int | None = None, **rope) -> None:
+        super().__init__(head_dim=head_dim, heads=heads, kv_heads=kv_heads, **rope)
+        if scope not in ("shared", "head"):
+            raise ValueError(f"rotation scope '{scope}'; allowed: shared, head")
+        self.groups_rot = self.kv_heads if scope == "head" else 1
+        self.givens = GivensApply(dim=head_dim, rounds=rounds)
+        out = self.groups_rot * self.givens.rounds * head_dim // 2
+        self.net = nn.Linear(dim, out) if hidden <= 0 else nn.Sequential(
+            nn.Linear(dim, hidden), nn.SiLU(), nn.Linear(hidden, out))
+
+    def rotate(self, q, k, q_pos, k_pos, x: torch.Tensor | None = None):
+        if x is None:
+            raise ValueError("ConditionalRotary needs the hidden state: rotate(q, k, q_pos, k_pos, x=x)")
+        B, T, _ = x.shape
+        G, K, h = self.groups_rot, self.givens.rounds, self.head_dim // 2
+        a = self.net(x).view(B, T, G, K, h).permute(0, 2, 1, 3, 4).unsqueeze(2)  # (B, G, 1, T, K, h)
+        C, S = self.givens.tables(a.to(q.dtype))
+
+        def turn(t: torch.Tensor) -> torch.Tensor:
+            Bt, N, Tt, D = t.shape
+            return self.givens(t.view(Bt, G, N // G, Tt, D), C, S).view(Bt, N, Tt, D)
+
+        return super().rotate(turn(q), turn(k), q_pos, k_pos)

@@ -1,0 +1,302 @@
+"""Learning-dynamics controllers: scalars of the model adapted from the training loss.
+
+A controller is a trainer callback (:class:`archlab.train.trainer.Callback`) that owns one
+scalar of the model — the rotary base, the local-attention window, the dropout rate — and
+changes it between optimiser steps, never inside a forward. Every controller follows the same
+rule (the "adaptive rotary base" of the Echo model, generalised to any scalar):
+
+* after every step whose loss ℓ_t is finite: m_t = d·m_{t−1} + (1 − d)·ℓ_t, m = ℓ at the
+  first step (exponential moving average, ``decay`` d);
+* at every ``every``-th step from ``start`` on, compare m with its value r at the previous
+  check: improvement ρ = (r − m)/|r|. If ρ < ``threshold`` (a plateau), v ← v·``factor``;
+  otherwise v ← v·``relax`` (1.0: leave it). Then v ← clamp(v, ``min``, ``max``) and r ← m.
+  The first check only records r.
+
+What the value means and which direction helps depends on the target: a larger rotary base
+lowers every frequency θ_c = base^{−2c/r} (longer wavelengths, coarser position resolution);
+a larger window lets local attention see further; a smaller dropout regularises less. Each
+kind has defaults that move its scalar in the direction that usually helps a stalled run
+(base and window up, dropout down); every knob can be set.
+
+Config: ``train.dynamics`` is a list of ``{kind: ..., knob: value}`` specs (empty by
+default: no controller, nothing changes). The Trainer builds them into callbacks that run
+before any other callback; their state (value, EMA, reference) is stored in the checkpoint
+under the callback's name, and the current value is added to every step record as
+``dynamics/<kind>`` (so it appears in metrics.jsonl and TensorBoard).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from torch import nn
+
+from archlab.registry import ConfigError, PartConfig, Registry, to_dict
+
+__all__ = ["CONTROLLER", "Controller", "ControllerConfig", "build_controllers", "parse_dynamics", "restore"]
+
+CONTROLLER = Registry("dynamics")
+
+
+@dataclass
+class ControllerConfig(PartConfig):
+    """Knobs shared by every controller kind (see the module docstring for the rule)."""
+
+    every: int = 100  # steps between checks
+    decay: float = 0.95  # EMA decay d of the training loss
+    threshold: float = 0.01  # relative EMA improvement below which the run counts as stalled
+    factor: float = 2.0  # value multiplier on a plateau
+    relax: float = 1.0  # value multiplier when the loss improved (1.0: leave the value)
+    min: float = 0.0  # clamp range of the value
+    max: float = math.inf
+    start: int = 0  # no check before this step (e.g. the end of warmup)
+
+    def validate(self, where: str) -> None:
+        if self.every <= 0:
+            raise ConfigError(f"{where}.every: must be a positive number of steps, got {self.every}")
+        if not 0.0 <= self.decay < 1.0:
+            raise ConfigError(f"{where}.decay: must be in [0, 1), got {self.decay}")
+        if self.threshold < 0:
+            raise ConfigError(f"{where}.threshold: must be ≥ 0 (a relative improvement), got {self.threshold}")
+        if self.factor <= 0 or self.factor == 1.0:
+            raise ConfigError(f"{where}.factor: must be positive and not 1 (1 would change nothing), got {self.factor}")
+        if self.relax <= 0:
+            raise ConfigError(f"{where}.relax: must be positive (1.0 leaves the value when the loss improves), "
+                              f"got {self.relax}")
+        if not self.min <= self.max:
+            raise ConfigError(f"{where}: min {self.min} must be ≤ max {self.max}")
+        if self.start < 0:
+            raise ConfigError(f"{where}.start: must be ≥ 0, got {self.start}")
+
+    def check(self, ctx: dict, where: str) -> None:
+        """Refusals that need the rest of the config (none by default)."""
+
+
+@dataclass
+class RopeBaseConfig(ControllerConfig):
+    min: float = 100.0
+    max: float = 1.0e6
+
+    def validate(self, where: str) -> None:
+        super().validate(where)
+        if self.min <= 1.0:
+            raise ConfigError(f"{where}.min: a rotary base must stay > 1, got min {self.min}")
+
+
+@dataclass
+class WindowConfig(ControllerConfig):
+    min: float = 16.0
+    max: float = 4096.0
+
+    def validate(self, where: str) -> None:
+        super().validate(where)
+        if self.min < 1:
+            raise ConfigError(f"{where}.min: a window must stay ≥ 1 token, got min {self.min}")
+
+
+@dataclass
+class DropoutConfig(ControllerConfig):
+    factor: float = 0.5
+    min: float = 0.0
+    max: float = 0.5
+
+    def validate(self, where: str) -> None:
+        super().validate(where)
+        if not 0.0 <= self.min <= self.max < 1.0:
+            raise ConfigError(f"{where}: dropout range [min, max] must lie in [0, 1), got [{self.min}, {self.max}]")
+
+    def check(self, ctx: dict, where: str) -> None:
+        if ctx["model"].dropout <= 0:
+            raise ConfigError(f"{where}: the dropout controller needs model.dropout > 0 (with 0 the model "
+                              "has no dropout layers to adapt)")
+
+
+class Controller:
+    """One adapted scalar: the EMA/threshold/multiply/clamp rule, applied through ``write``.
+
+    ``read()`` gives the model's current value (used once, at construction); ``write(v)`` sets
+    it on every target module. ``integer`` values (window sizes) are rounded when written, while
+    the controller keeps the unrounded value so that small factors still accumulate.
+    """
+
+    def __init__(self, *, name: str, cfg: ControllerConfig, read: Callable[[], float],
+                 write: Callable[[float], None], integer: bool = False) -> None:
+        self.name = name
+        self.kind = cfg.kind
+        self.cfg = cfg
+        self.write = write
+        self.integer = integer
+        self.value = float(read())
+        self.ema: float | None = None
+        self.ref: float | None = None
+        self.changes = 0
+
+    @property
+    def applied(self) -> float | int:
+        """The value as the model sees it (rounded for integer targets)."""
+        return max(1, round(self.value)) if self.integer else self.value
+
+    def observe(self, loss: float) -> None:
+        if not math.isfinite(loss):
+            return  # a skipped step: the EMA keeps its value
+        d = self.cfg.decay
+        self.ema = loss if self.ema is None else d * self.ema + (1.0 - d) * loss
+
+    def check(self) -> bool:
+        """Apply the rule once; True if the value changed."""
+        c = self.cfg
+        if self.ema is None:
+            return False
+        if self.ref is None:
+            self.ref = self.ema
+            return False
+        improvement = (self.ref - self.ema) / max(abs(self.ref), 1e-12)
+        mult = c.factor if improvement < c.threshold else c.relax
+        self.ref = self.ema
+        new = min(max(self.value * mult, c.min), c.max)
+        if new == self.value:
+            return False
+        old = self.applied
+        self.value = new
+        if self.applied != old:
+            self.write(self.applied)
+        self.changes += 1
+        return True
+
+    def after_step(self, trainer: Any, step: int, record: dict[str, Any]) -> None:
+        if not record.get("skipped"):
+            self.observe(float(record.get("loss", math.nan)))
+        if step >= self.cfg.start and step % self.cfg.every == 0:
+            self.check()
+        record[f"dynamics/{self.kind}"] = self.applied
+
+    def state_dict(self) -> dict:
+        return {"value": self.value, "ema": self.ema, "ref": self.ref, "changes": self.changes}
+
+    def load_state_dict(self, state: dict) -> None:
+        if not state:  # a checkpoint from before this controller existed: keep the initial value
+            return
+        self.value = float(state["value"])
+        self.ema = None if state.get("ema") is None else float(state["ema"])
+        self.ref = None if state.get("ref") is None else float(state["ref"])
+        self.changes = int(state.get("changes", 0))
+        self.write(self.applied)
+
+
+# ----------------------------------------------------------------------------- targets
+
+
+def _common(values: list[float], what: str, where: str) -> float:
+    if len(set(values)) > 1:
+        raise ConfigError(f"{where}: the model's {what} values differ ({sorted(set(values))}); one controller "
+                          "adapts one shared value")
+    return values[0]
+
+
+def _targets(model: nn.Module, method: str, what: str, kind: str, where: str) -> list[nn.Module]:
+    mods = [m for m in model.modules() if callable(getattr(m, method, None))]
+    if not mods:
+        raise ConfigError(f"{where}: kind '{kind}' needs {what} (modules with {method}()); this model has none")
+    return mods
+
+
+def _in_range(value: float, cfg: ControllerConfig, what: str, where: str) -> None:
+    if not cfg.min <= value <= cfg.max:
+        raise ConfigError(f"{where}: the model's {what} {value:g} is outside [min, max] = [{cfg.min:g}, {cfg.max:g}]")
+
+
+@CONTROLLER.register("rope_base", RopeBaseConfig, "rotary base of every module with set_base()")
+def _rope_base(cfg: RopeBaseConfig, model: nn.Module, name: str, where: str) -> Controller:
+    mods = _targets(model, "set_base", "a rotary position scheme", cfg.kind, where)
+    value = _common([float(m.base) for m in mods], "rotary base", where)
+    _in_range(value, cfg, "rotary base", where)
+
+    def write(v: float) -> None:
+        for m in mods:
+            m.set_base(float(v))  # also drops the scheme's memoised cos/sin tables
+
+    return Controller(name=name, cfg=cfg, read=lambda: value, write=write)
+
+
+@CONTROLLER.register("window", WindowConfig, "attention window of every module with set_window()")
+def _window(cfg: WindowConfig, model: nn.Module, name: str, where: str) -> Controller:
+    mods = _targets(model, "set_window", "local attention", cfg.kind, where)
+    bad = [m for m in mods if not isinstance(getattr(m, "window", None), int)]
+    if bad:
+        raise ConfigError(f"{where}: kind 'window' reads the current size from an int 'window' attribute; "
+                          f"{type(bad[0]).__name__} has none")
+    value = _common([float(m.window) for m in mods], "window", where)
+    _in_range(value, cfg, "window", where)
+
+    def write(v: float) -> None:
+        for m in mods:
+            m.set_window(int(v))
+
+    return Controller(name=name, cfg=cfg, read=lambda: value, write=write, integer=True)
+
+
+@CONTROLLER.register("dropout", DropoutConfig, "rate p of every nn.Dropout layer")
+def _dropout(cfg: DropoutConfig, model: nn.Module, name: str, where: str) -> Controller:
+    # Only nn.Dropout layers (embedding, residual, feed-forward); attention-probability dropout
+    # is a float inside scaled_dot_product_attention calls and stays at model.dropout.
+    mods = [m for m in model.modules() if isinstance(m, nn.Dropout)]
+    if not mods:
+        raise ConfigError(f"{where}: kind 'dropout' needs nn.Dropout layers; this model has none (model.dropout=0?)")
+    value = _common([float(m.p) for m in mods], "dropout", where)
+    _in_range(value, cfg, "dropout", where)
+
+    def write(v: float) -> None:
+        for m in mods:
+            m.p = float(v)
+
+    return Controller(name=name, cfg=cfg, read=lambda: value, write=write)
+
+
+# ----------------------------------------------------------------------------- config and building
+
+
+def parse_dynamics(specs: Any, ctx: dict, where: str = "train.dynamics") -> list[dict]:
+    """Validate ``train.dynamics`` and return it normalised (every knob filled in).
+
+    Called by the config's validation; each item is a ``{kind: ..., **knobs}`` mapping or a
+    bare kind name. One controller per kind: two would fight over the same scalar.
+    """
+    if not isinstance(specs, (list, tuple)):
+        raise ConfigError(f"{where}: expected a list of controllers, e.g. [{{kind: rope_base}}]; "
+                          f"kinds: {', '.join(CONTROLLER.kinds())}")
+    out, seen = [], set()
+    for i, spec in enumerate(specs):
+        at = f"{where}[{i}]"
+        cfg = CONTROLLER.parse(spec, at)
+        if cfg.kind in seen:
+            raise ConfigError(f"{at}: a second '{cfg.kind}' controller; one per kind (they would fight over one value)")
+        seen.add(cfg.kind)
+        cfg.check(ctx, at)
+        out.append(to_dict(cfg))
+    return out
+
+
+def build_controllers(specs: list, model: nn.Module, where: str = "train.dynamics") -> list[Controller]:
+    """The configured controllers bound to ``model``'s modules (empty list: none)."""
+    out = []
+    for i, spec in enumerate(specs):
+        at = f"{where}[{i}]"
+        cfg = CONTROLLER.parse(spec, at)
+        out.append(CONTROLLER.build(cfg, model, f"dynamics.{cfg.kind}", at))
+    return out
+
+
+def restore(model: nn.Module, specs: list, state: dict) -> list[Controller]:
+    """Put the adapted values of a saved run back into a freshly built ``model``.
+
+    ``state`` is a checkpoint's state dict (``state["callbacks"][name]``). The adapted values
+    are not weights, so loading a checkpoint's tensors alone leaves the config's initial values.
+    """
+    ctrls = build_controllers(specs, model)
+    saved = state.get("callbacks", {})
+    for c in ctrls:
+        c.load_state_dict(saved.get(c.name, {}))
+    return ctrls
