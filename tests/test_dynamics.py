@@ -217,6 +217,13 @@ def test_values_are_logged_and_checkpointed(corpus, tmp_path):
     from archlab.train.run import load_run
 
     assert load_run(tmp_path / "r").model.position.base == tr.model.position.base
+    # an HF export would lose the adapted base: refused in one line rather than silently wrong
+    pytest.importorskip("transformers")
+    from archlab.hf.export import export_run
+
+    with pytest.raises(ConfigError, match="train.dynamics") as e:
+        export_run(tmp_path / "r", tmp_path / "hf")
+    assert "\n" not in str(e.value)
 
 
 def test_off_by_default_changes_nothing(corpus, tmp_path):

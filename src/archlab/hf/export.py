@@ -41,6 +41,12 @@ def export_run(run: Any, out_dir: str | Path) -> Path:
     if loaded.cfg.model.family != "lm":
         raise ConfigError(f"export --hf: model family '{loaded.cfg.model.family}' has no Hugging Face adapter; "
                           "only family 'lm' can be exported")
+    if loaded.cfg.train.dynamics:
+        # The adapted values (rotary base, window, dropout) live in the checkpoint's controller
+        # state, not in the model config the HF folder is built from: exporting would silently
+        # revert them to their initial values.
+        raise ConfigError("export --hf: this run adapted scalars during training (train.dynamics); the Hugging Face "
+                          "config cannot carry them yet, so the export would not reproduce the model")
     out.mkdir(parents=True, exist_ok=True)
 
     tok_name = getattr(loaded.tokenizer, "name", None)

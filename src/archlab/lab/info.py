@@ -21,6 +21,15 @@ def describe(cfg: Config) -> str:
     model = build_model(m)
     n = count_parameters(model)
     n_ne = count_parameters(model, exclude_embeddings=True)
+    if m.family != "lm":  # the FLOP formula and layer table below describe the plain LM only
+        opts = ", ".join(f"{k}={v}" for k, v in vars(m.family_config()).items() if k != "kind")
+        return "\n".join([
+            f"family {m.family}: {opts}",
+            f"parameters: {n:,} ({n_ne:,} without the token embedding)",
+            "FLOPs per token: not estimated for this family (the formula covers family 'lm'); "
+            "measure with archlab bench",
+            f"modules:\n{model}",
+        ])
     head = [] if model.head.weight is model.embed.weight else [model.head]
     train_fl = train_flops_per_token(nonembedding_params(model, exclude=head), m.depth, m.dim, t.seq_len,
                                      m.vocab_size, attn_dim=m.heads * m.resolved_head_dim(),

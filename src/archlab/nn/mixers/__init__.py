@@ -2,5 +2,7 @@
 ``init_cache() -> cache`` for stepwise decoding."""
 
 from archlab.nn.mixers.attention import Attention
+from archlab.nn.mixers.conv_attention import ConvAttention
+from archlab.nn.mixers.local import LocalAttention, sliding_window_attention
 
-__all__ = ["Attention"]
+__all__ = ["Attention", "ConvAttention", "LocalAttention", "sliding_window_attention"]

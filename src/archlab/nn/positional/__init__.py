@@ -3,6 +3,7 @@
 from archlab.nn.positional.absolute import LearnedAbsolute, NoPosition, Sinusoidal
 from archlab.nn.positional.base import PositionalScheme
 from archlab.nn.positional.bias import ALiBi, T5RelativeBias
+from archlab.nn.positional.cope import ContextualPosition
 from archlab.nn.positional.learned_sinusoidal import LearnedSinusoidal
 from archlab.nn.positional.relative import ClippedRelativeBias, DynamicPositionBias
 from archlab.nn.positional.rope import RotaryEmbedding
@@ -14,7 +15,7 @@ from archlab.nn.positional.rotations import (
 )
 
 __all__ = [
-    "ALiBi", "ClippedRelativeBias", "ConditionalRotary", "DynamicPositionBias", "GivensRounds", "LearnedAbsolute",
+    "ALiBi", "ClippedRelativeBias", "ConditionalRotary", "ContextualPosition", "DynamicPositionBias", "GivensRounds", "LearnedAbsolute",
     "LearnedSinusoidal", "NoPosition", "OrthogonalMatrix", "PositionalScheme", "RotaryEmbedding", "RotatedRotary",
     "Sinusoidal", "T5RelativeBias",
 ]
