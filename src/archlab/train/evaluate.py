@@ -11,6 +11,14 @@ from torch import nn
 from archlab.data import eval_windows
 
 
+def forward_logits(model: nn.Module, x: torch.Tensor, autocast=None) -> torch.Tensor:
+    """The model's logits for ``x``, under the run's autocast context when it has one."""
+    if autocast is None:
+        return model(x).logits
+    with autocast():
+        return model(x).logits
+
+
 @torch.no_grad()
 def evaluate(
     model: nn.Module, stream, *, seq_len: int, batch_size: int, max_tokens: int | None = None,
@@ -24,11 +32,7 @@ def evaluate(
     try:
         for x, y in eval_windows(stream, seq_len=seq_len, batch_size=batch_size, max_tokens=max_tokens):
             x, y = x.to(device), y.to(device)
-            if autocast is not None:
-                with autocast():
-                    logits = model(x).logits
-            else:
-                logits = model(x).logits
+            logits = forward_logits(model, x, autocast)
             total += float(F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), y.reshape(-1),
                                            reduction="sum"))
             count += y.numel()

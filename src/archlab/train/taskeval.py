@@ -19,6 +19,7 @@ from torch import nn
 
 from archlab.data.taskdata import TaskSplit
 from archlab.models.lm import IGNORE_INDEX
+from archlab.train.evaluate import forward_logits
 
 
 @torch.no_grad()
@@ -36,11 +37,7 @@ def evaluate_task(
         for start in range(0, n, batch_size):
             x, y = split.batch(np.arange(start, min(n, start + batch_size)), ignore_index=IGNORE_INDEX)
             x, y = x.to(device), y.to(device)
-            if autocast is not None:
-                with autocast():
-                    logits = model(x).logits
-            else:
-                logits = model(x).logits
+            logits = forward_logits(model, x, autocast)
             logits = logits.float()
             counted = y != IGNORE_INDEX
             nll += float(F.cross_entropy(logits[counted], y[counted], reduction="sum"))

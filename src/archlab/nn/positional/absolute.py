@@ -14,6 +14,16 @@ class NoPosition(PositionalScheme):
     """NoPE: no explicit position signal; a causal decoder can still infer order (Kazemnejad et al., 2023)."""
 
 
+def check_table_range(positions: torch.Tensor, max_len: int) -> None:
+    """A learned table has rows for positions < max_len only: say so instead of an index error."""
+    top = int(positions.max())
+    if top >= max_len:
+        raise ValueError(
+            f"position {top} is beyond the learned table (model.max_seq_len={max_len}); "
+            "raise model.max_seq_len or use a relative scheme"
+        )
+
+
 class LearnedAbsolute(PositionalScheme):
     """x + P[pos] with a trainable table P ∈ R^{max_len × dim} (GPT-2 style)."""
 
@@ -26,12 +36,7 @@ class LearnedAbsolute(PositionalScheme):
         nn.init.normal_(self.table.weight, std=init_std)
 
     def embed(self, x: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
-        top = int(positions.max())
-        if top >= self.max_len:
-            raise ValueError(
-                f"position {top} is beyond the learned table (model.max_seq_len={self.max_len}); "
-                "raise model.max_seq_len or use a relative scheme"
-            )
+        check_table_range(positions, self.max_len)
         return x + self.table(positions)
 
 

@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from archlab.nn.positional.absolute import sinusoid_table
+from archlab.nn.positional.absolute import check_table_range, sinusoid_table
 from archlab.nn.positional.base import PositionalScheme
 
 
@@ -43,12 +43,7 @@ class LearnedSinusoidal(PositionalScheme):
         return self.gain * F.normalize(self.table[positions], dim=-1)
 
     def embed(self, x: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
-        top = int(positions.max())
-        if top >= self.max_len:
-            raise ValueError(
-                f"position {top} is beyond the learned table (model.max_seq_len={self.max_len}); "
-                "raise model.max_seq_len or use a relative scheme"
-            )
+        check_table_range(positions, self.max_len)
         if self.checkpoint and torch.is_grad_enabled() and self.table.requires_grad:
             p = checkpoint(self.signal, positions, use_reentrant=False)
         else:
