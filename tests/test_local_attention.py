@@ -24,6 +24,7 @@ from archlab.registry import POSITION, ConfigError
 from tests.test_parts import (
     _differs,
     assert_cache_matches,
+    assert_left_padded_decoding,
     assert_causal,
     make_ids,
     transplant,
@@ -238,20 +239,7 @@ def test_long_decoding_equals_recomputation(knobs, kv_heads, tiny_config, build)
 @pytest.mark.parametrize("kind", ["rope", "alibi", "none"])
 def test_left_padding_with_windowed_cache(kind, tiny_config, build):
     model = local_model(tiny_config, build, **{"model.position.kind": kind})
-    pad, n_prompt, n_steps = 4, 10, 12
-    seq = make_ids(1, n_prompt + n_steps, seed=4)[0]
-    with torch.no_grad():
-        ref = model(seq[None]).logits[0]
-        ids = torch.cat([torch.full((pad,), 9), seq[:n_prompt]])[None]
-        mask = torch.cat([torch.zeros(pad, dtype=torch.bool), torch.ones(n_prompt, dtype=torch.bool)])[None]
-        positions = (mask.long().cumsum(dim=1) - 1).clamp(min=0)
-        cache = model.init_cache()
-        out = [model(ids, positions=positions, mask=mask, cache=cache).logits[0, pad:]]
-        for t in range(n_steps):
-            mask = torch.cat([mask, torch.ones(1, 1, dtype=torch.bool)], dim=1)
-            out.append(model(seq[None, n_prompt + t: n_prompt + t + 1], positions=torch.tensor([[n_prompt + t]]),
-                             mask=mask, cache=cache).logits[0])
-    torch.testing.assert_close(torch.cat(out), ref, atol=1e-9, rtol=0)
+    assert_left_padded_decoding(model, pad=4, n_prompt=10, n_steps=12)
 
 
 # ----------------------------------------------------------------------------- the mixer

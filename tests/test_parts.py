@@ -364,12 +364,9 @@ def test_left_padding_with_explicit_positions(kind, tiny_config, build):
     assert _differs(unmasked[1, pad:], ref_short)
 
 
-@pytest.mark.parametrize("kind", POSITION.kinds())
-def test_left_padding_with_cache(kind, tiny_config, build):
+def assert_left_padded_decoding(model: torch.nn.Module, *, pad: int, n_prompt: int, n_steps: int) -> None:
     """A left-padded prompt decoded with a cache (mask covering cache + new tokens) gives the
     unpadded row's logits, prompt and every later step."""
-    model = build(tiny_config(**{"model.position.kind": kind}), double=True)
-    pad, n_prompt, n_steps = 4, 6, 5
     seq = make_ids(1, n_prompt + n_steps, seed=4)[0]
     with torch.no_grad():
         ref = model(seq[None]).logits[0]
@@ -384,6 +381,12 @@ def test_left_padding_with_cache(kind, tiny_config, build):
             out.append(model(seq[None, n_prompt + t: n_prompt + t + 1], positions=pos, mask=mask,
                              cache=cache).logits[0])
     torch.testing.assert_close(torch.cat(out), ref, atol=1e-9, rtol=0)
+
+
+@pytest.mark.parametrize("kind", POSITION.kinds())
+def test_left_padding_with_cache(kind, tiny_config, build):
+    model = build(tiny_config(**{"model.position.kind": kind}), double=True)
+    assert_left_padded_decoding(model, pad=4, n_prompt=6, n_steps=5)
 
 
 def test_nll_ignores_masked_targets(tiny_config, build):
