@@ -11,7 +11,7 @@ import torch
 
 import archlab.nn.hierarchy as hierarchy
 from archlab.config import load_config
-from archlab.models import build_model, generate
+from archlab.models import generate
 from archlab.models.hierarchical import HierarchicalLM, HierarchicalTransformer
 from archlab.registry import ConfigError
 
