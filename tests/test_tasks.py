@@ -34,7 +34,7 @@ from archlab.models.lm import IGNORE_INDEX, ModelOutput
 from archlab.registry import POSITION, ConfigError
 from archlab.train import Trainer
 from archlab.train.taskeval import evaluate_task
-from tests.test_train import Kill, KillAt, params
+from tests.test_train import straight_and_resumed
 
 
 def task(kind: str, **knobs):
@@ -359,17 +359,7 @@ def test_task_run_metrics_summary_and_cli(tmp_path, capsys):
 
 
 def test_task_resume_is_exact(tmp_path):
-    cfg = tiny_task(tmp_path)
-    straight = Trainer(cfg, tmp_path / "a", progress=False)
-    straight.fit()
-    broken = Trainer(cfg, tmp_path / "b", progress=False, callbacks=[KillAt(6)])
-    with pytest.raises(Kill):
-        broken.fit()
-    resumed = Trainer(cfg, tmp_path / "b", progress=False, resume=True)
-    assert resumed.step == 6
-    resumed.fit()
-    a, b = params(straight.model), params(resumed.model)
-    assert all(torch.equal(a[k], b[k]) for k in a)
+    straight_and_resumed(tiny_task(tmp_path), tmp_path, kill_at=6)
 
 
 @pytest.mark.parametrize("sets, needle", [

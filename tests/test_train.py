@@ -55,20 +55,26 @@ def params(model):
     return {k: v.clone() for k, v in model.state_dict().items()}
 
 
-def test_resume_is_exact(corpus, tmp_path):
-    cfg = tiny(corpus, tmp_path)
+def straight_and_resumed(cfg, tmp_path, kill_at: int) -> tuple[Trainer, Trainer]:
+    """The run trained straight through, and the same run killed after ``kill_at`` steps and
+    resumed; asserts the resumed parameters equal the straight ones exactly."""
     straight = Trainer(cfg, tmp_path / "a", progress=False)
     straight.fit()
-    broken = Trainer(cfg, tmp_path / "b", progress=False, callbacks=[KillAt(10)])
+    broken = Trainer(cfg, tmp_path / "b", progress=False, callbacks=[KillAt(kill_at)])
     with pytest.raises(Kill):
         broken.fit()
     resumed = Trainer(cfg, tmp_path / "b", progress=False, resume=True)
-    assert resumed.step == 10
+    assert resumed.step == kill_at
     resumed.fit()
     a, b = params(straight.model), params(resumed.model)
     assert a.keys() == b.keys()
     for k in a:
         assert torch.equal(a[k], b[k]), k
+    return straight, resumed
+
+
+def test_resume_is_exact(corpus, tmp_path):
+    straight, resumed = straight_and_resumed(tiny(corpus, tmp_path), tmp_path, kill_at=10)
     # the optimiser moments match too
     sa, sb = straight.optimizer.state_dict()["state"], resumed.optimizer.state_dict()["state"]
     for pid in sa:

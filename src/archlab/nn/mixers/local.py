@@ -244,6 +244,15 @@ def _heads_first(bias: torch.Tensor) -> torch.Tensor:
     return bias
 
 
+def _pad_queries(x: torch.Tensor, Tpad: int) -> torch.Tensor:
+    """(B, H, T, D) -> contiguous (B, H, Tpad, D), zero rows past T (whole query blocks)."""
+    if x.shape[2] == Tpad:
+        return x.contiguous()
+    out = x.new_zeros(*x.shape[:2], Tpad, x.shape[3])
+    out[:, :, :x.shape[2]] = x
+    return out
+
+
 class _BandFlash(torch.autograd.Function):
     """The band through the fused CPU flash kernel; global tokens merged by log-sum-exp."""
 
@@ -251,11 +260,7 @@ class _BandFlash(torch.autograd.Function):
     def forward(ctx, q, k, v, plan: _Band):
         B, H, Tq, D, Tpad, g = plan.B, plan.H, plan.Tq, plan.D, plan.Tpad, plan.fwd
         BH = B * H
-        if Tpad == Tq:
-            qp = q.contiguous()
-        else:
-            qp = q.new_zeros(B, H, Tpad, D)
-            qp[:, :, :Tq] = q
+        qp = _pad_queries(q, Tpad)
         kp, vp = _pad_keys(k, plan), _pad_keys(v, plan)
         qb, kb, vb = qp.view(BH, g.nb, g.b, D), g.band(kp), g.band(vp)
         outs, lses = [], []
@@ -289,11 +294,7 @@ class _BandFlash(torch.autograd.Function):
         qp, kp, vp, out, lse, kg, vg = ctx.saved_tensors
         B, H, Tq, D, Tpad, g = plan.B, plan.H, plan.Tq, plan.D, plan.Tpad, plan.bwd
         BH = B * H
-        if Tpad == Tq:
-            do = dout.contiguous()
-        else:
-            do = dout.new_zeros(B, H, Tpad, D)
-            do[:, :, :Tq] = dout
+        do = _pad_queries(dout, Tpad)
         qb, kb, vb = qp.view(BH, g.nb, g.b, D), g.band(kp), g.band(vp)
         dob, ob, lb = do.view(BH, g.nb, g.b, D), out.view(BH, g.nb, g.b, D), lse.view(BH, g.nb, g.b)
         dqs, gks, gvs = [], [], []
