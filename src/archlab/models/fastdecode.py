@@ -6,11 +6,17 @@ generic path spends several times that on Python and operator dispatch (views, t
 per-layer position tables, cache bookkeeping, masks). This module keeps the arithmetic and
 drops the rest, for the configurations where that is provably the same computation:
 
-* per layer: ``rms_norm/layer_norm`` → one ``mm`` for q,k,v → RoPE on q and k together as
-  ``x·cos + (x·P)·sin`` (``P`` the fixed rotate-half matrix, cos/sin looked up from a table
-  computed once by the model's own scheme) → one copy of the new k,v into a preallocated
-  buffer → fused SDPA over the valid prefix (no mask: every cached key is earlier) →
-  ``addmm`` into the residual → norm → ``mm`` → activation → ``addmm`` into the residual;
+* per layer: ``rms_norm/layer_norm`` → one ``mm`` for q,k,v → RoPE as one complex multiply
+  in place on q and one written straight into the key cache → one copy of the new v into a
+  preallocated buffer → fused SDPA over the valid prefix (no mask: every cached key is
+  earlier) → ``addmm`` into the residual → norm → ``mm`` → activation → ``addmm`` into the
+  residual;
+* RoPE as a complex multiply: the model rotates channel c with channel c + r/2 of each head
+  (rotate-half); here the q and k columns of the projection are permuted once so that those
+  partners sit side by side, and a (q or k)·(cos + i·sin) multiply on the complex view does
+  the rotation in one operation. Scores q·k are sums over channels, so the same permutation
+  of q and k leaves them unchanged; cached keys are kept in the permuted order (the prompt's
+  keys are permuted when adopted) and values are not permuted at all;
 * positions are Python integers, weights are copied once per call into (in, out) layout,
   buffers hold prompt + every new token.
 
@@ -52,19 +58,26 @@ def _t(weight: torch.Tensor) -> torch.Tensor:
     return weight.detach().t().contiguous()
 
 
-def _rotate_half_matrix(head_dim: int, rot_dim: int, dtype, device) -> torch.Tensor:
-    """P with (x·P)[c] = −x[c + r/2] and (x·P)[c + r/2] = x[c] for c < r/2, zero past r."""
-    half = rot_dim // 2
-    P = torch.zeros(head_dim, head_dim, dtype=dtype, device=device)
-    idx = torch.arange(half, device=device)
-    P[idx + half, idx] = -1.0
-    P[idx, idx + half] = 1.0
-    return P
+def _pairing(head_dim: int, half: int) -> torch.Tensor:
+    """The channel order that puts each rotate-half pair (c, c + half), c < half, side by side
+    at (2c, 2c + 1); channels past the rotary width keep their places."""
+    idx = torch.arange(head_dim)
+    idx[0:2 * half:2] = torch.arange(half)
+    idx[1:2 * half:2] = torch.arange(half, 2 * half)
+    return idx
+
+
+def _permute_heads(w: torch.Tensor, perm: torch.Tensor, start: int, heads: int) -> None:
+    """Reorder, in place, the channels of ``heads`` heads of the last dim of ``w`` beginning at
+    column ``start`` (each head's ``len(perm)`` channels by ``perm``)."""
+    D = len(perm)
+    block = w[..., start:start + heads * D].unflatten(-1, (heads, D))
+    block.copy_(block[..., perm].clone())
 
 
 class _Layer:
     __slots__ = ("norm1", "norm2", "wqkv", "bqkv", "wo", "bo", "w_up", "b_up", "w_down", "b_down", "act",
-                 "hidden", "rotary", "k", "v")
+                 "hidden", "rotary", "k", "v", "kc")
 
 
 class FastDecoder:
@@ -80,7 +93,7 @@ class FastDecoder:
         some part of the model is not one this path reproduces exactly."""
         from archlab.models.lm import LM
 
-        if type(model) is not LM or model.training:
+        if type(model) is not LM or model.training or type(model.embed) is not nn.Embedding:
             return None
         if isinstance(model.drop, nn.Dropout):
             return None
@@ -129,6 +142,14 @@ class FastDecoder:
             # K and V of this layer for every position: (B, Hk, capacity, D), written in place.
             L.k = torch.empty(batch, attn.kv_heads, capacity, attn.head_dim, dtype=dtype, device=device)
             L.v = torch.empty_like(L.k)
+            L.kc = None
+            if L.rotary is not None:  # pair the rotary channels of q and k (module docstring)
+                perm = L.rotary[1]
+                _permute_heads(L.wqkv, perm, 0, attn.heads + attn.kv_heads)
+                if L.bqkv is not None:
+                    L.bqkv = L.bqkv.detach().clone()
+                    _permute_heads(L.bqkv, perm, 0, attn.heads + attn.kv_heads)
+                L.kc = torch.view_as_complex(L.k.unflatten(-1, (-1, 2)))
             self.layers.append(L)
         self.attn = [b.mixer for b in model.blocks]
         a0 = self.attn[0]
@@ -143,18 +164,22 @@ class FastDecoder:
         return self
 
     def _rope_tables(self, pos: RotaryEmbedding, head_dim: int):
-        """Full-width cos/sin tables (capacity, D) from the scheme itself (channels past the
-        rotary width: cos 1, sin 0), verified against ``pos.rotate`` on a random probe."""
+        """(table, perm): the rotation at every position as complex multipliers (capacity,
+        D/2) over paired channels (``cos + i·sin`` for rotary pairs, 1 past the rotary width)
+        and the pairing permutation, built from the scheme's own cos/sin and verified against
+        ``pos.rotate`` on a random probe."""
+        if head_dim % 2:
+            return None
         cos, sin = pos.cos_sin(self.positions_for_tables(), self.dtype)
         cos, sin = cos.reshape(self.capacity, -1), sin.reshape(self.capacity, -1)
         half = cos.shape[-1]
         if 2 * half > head_dim:
             return None
-        C = torch.ones(self.capacity, head_dim, dtype=self.dtype, device=self.device)
-        S = torch.zeros_like(C)
-        C[:, :half], C[:, half:2 * half] = cos, cos
-        S[:, :half], S[:, half:2 * half] = sin, sin
-        P = _rotate_half_matrix(head_dim, 2 * half, self.dtype, self.device)
+        re = torch.ones(self.capacity, head_dim // 2, dtype=self.dtype, device=self.device)
+        im = torch.zeros_like(re)
+        re[:, :half], im[:, :half] = cos, sin
+        table = torch.complex(re, im)
+        perm = _pairing(head_dim, half).to(self.device)
         # The probe: the scheme's own rotation of random q, k at a few positions must match.
         g = torch.Generator(device="cpu").manual_seed(0)
         H, Hk = self.model.blocks[0].mixer.heads, self.model.blocks[0].mixer.kv_heads
@@ -164,11 +189,12 @@ class FastDecoder:
             ref_q, ref_k = pos.rotate(probe[:, :H], probe[:, H:], at, at)
         except (RuntimeError, ValueError):  # a scheme whose rotate needs more than positions
             return None
-        ours = probe * C[at] + (probe @ P) * S[at]
+        paired = torch.view_as_complex(probe[..., perm].unflatten(-1, (-1, 2)).contiguous())
+        ours = torch.view_as_real(paired * table[at]).flatten(-2)[..., torch.argsort(perm)]
         tol = 1e-9 if self.dtype == torch.float64 else 1e-4
         if not (torch.allclose(ours[:, :H], ref_q, atol=tol) and torch.allclose(ours[:, H:], ref_k, atol=tol)):
             return None
-        return C, S, P
+        return table, perm
 
     def positions_for_tables(self) -> torch.Tensor:
         return torch.arange(self.capacity, device=self.device)
@@ -184,7 +210,7 @@ class FastDecoder:
         logits = self.model(ids, cache=cache).logits[:, -1]
         T = ids.shape[1]
         for L, c in zip(self.layers, cache.layers):
-            L.k[:, :, :T] = c.k[:, :, :T]
+            L.k[:, :, :T] = c.k[:, :, :T] if L.rotary is None else c.k[:, :, :T][..., L.rotary[1]]
             L.v[:, :, :T] = c.v[:, :, :T]
         self.length = T
         return logits
@@ -196,20 +222,26 @@ class FastDecoder:
             raise ValueError(f"fast decoder is full ({self.capacity} positions)")
         m = self.model
         B, H, Hk, D, nqk = self.B, self.H, self.Hk, self.D, self.n_qk
-        x = m.embed(tok)
+        x = F.embedding(tok, m.embed.weight)
         if m.position.uses_embed:
             x = m.position.embed(x, self.positions[p:p + 1].expand(B))
         n = p + 1
+        HD = H * D
+        turns = {}  # each rotary table's multipliers at position p, looked up once per step
         for L in self.layers:
             h = L.norm1(x)
             qkv = torch.mm(h, L.wqkv) if L.bqkv is None else torch.addmm(L.bqkv, h, L.wqkv)
-            qk = qkv[:, :nqk].view(B, H + Hk, D)
             if L.rotary is not None:
-                C, S, P = L.rotary
-                qk = torch.addcmul(qk * C[p], qk @ P, S[p])
-            L.k[:, :, p] = qk[:, H:]
+                # rotate q in place and write the rotated k straight into the cache
+                t = turns.get(id(L.rotary))
+                if t is None:
+                    t = turns[id(L.rotary)] = L.rotary[0][p]
+                torch.view_as_complex(qkv[:, :HD].view(B, H, D // 2, 2)).mul_(t)
+                torch.mul(torch.view_as_complex(qkv[:, HD:nqk].view(B, Hk, D // 2, 2)), t, out=L.kc[:, :, p])
+            else:
+                L.k[:, :, p] = qkv[:, HD:nqk].view(B, Hk, D)
             L.v[:, :, p] = qkv[:, nqk:].view(B, Hk, D)
-            y = F.scaled_dot_product_attention(qk[:, :H].unsqueeze(2), L.k[:, :, :n], L.v[:, :, :n],
+            y = F.scaled_dot_product_attention(qkv[:, :HD].view(B, H, 1, D), L.k[:, :, :n], L.v[:, :, :n],
                                                enable_gqa=self.gqa)
             y = y.view(B, H * D)
             x = torch.addmm(x, y, L.wo) if L.bo is None else torch.addmm(x + L.bo, y, L.wo)
