@@ -76,8 +76,24 @@ def _permute_heads(w: torch.Tensor, perm: torch.Tensor, start: int, heads: int) 
 
 
 class _Layer:
-    __slots__ = ("norm1", "norm2", "wqkv", "bqkv", "wo", "bo", "w_up", "b_up", "w_down", "b_down", "act",
-                 "hidden", "rotary", "k", "v", "kc")
+    __slots__ = (
+        "act",
+        "b_down",
+        "b_up",
+        "bo",
+        "bqkv",
+        "hidden",
+        "k",
+        "kc",
+        "norm1",
+        "norm2",
+        "rotary",
+        "v",
+        "w_down",
+        "w_up",
+        "wo",
+        "wqkv",
+    )
 
 
 class FastDecoder:
@@ -88,7 +104,7 @@ class FastDecoder:
 
     @classmethod
     def build(cls, model: nn.Module, *, batch: int, capacity: int, dtype: torch.dtype,
-              device: torch.device) -> "FastDecoder | None":
+              device: torch.device) -> FastDecoder | None:
         """The fast path for ``model`` with room for ``capacity`` positions, or ``None`` when
         some part of the model is not one this path reproduces exactly."""
         from archlab.models.lm import LM
