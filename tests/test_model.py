@@ -285,6 +285,28 @@ def test_fast_decoder_equals_generic_path(sets, tiny_config, build):
     assert torch.equal(a, b)
 
 
+@pytest.mark.parametrize("parts", [2, 3])
+@pytest.mark.parametrize("sets", [{}, {"model.bias": True, "model.position.fraction": 0.5}], ids=["rope", "bias,partial"])
+def test_fast_decoder_column_blocks_at_batch_one(sets, parts, tiny_config, build):
+    """At batch 1 the weights are split into column blocks multiplied as one batched product;
+    the logits equal the full forward's at every step (3 blocks do not divide every width:
+    those weights stay whole, and both kinds mix in one model)."""
+    from archlab.models.fastdecode import FastDecoder
+
+    model = build(tiny_config(**sets), double=True)
+    ids = torch.randint(0, 256, (1, 4), generator=torch.Generator().manual_seed(1))
+    with torch.inference_mode():
+        fd = FastDecoder.build(model, batch=1, capacity=16, dtype=torch.float64, device=torch.device("cpu"),
+                               parts=parts)
+        assert fd is not None
+        shapes = {tuple(w.shape) for L in fd.layers for w in (L.wqkv, L.wo, L.w_up, L.w_down)}
+        assert any(len(s) == 3 and s[0] == parts for s in shapes)
+        seq = generate(model, ids, max_new_tokens=12, temperature=0.0, fast_path=False)
+        full = model(seq).logits
+        steps = [fd.prefill(seq[:, :4])] + [fd.step(seq[:, t]) for t in range(4, seq.shape[1] - 1)]
+    torch.testing.assert_close(torch.stack(steps, 1), full[:, 3:-1], atol=1e-12, rtol=0)
+
+
 @pytest.mark.parametrize("sets", [{"model.position.kind": "alibi"}, {"model.position.kind": "t5"},
                                   {"model.layers.default.norm.placement": "post"}])
 def test_fast_decoder_declines_what_it_does_not_reproduce(sets, tiny_config, build):

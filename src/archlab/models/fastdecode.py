@@ -17,6 +17,9 @@ drops the rest, for the configurations where that is provably the same computati
   the rotation in one operation. Scores q·k are sums over channels, so the same permutation
   of q and k leaves them unchanged; cached keys are kept in the permuted order (the prompt's
   keys are permuted when adopted) and values are not permuted at all;
+* at batch 1 every weight is stored as column blocks, one per thread, and each product runs
+  as a batched product over them (:func:`_mm`): BLAS gives a one-row product a single thread,
+  and decoding at batch 1 is bound by streaming the weights, so this uses every core;
 * positions are Python integers, weights are copied once per call into (in, out) layout,
   buffers hold prompt + every new token.
 
@@ -56,6 +59,32 @@ def _t(weight: torch.Tensor) -> torch.Tensor:
     row-major matrix streams the weights in order, measurably faster than BLAS's transposed
     case for one row at these sizes. Copied once per ``generate`` call."""
     return weight.detach().t().contiguous()
+
+
+def _split(w: torch.Tensor, parts: int) -> torch.Tensor:
+    """An (in, out) weight as ``parts`` contiguous column blocks (parts, in, out/parts), when
+    ``parts`` > 1 divides ``out``; otherwise unchanged. See :func:`_mm`."""
+    if parts <= 1 or w.shape[1] % parts:
+        return w
+    return w.view(w.shape[0], parts, -1).permute(1, 0, 2).contiguous()
+
+
+def _mm(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    """x (1, in) · w, w as from :func:`_split`. BLAS runs a one-row product on one thread, and
+    at batch 1 it only streams the weights; as a batched product over column blocks ATen gives
+    each thread its blocks, so every core streams its share. The blocks' outputs lie in column
+    order, so the result is a view, and each entry is the same dot product as in ``x @ w``."""
+    if w.dim() == 2:
+        return torch.mm(x, w)
+    return torch.bmm(x.expand(w.shape[0], 1, -1), w).view(1, -1)
+
+
+def _addmm(r: torch.Tensor, x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    """r + x · w, w as from :func:`_split` (r of shape (1, out) or (out,))."""
+    if w.dim() == 2:
+        return torch.addmm(r, x, w)
+    S = w.shape[0]
+    return torch.baddbmm(r.reshape(S, 1, -1), x.expand(S, 1, -1), w).view(1, -1)
 
 
 def _pairing(head_dim: int, half: int) -> torch.Tensor:
@@ -104,9 +133,10 @@ class FastDecoder:
 
     @classmethod
     def build(cls, model: nn.Module, *, batch: int, capacity: int, dtype: torch.dtype,
-              device: torch.device) -> FastDecoder | None:
+              device: torch.device, parts: int | None = None) -> FastDecoder | None:
         """The fast path for ``model`` with room for ``capacity`` positions, or ``None`` when
-        some part of the model is not one this path reproduces exactly."""
+        some part of the model is not one this path reproduces exactly. ``parts``: column
+        blocks per weight at batch 1 (default: one per thread on CPU, see :func:`_mm`)."""
         from archlab.models.lm import LM
 
         if type(model) is not LM or model.training or type(model.embed) is not nn.Embedding:
@@ -177,6 +207,14 @@ class FastDecoder:
         self.length = 0
         self.positions = torch.arange(capacity, device=device)
         self.head = _t(model.head.weight)
+        # One row at a time: weights in column blocks, one per thread (see _mm).
+        if parts is None:
+            parts = torch.get_num_threads() if device.type == "cpu" else 1
+        if batch != 1:
+            parts = 1
+        for L in self.layers:
+            L.wqkv, L.wo, L.w_up, L.w_down = (_split(w, parts) for w in (L.wqkv, L.wo, L.w_up, L.w_down))
+        self.head = _split(self.head, parts)
         return self
 
     def _rope_tables(self, pos: RotaryEmbedding, head_dim: int):
@@ -246,7 +284,7 @@ class FastDecoder:
         turns = {}  # each rotary table's multipliers at position p, looked up once per step
         for L in self.layers:
             h = L.norm1(x)
-            qkv = torch.mm(h, L.wqkv) if L.bqkv is None else torch.addmm(L.bqkv, h, L.wqkv)
+            qkv = _mm(h, L.wqkv) if L.bqkv is None else _addmm(L.bqkv, h, L.wqkv)
             if L.rotary is not None:
                 # rotate q in place and write the rotated k straight into the cache
                 t = turns.get(id(L.rotary))
@@ -260,13 +298,13 @@ class FastDecoder:
             y = F.scaled_dot_product_attention(qkv[:, :HD].view(B, H, 1, D), L.k[:, :, :n], L.v[:, :, :n],
                                                enable_gqa=self.gqa)
             y = y.view(B, H * D)
-            x = torch.addmm(x, y, L.wo) if L.bo is None else torch.addmm(x + L.bo, y, L.wo)
+            x = _addmm(x, y, L.wo) if L.bo is None else _addmm(x + L.bo, y, L.wo)
             h = L.norm2(x)
-            u = torch.mm(h, L.w_up) if L.b_up is None else torch.addmm(L.b_up, h, L.w_up)
+            u = _mm(h, L.w_up) if L.b_up is None else _addmm(L.b_up, h, L.w_up)
             if L.act == "swiglu":
                 u = F.silu(u[:, :L.hidden]) * u[:, L.hidden:]
             else:
                 u = F.gelu(u)
-            x = torch.addmm(x, u, L.w_down) if L.b_down is None else torch.addmm(x + L.b_down, u, L.w_down)
+            x = _addmm(x, u, L.w_down) if L.b_down is None else _addmm(x + L.b_down, u, L.w_down)
         self.length = n
-        return torch.mm(self.final_norm(x), self.head)
+        return _mm(self.final_norm(x), self.head)
