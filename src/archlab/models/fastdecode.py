@@ -69,22 +69,31 @@ def _split(w: torch.Tensor, parts: int) -> torch.Tensor:
     return w.view(w.shape[0], parts, -1).permute(1, 0, 2).contiguous()
 
 
-def _mm(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+def _mm(x: torch.Tensor, w: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
     """x (1, in) · w, w as from :func:`_split`. BLAS runs a one-row product on one thread, and
     at batch 1 it only streams the weights; as a batched product over column blocks ATen gives
     each thread its blocks, so every core streams its share. The blocks' outputs lie in column
-    order, so the result is a view, and each entry is the same dot product as in ``x @ w``."""
+    order, so the result is a view, and each entry is the same dot product as in ``x @ w``.
+    ``out``: a buffer shaped like the product (see :func:`_out_buffer`)."""
     if w.dim() == 2:
-        return torch.mm(x, w)
-    return torch.bmm(x.expand(w.shape[0], 1, -1), w).view(1, -1)
+        return torch.mm(x, w, out=out)
+    return torch.bmm(x.expand(w.shape[0], 1, -1), w, out=out)
 
 
-def _addmm(r: torch.Tensor, x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+def _addmm(r: torch.Tensor, x: torch.Tensor, w: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
     """r + x · w, w as from :func:`_split` (r of shape (1, out) or (out,))."""
     if w.dim() == 2:
-        return torch.addmm(r, x, w)
+        return torch.addmm(r, x, w, out=out)
     S = w.shape[0]
-    return torch.baddbmm(r.reshape(S, 1, -1), x.expand(S, 1, -1), w).view(1, -1)
+    return torch.baddbmm(r.reshape(S, 1, -1), x.expand(S, 1, -1), w, out=out)
+
+
+def _out_buffer(w: torch.Tensor, rows: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(target, result): a buffer for ``_mm(x, w, out=target)`` with x of ``rows`` rows, and
+    its (rows, out) view in column order."""
+    n = w.shape[0] * w.shape[2] if w.dim() == 3 else w.shape[1]
+    flat = torch.empty(rows * n, dtype=w.dtype, device=w.device)
+    return (flat.view(w.shape[0], rows, -1) if w.dim() == 3 else flat.view(rows, n)), flat.view(rows, n)
 
 
 def _pairing(head_dim: int, half: int) -> torch.Tensor:
@@ -105,24 +114,9 @@ def _permute_heads(w: torch.Tensor, perm: torch.Tensor, start: int, heads: int) 
 
 
 class _Layer:
-    __slots__ = (
-        "act",
-        "b_down",
-        "b_up",
-        "bo",
-        "bqkv",
-        "hidden",
-        "k",
-        "kc",
-        "norm1",
-        "norm2",
-        "rotary",
-        "v",
-        "w_down",
-        "w_up",
-        "wo",
-        "wqkv",
-    )
+    __slots__ = ("act", "b_down", "b_up", "bo", "bqkv", "hidden", "k", "k_new",
+                 "k_new_c", "kc", "norm1", "norm2", "q", "q_c", "qkv_out", "rotary",
+                 "v", "v_new", "w_down", "w_up", "wo", "wqkv")
 
 
 class FastDecoder:
@@ -215,6 +209,17 @@ class FastDecoder:
         for L in self.layers:
             L.wqkv, L.wo, L.w_up, L.w_down = (_split(w, parts) for w in (L.wqkv, L.wo, L.w_up, L.w_down))
         self.head = _split(self.head, parts)
+        # q, k, v of the newest position land in a fixed buffer per layer, so the views that
+        # RoPE, the cache writes and attention read are made once here, not at every step.
+        H, Hk, D, HD = self.H, self.Hk, self.D, self.H * self.D
+        for L in self.layers:
+            L.qkv_out, qkv = _out_buffer(L.wqkv, batch)
+            L.q = qkv[:, :HD].view(batch, H, 1, D)
+            L.k_new = qkv[:, HD:self.n_qk].view(batch, Hk, D)
+            L.v_new = qkv[:, self.n_qk:].view(batch, Hk, D)
+            if L.rotary is not None:
+                L.q_c = torch.view_as_complex(qkv[:, :HD].view(batch, H, D // 2, 2))
+                L.k_new_c = torch.view_as_complex(qkv[:, HD:self.n_qk].view(batch, Hk, D // 2, 2))
         return self
 
     def _rope_tables(self, pos: RotaryEmbedding, head_dim: int):
@@ -275,36 +280,37 @@ class FastDecoder:
         if p >= self.capacity:
             raise ValueError(f"fast decoder is full ({self.capacity} positions)")
         m = self.model
-        B, H, Hk, D, nqk = self.B, self.H, self.Hk, self.D, self.n_qk
+        B, H, D = self.B, self.H, self.D
         x = F.embedding(tok, m.embed.weight)
         if m.position.uses_embed:
             x = m.position.embed(x, self.positions[p:p + 1].expand(B))
         n = p + 1
-        HD = H * D
         turns = {}  # each rotary table's multipliers at position p, looked up once per step
         for L in self.layers:
             h = L.norm1(x)
-            qkv = _mm(h, L.wqkv) if L.bqkv is None else _addmm(L.bqkv, h, L.wqkv)
+            if L.bqkv is None:
+                _mm(h, L.wqkv, out=L.qkv_out)
+            else:
+                _addmm(L.bqkv, h, L.wqkv, out=L.qkv_out)
             if L.rotary is not None:
                 # rotate q in place and write the rotated k straight into the cache
                 t = turns.get(id(L.rotary))
                 if t is None:
                     t = turns[id(L.rotary)] = L.rotary[0][p]
-                torch.view_as_complex(qkv[:, :HD].view(B, H, D // 2, 2)).mul_(t)
-                torch.mul(torch.view_as_complex(qkv[:, HD:nqk].view(B, Hk, D // 2, 2)), t, out=L.kc[:, :, p])
+                L.q_c.mul_(t)
+                torch.mul(L.k_new_c, t, out=L.kc[:, :, p])
             else:
-                L.k[:, :, p] = qkv[:, HD:nqk].view(B, Hk, D)
-            L.v[:, :, p] = qkv[:, nqk:].view(B, Hk, D)
-            y = F.scaled_dot_product_attention(qkv[:, :HD].view(B, H, 1, D), L.k[:, :, :n], L.v[:, :, :n],
-                                               enable_gqa=self.gqa)
+                L.k[:, :, p] = L.k_new
+            L.v[:, :, p] = L.v_new
+            y = F.scaled_dot_product_attention(L.q, L.k[:, :, :n], L.v[:, :, :n], enable_gqa=self.gqa)
             y = y.view(B, H * D)
-            x = _addmm(x, y, L.wo) if L.bo is None else _addmm(x + L.bo, y, L.wo)
+            x = (_addmm(x, y, L.wo) if L.bo is None else _addmm(x + L.bo, y, L.wo)).view(B, -1)
             h = L.norm2(x)
-            u = _mm(h, L.w_up) if L.b_up is None else _addmm(L.b_up, h, L.w_up)
+            u = (_mm(h, L.w_up) if L.b_up is None else _addmm(L.b_up, h, L.w_up)).view(B, -1)
             if L.act == "swiglu":
                 u = F.silu(u[:, :L.hidden]) * u[:, L.hidden:]
             else:
                 u = F.gelu(u)
-            x = _addmm(x, u, L.w_down) if L.b_down is None else _addmm(x + L.b_down, u, L.w_down)
+            x = (_addmm(x, u, L.w_down) if L.b_down is None else _addmm(x + L.b_down, u, L.w_down)).view(B, -1)
         self.length = n
-        return _mm(self.final_norm(x), self.head)
+        return _mm(self.final_norm(x), self.head).view(B, -1)
