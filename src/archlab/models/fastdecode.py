@@ -45,12 +45,15 @@ from archlab.nn.positional.rope import RotaryEmbedding
 
 
 def _norm_fn(norm: nn.Module):
+    # torch.* bindings, not F.*: the same kernels without F's per-call Python checks
     if type(norm) is RMSNorm:
         w, eps = norm.weight, norm.eps
-        return lambda x: F.rms_norm(x, (x.shape[-1],), w, eps)
+        shape = (w.shape[-1],)
+        return lambda x: torch.rms_norm(x, shape, w, eps)
     if type(norm) is LayerNorm:
         w, b, eps = norm.weight, norm.bias, norm.eps
-        return lambda x: F.layer_norm(x, (x.shape[-1],), w, b, eps)
+        shape = (w.shape[-1],)
+        return lambda x: torch.layer_norm(x, shape, w, b, eps)
     return None
 
 
@@ -281,7 +284,7 @@ class FastDecoder:
             raise ValueError(f"fast decoder is full ({self.capacity} positions)")
         m = self.model
         B, H, D = self.B, self.H, self.D
-        x = F.embedding(tok, m.embed.weight)
+        x = torch.embedding(m.embed.weight, tok)
         if m.position.uses_embed:
             x = m.position.embed(x, self.positions[p:p + 1].expand(B))
         n = p + 1
