@@ -301,11 +301,11 @@ class FastDecoder:
                 if t is None:
                     t = turns[id(L.rotary)] = L.rotary[0][p]
                 L.q_c.mul_(t)
-                torch.mul(L.k_new_c, t, out=L.kc[:, :, p])
+                torch.mul(L.k_new_c, t, out=L.kc.select(2, p))
             else:
-                L.k[:, :, p] = L.k_new
-            L.v[:, :, p] = L.v_new
-            y = F.scaled_dot_product_attention(L.q, L.k[:, :, :n], L.v[:, :, :n], enable_gqa=self.gqa)
+                L.k.select(2, p).copy_(L.k_new)
+            L.v.select(2, p).copy_(L.v_new)
+            y = F.scaled_dot_product_attention(L.q, L.k.narrow(2, 0, n), L.v.narrow(2, 0, n), enable_gqa=self.gqa)
             y = y.view(B, H * D)
             x = (_addmm(x, y, L.wo) if L.bo is None else _addmm(x + L.bo, y, L.wo)).view(B, -1)
             h = L.norm2(x)
