@@ -376,10 +376,16 @@ def test_hier_bench_bookkeeping(tmp_path, clock):
     out = tmp_path / "hier.json"
     argv = ["--dim", "16", "--heads", "2", "--dim-head", "8", "--ff-mult", "2", "--depth", "1", "--seq-len", "16",
             "--batch", "2", "--rounds", "2", "--warmup", "0", "--contenders", contenders, "--clock", clock,
-            "--generate", "--new-tokens", "3", "--out", str(out)]
+            "--generate", "--new-tokens", "3", "--out", str(out)] + (["--no-flops"] if clock == "cpu" else [])
     assert hier_bench.main(argv, mode="hier") == 0
     res = json.loads(out.read_text())
     assert res["config"]["hierarchies"] == [1, 2] and res["clock"] == clock
+    assert ("work" in res) == (clock == "wall")
+    if "work" in res:
+        assert res["work"]["matmul_peak_gflops"] > 0
+        assert all(r["counted_flops_per_token"] > 0 for r in res["work"]["contenders"].values())
+        if "peer-sht-lean" in contenders:
+            assert res["work"]["goal"]["needs_fraction_of_peak"] > 0
     for part in ("train", "generate"):
         names = res[part]["contenders"]
         assert set(names) == set(contenders.split(","))
@@ -387,3 +393,24 @@ def test_hier_bench_bookkeeping(tmp_path, clock):
     if "peer-sht-lean" in contenders:
         assert set(res["train"]["comparison"]["ratios"]) == {"ours"}
         assert res["train"]["contenders"]["ours"]["info"]["n_params"] > 0
+
+
+def test_counted_flops_match_the_formula():
+    """The work bound's counter: a linear layer 6·M·d² (forward, input and weight gradients),
+    fused attention as explicit products 3 × 4·B·H·T²·D."""
+    from archlab.lab.hier_bench import counted_flops
+
+    B, T, d, H = 2, 8, 16, 2
+
+    class Tiny(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.emb = torch.nn.Embedding(V, d)
+            self.lin = torch.nn.Linear(d, d, bias=False)
+
+        def forward(self, ids):
+            h = self.lin(self.emb(ids)).view(ids.shape[0], -1, H, d // H).transpose(1, 2)
+            return torch.nn.functional.scaled_dot_product_attention(h, h, h, is_causal=True).mean()
+
+    fl = counted_flops(Tiny(), lambda m, tokens: m(tokens[:, :-1]), batch=B, seq_len=T, vocab=V)
+    assert fl["total"] == 6 * B * T * d * d + 3 * 4 * B * H * T * T * (d // H)

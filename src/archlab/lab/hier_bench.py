@@ -153,6 +153,57 @@ def compare_train(contenders: list[Contender], shape: ReferenceShape, *, clock: 
             "interleaving": {k: summary[k] for k in ("order", "rounds", "kept_rounds")}}
 
 
+def counted_flops(model: torch.nn.Module, loss_fn: Any, *, batch: int, seq_len: int, vocab: int = 256) -> dict[str, float]:
+    """FLOPs of one training forward + backward, by operator, from PyTorch's FLOP counter.
+
+    The counter knows matrix products and convolutions. The fused CPU attention kernel is
+    counted as the explicit products it replaces, the way the peer's explicit attention is
+    counted (``bmm``): forward 4·B·H·T²·D (QKᵀ and PV, causal mask not discounted), backward
+    twice that (no recomputation). Norms, activations and softmax are not counted."""
+    from torch.utils import flop_counter as fc
+
+    aten = torch.ops.aten
+    fused = {
+        aten._scaled_dot_product_flash_attention_for_cpu:
+            lambda q, k, v, *a, out_shape=None, **kw: fc.sdpa_flop_count(q, k, v),
+        aten._scaled_dot_product_flash_attention_for_cpu_backward:
+            lambda g, q, k, v, *a, out_shape=None, **kw: 2 * fc.sdpa_flop_count(q, k, v),
+    }
+    tokens = torch.randint(0, vocab, (batch, seq_len + 1), generator=torch.Generator().manual_seed(0))
+    was = model.training
+    model.train()
+    with fc.FlopCounterMode(display=False, custom_mapping=fused) as counter:
+        loss_fn(model, tokens).backward()
+    model.zero_grad(set_to_none=True)
+    model.train(was)
+    by_op = {str(k).replace("aten.", ""): float(v) for k, v in counter.get_flop_counts().get("Global", {}).items()}
+    return {"total": float(counter.get_total_flops()), "by_op": by_op}
+
+
+def work_bound(result: dict[str, Any], contenders: list[Contender], shape: ReferenceShape, goal: float = 2.0) -> dict[str, Any]:
+    """What the measured rates mean against the machine: counted GFLOP/s of each contender as a
+    fraction of the measured matmul peak, and the rate the ``goal`` (× the best peer) needs."""
+    from archlab.lab.bench import measure_matmul_peak
+
+    peak = measure_matmul_peak()
+    per_step = shape.batch_size * shape.seq_len
+    out: dict[str, Any] = {"matmul_peak_gflops": peak, "contenders": {}}
+    for c in contenders:
+        fl = counted_flops(c.model, c.loss_fn, batch=shape.batch_size, seq_len=shape.seq_len, vocab=shape.vocab)
+        tps = result["contenders"][c.name]["tokens_per_s"]
+        per_token = fl["total"] / per_step
+        out["contenders"][c.name] = {"counted_flops_per_token": per_token, "by_op_gflop_per_step": {
+            k: v / 1e9 for k, v in fl["by_op"].items()}, "gflops": tps * per_token / 1e9,
+            "fraction_of_peak": tps * per_token / 1e9 / peak}
+    peers = [n for n in out["contenders"] if n.startswith("peer")]
+    if "ours" in out["contenders"] and peers:
+        best = max(result["contenders"][n]["tokens_per_s"] for n in peers)
+        need = goal * best * out["contenders"]["ours"]["counted_flops_per_token"] / 1e9
+        out["goal"] = {"times_best_peer": goal, "tokens_per_s": goal * best, "needs_gflops": need,
+                       "needs_fraction_of_peak": need / peak}
+    return out
+
+
 def main(argv: list[str] | None = None, mode: str | None = None) -> int:
     ap = argparse.ArgumentParser(prog=f"archlab bench {mode or 'hier'}", description=__doc__.split("\n\n")[0])
     ap.add_argument("--hierarchies", type=_ints, default=(1, 2), help="compression factors, e.g. 1,2,4")
@@ -177,6 +228,8 @@ def main(argv: list[str] | None = None, mode: str | None = None) -> int:
     ap.add_argument("--clock", choices=["wall", "cpu"], default="wall",
                     help="time steps by wall clock, or by this process's CPU time (use with --threads 1 on a shared machine)")
     ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--no-flops", action="store_true",
+                    help="skip counting FLOPs and measuring the matmul peak (the work bound)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", default=None, help="write the JSON result here")
     args = ap.parse_args(argv)
@@ -207,6 +260,9 @@ def main(argv: list[str] | None = None, mode: str | None = None) -> int:
     result["train"] = compare_train(contenders, shape, clock=args.clock, rounds=args.rounds,
                                     steps_per_round=args.steps_per_round, warmup=args.warmup, max_foreign_cpu=foreign)
     _print(result["train"], f"train tok/s ({args.clock} clock)")
+    if not args.no_flops:
+        result["work"] = work_bound(result["train"], contenders, shape)
+        _print_work(result["work"])
     if args.generate:
         result["generate"] = contest.compare_generate(contenders, shape, rounds=max(2, args.rounds // 2),
                                                       max_foreign_cpu=foreign)
@@ -227,3 +283,15 @@ def _print(res: dict[str, Any], unit: str) -> None:
         if name in comp["ratios"]:
             line += f"   ×{comp['ratios'][name]:.2f} (paired ×{comp['paired_ratios'][name]:.2f}) vs {comp['baseline']}"
         print(line)
+
+
+def _print_work(work: dict[str, Any]) -> None:
+    print(f"\nwork (counted FLOPs of matrix products, convolutions and attention; matmul peak measured now:"
+          f" {work['matmul_peak_gflops']:.0f} GFLOP/s)")
+    for name, rec in work["contenders"].items():
+        print(f"  {name:18s} {rec['counted_flops_per_token'] / 1e6:7.1f} MFLOP/token   {rec['gflops']:6.1f} GFLOP/s"
+              f" = {rec['fraction_of_peak']:.2f} of peak")
+    if "goal" in work:
+        g = work["goal"]
+        print(f"  ×{g['times_best_peer']:g} the best peer = {g['tokens_per_s']:.0f} tok/s needs ours to run"
+              f" {g['needs_gflops']:.0f} GFLOP/s of counted work = {g['needs_fraction_of_peak']:.2f} × the matmul peak")
