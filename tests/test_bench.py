@@ -226,6 +226,19 @@ def test_compare_train_and_generate_tiny() -> None:
     json.dumps(contest._jsonable(res))
 
 
+def test_step_breakdown_sorts_the_time() -> None:
+    """``bench train --breakdown``: the model's products land under matmul, the rest under
+    other ops, and the parts add up to at most the step."""
+    from archlab.lab.throughput import step_breakdown
+
+    shape = bench.ReferenceShape(vocab=16, dim=8, depth=1, heads=1, seq_len=8, batch_size=2)
+    torch.manual_seed(0)
+    b = step_breakdown(contest.Contender("ours", TinyLM()), shape)
+    assert set(b) == {"step_ms", "matmul_ms", "attention_ms", "other_ms", "unattributed_ms"}
+    assert b["matmul_ms"] > 0 and b["other_ms"] > 0 and b["attention_ms"] == 0
+    assert b["matmul_ms"] + b["attention_ms"] + b["other_ms"] <= b["step_ms"] * 1.05
+
+
 # ---------------------------------------------------------------------------------------------
 # Environment and output
 

@@ -156,6 +156,39 @@ def _compiled(c: Contender) -> Contender:
 # Main
 
 
+#: How ``--breakdown`` sorts operators: matrix products, fused attention, everything else.
+_MATMUL_OPS = {"aten::mm", "aten::addmm", "aten::bmm", "aten::baddbmm"}
+
+
+def step_breakdown(c: Contender, shape: ReferenceShape, steps: int = 2) -> dict[str, float]:
+    """Where one training step's time goes (ms per step, from the profiler's self times):
+    matrix products, fused attention and the rest; ``step_ms`` is the profiled step's wall time
+    and ``unattributed_ms`` what no operator accounts for (Python, autograd bookkeeping)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    tb = bench.TrainBench(c.model, loss_fn=c.loss_fn or bench.next_token_loss, batch_size=shape.batch_size,
+                          seq_len=shape.seq_len, vocab_size=shape.vocab).warmup(2)
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        wall = sum(tb.step() for _ in range(steps))
+    parts = {"matmul_ms": 0.0, "attention_ms": 0.0, "other_ms": 0.0}
+    for ev in prof.key_averages():
+        ms = ev.self_cpu_time_total / 1e3 / steps
+        key = ("matmul_ms" if ev.key in _MATMUL_OPS else
+               "attention_ms" if "scaled_dot_product" in ev.key or "flash_attention" in ev.key else "other_ms")
+        parts[key] += ms
+    tb.optimizer.zero_grad(set_to_none=True)
+    step_ms = wall / steps * 1e3
+    return {"step_ms": step_ms, **parts, "unattributed_ms": max(0.0, step_ms - sum(parts.values()))}
+
+
+def _print_breakdown(rows: dict[str, dict[str, float]]) -> None:
+    print("\nwhere a training step goes (ms per step, profiled; times under the profiler run slower)")
+    for name, b in rows.items():
+        print(f"  {name:24s} step {b['step_ms']:6.0f}   matmul {b['matmul_ms']:6.0f}"
+              f" ({b['matmul_ms'] / b['step_ms']:.0%})   attention {b['attention_ms']:5.0f}"
+              f"   other ops {b['other_ms']:5.0f}   unattributed {b['unattributed_ms']:4.0f}")
+
+
 def _print_table(res: dict[str, Any], unit: str) -> None:
     comp = res["comparison"]
     base = comp.get("baseline")
@@ -191,6 +224,8 @@ def main(argv: list[str] | None = None, mode: str | None = None) -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", default=None, help="write the JSON result here")
     ap.add_argument("-v", "--verbose", action="store_true", help="print every round")
+    ap.add_argument("--breakdown", action="store_true",
+                    help="also profile one training step per contender: time in matmuls, attention, the rest")
     args = ap.parse_args(argv)
 
     if args.threads:
@@ -218,6 +253,9 @@ def main(argv: list[str] | None = None, mode: str | None = None) -> int:
             warmup=args.warmup, max_foreign_cpu=max_foreign, on_result=verbose,
         )
         _print_table(result["train"], "tok/s")
+        if args.breakdown:
+            result["train"]["breakdown"] = {c.name: step_breakdown(c, shape) for c in train_set}
+            _print_breakdown(result["train"]["breakdown"])
     if args.mode in ("generate", "all"):
         result["generate"] = contest.compare_generate(
             contenders, shape, rounds=args.rounds or 5, max_foreign_cpu=max_foreign, on_result=verbose,
