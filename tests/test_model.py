@@ -286,11 +286,12 @@ def test_fast_decoder_equals_generic_path(sets, tiny_config, build):
 
 
 @pytest.mark.parametrize("parts", [2, 3])
-@pytest.mark.parametrize("sets", [{}, {"model.bias": True, "model.position.fraction": 0.5}], ids=["rope", "bias,partial"])
+@pytest.mark.parametrize("sets", [{}, {"model.bias": True, "model.position.fraction": 0.5}, {"model.kv_heads": 2},
+                                  {"model.position.kind": "learned"}], ids=["rope", "bias,partial", "gqa", "learned"])
 def test_fast_decoder_column_blocks_at_batch_one(sets, parts, tiny_config, build):
     """At batch 1 the weights are split into column blocks multiplied as one batched product;
-    the logits equal the full forward's at every step (3 blocks do not divide every width:
-    those weights stay whole, and both kinds mix in one model)."""
+    the logits equal the full forward's at every step. A width the block count does not divide
+    (3 blocks, mostly) keeps its weight whole, so both kinds mix in one model."""
     from archlab.models.fastdecode import FastDecoder
 
     model = build(tiny_config(**sets), double=True)
@@ -299,8 +300,11 @@ def test_fast_decoder_column_blocks_at_batch_one(sets, parts, tiny_config, build
         fd = FastDecoder.build(model, batch=1, capacity=16, dtype=torch.float64, device=torch.device("cpu"),
                                parts=parts)
         assert fd is not None
-        shapes = {tuple(w.shape) for L in fd.layers for w in (L.wqkv, L.wo, L.w_up, L.w_down)}
-        assert any(len(s) == 3 and s[0] == parts for s in shapes)
+        for L, b in zip(fd.layers, model.blocks):
+            for w, lin in zip((L.wqkv, L.wo, L.w_up, L.w_down), (b.mixer.qkv, b.mixer.out, b.ffn.up, b.ffn.down)):
+                split = lin.out_features % parts == 0
+                assert w.shape == ((parts, lin.in_features, lin.out_features // parts) if split
+                                   else (lin.in_features, lin.out_features))
         seq = generate(model, ids, max_new_tokens=12, temperature=0.0, fast_path=False)
         full = model(seq).logits
         steps = [fd.prefill(seq[:, :4])] + [fd.step(seq[:, t]) for t in range(4, seq.shape[1] - 1)]
