@@ -3,6 +3,7 @@ the model, exact resume, logging, off by default, one-line config errors."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 
@@ -217,11 +218,48 @@ def test_values_are_logged_and_checkpointed(corpus, tmp_path):
     from archlab.train.run import load_run
 
     assert load_run(tmp_path / "r").model.position.base == tr.model.position.base
-    # an HF export would lose the adapted base: refused in one line rather than silently wrong
+
+
+
+def test_hf_export_carries_the_adapted_base(corpus, tmp_path):
+    """The exported config holds the adapted rotary base (not the config's initial one), and the
+    folder reloads through transformers to the trained model's logits."""
+    pytest.importorskip("transformers")
+    from transformers import AutoModelForCausalLM
+
+    import archlab  # noqa: F401  (registers the HF classes)
+    from archlab.hf.export import export_run
+    from archlab.train.run import load_run
+
+    cfg = tiny(corpus, tmp_path, *DYN)
+    Trainer(cfg, tmp_path / "r", progress=False).fit()
+    run = load_run(tmp_path / "r")
+    adapted = run.model.position.base
+    assert adapted != 10000.0
+    export_run(tmp_path / "r", tmp_path / "hf")
+    saved = json.loads((tmp_path / "hf" / "config.json").read_text())
+    assert saved["archlab"]["position"]["base"] == adapted
+    hf = AutoModelForCausalLM.from_pretrained(tmp_path / "hf").eval()
+    ids = torch.randint(0, 256, (2, 24), generator=torch.Generator().manual_seed(0))
+    run.model.eval()
+    with torch.no_grad():
+        want = run.model(ids).logits
+        torch.testing.assert_close(hf(ids).logits, want, rtol=0, atol=1e-6)
+        # the base matters: the same weights at the initial base give other logits
+        run.model.position.set_base(10000.0)
+        assert not torch.allclose(run.model(ids).logits, want, atol=1e-4)
+
+
+def test_hf_export_refuses_an_adapted_dropout(corpus, tmp_path):
+    """Dropout has no config knob that reproduces the controller (it adapts nn.Dropout layers
+    only): refused in one line rather than exported with the initial rate."""
     pytest.importorskip("transformers")
     from archlab.hf.export import export_run
 
-    with pytest.raises(ConfigError, match="train.dynamics") as e:
+    cfg = tiny(corpus, tmp_path, "model.dropout=0.2",
+               "train.dynamics=[{kind: dropout, every: 2, decay: 0.5, threshold: 0.2, factor: 0.5}]")
+    Trainer(cfg, tmp_path / "r", progress=False).fit()
+    with pytest.raises(ConfigError, match="dropout") as e:
         export_run(tmp_path / "r", tmp_path / "hf")
     assert "\n" not in str(e.value)
 
@@ -278,3 +316,24 @@ def test_config_errors(spec, needle):
         load_config(None, ["model.dim=32", "model.depth=2", f"train.dynamics={spec}"])
     msg = str(e.value)
     assert "\n" not in msg and msg.startswith(needle), msg
+
+
+def test_adapted_window_is_written_into_every_local_mixer_config(tiny_config, build):
+    """adapted_model_config: the window the controller left on the model goes into each local
+    mixer's config, and a model built from that config alone equals the adapted one."""
+    from archlab.train.dynamics import adapted_model_config
+
+    cfg = tiny_config(**{"model.layers.default.mixer": {"kind": "local", "window": 4}})
+    model = build(cfg)
+    specs = [{"kind": "window", "min": 2, "max": 64}]
+    ctrl = build_controllers(specs, model)[0]
+    ctrl.value = 9.0
+    ctrl.write(ctrl.applied)  # what an adaptation step does
+    adapted = adapted_model_config(cfg.model, model, specs)
+    assert adapted.layers.default.mixer.window == 9 and cfg.model.layers.default.mixer.window == 4
+    fresh = build(dataclasses.replace(cfg, model=adapted))
+    fresh.load_state_dict(model.state_dict())
+    ids = torch.randint(0, 256, (1, 20), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        torch.testing.assert_close(fresh(ids).logits, model(ids).logits, rtol=0, atol=0)
+        assert not torch.allclose(build(cfg)(ids).logits, model(ids).logits)  # the window matters

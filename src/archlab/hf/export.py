@@ -31,6 +31,7 @@ def export_run(run: Any, out_dir: str | Path) -> Path:
     from archlab.registry import ConfigError
 
     _require_transformers(ConfigError)
+    from archlab.hf.configuration import ArchlabConfig
     from archlab.hf.modeling import ArchlabForCausalLM
     from archlab.train.run import LoadedRun, load_run
 
@@ -41,18 +42,22 @@ def export_run(run: Any, out_dir: str | Path) -> Path:
     if loaded.cfg.model.family != "lm":
         raise ConfigError(f"export --hf: model family '{loaded.cfg.model.family}' has no Hugging Face adapter; "
                           "only family 'lm' can be exported")
+    model_cfg = loaded.model.cfg
     if loaded.cfg.train.dynamics:
-        # The adapted values (rotary base, window, dropout) live in the checkpoint's controller
-        # state, not in the model config the HF folder is built from: exporting would silently
-        # revert them to their initial values.
-        raise ConfigError("export --hf: this run adapted scalars during training (train.dynamics); the Hugging Face "
-                          "config cannot carry them yet, so the export would not reproduce the model")
+        # The adapted values (rotary base, window) live in the checkpoint's controller state,
+        # not in the model config the HF folder is built from: they are written into the
+        # config's knobs, and a model built from that config must reproduce the run's.
+        from archlab.train.dynamics import adapted_model_config
+
+        model_cfg = adapted_model_config(model_cfg, loaded.model, loaded.cfg.train.dynamics)
+        _check_rebuilds(loaded.model, model_cfg)
     out.mkdir(parents=True, exist_ok=True)
 
     tok_name = getattr(loaded.tokenizer, "name", None)
     # Wrap the loaded LM in place (no copy); the extra config key tells HF users how the
     # model was tokenised without needing archlab ("bytes" or "bpe").
-    model = ArchlabForCausalLM.from_archlab(loaded.model, archlab_tokenizer=tok_name)
+    model = ArchlabForCausalLM(ArchlabConfig.from_archlab(model_cfg, archlab_tokenizer=tok_name), lm=loaded.model)
+    model.train(loaded.model.training)
     model.save_pretrained(out)
 
     src = loaded.path.parent / TOKENIZER_FILE
@@ -67,6 +72,28 @@ def export_run(run: Any, out_dir: str | Path) -> Path:
             encoding="utf-8",
         )
     return out
+
+
+def _check_rebuilds(model: Any, model_cfg: Any) -> None:
+    """A model built from ``model_cfg`` with ``model``'s weights gives ``model``'s logits on a
+    probe, or a one-line ConfigError: the exported config must describe the trained model."""
+    import torch
+
+    from archlab.models import build_model
+    from archlab.registry import ConfigError
+
+    fresh = build_model(model_cfg).to(next(model.parameters()).device)
+    fresh.load_state_dict(model.state_dict())
+    T = min(64, model_cfg.max_seq_len)
+    ids = torch.randint(0, model_cfg.vocab_size or 256, (2, T), generator=torch.Generator().manual_seed(0))
+    was = model.training
+    model.eval(), fresh.eval()
+    with torch.no_grad():
+        a, b = model(ids.to(fresh.head.weight.device)).logits, fresh(ids.to(fresh.head.weight.device)).logits
+    model.train(was)
+    if not torch.allclose(a, b, rtol=1e-5, atol=1e-5):
+        raise ConfigError("export --hf: the adapted values of train.dynamics could not be written into a config that "
+                          f"reproduces the model (max logit difference {float((a - b).abs().max()):.3g})")
 
 
 def _require_transformers(error: type[Exception]) -> None:

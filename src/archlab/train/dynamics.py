@@ -27,6 +27,8 @@ under the callback's name, and the current value is added to every step record a
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -36,7 +38,8 @@ from torch import nn
 
 from archlab.registry import ConfigError, PartConfig, Registry, to_dict
 
-__all__ = ["CONTROLLER", "Controller", "ControllerConfig", "build_controllers", "parse_dynamics", "restore"]
+__all__ = ["CONTROLLER", "Controller", "ControllerConfig", "adapted_model_config", "build_controllers",
+           "parse_dynamics", "restore"]
 
 CONTROLLER = Registry("dynamics")
 
@@ -300,3 +303,45 @@ def restore(model: nn.Module, specs: list, state: dict) -> list[Controller]:
     for c in ctrls:
         c.load_state_dict(saved.get(c.name, {}))
     return ctrls
+
+
+#: Where a model config keeps each adapted value: the knob of every part config (any object
+#: with a ``kind``) that has it. Dropout is not here: the controller adapts the nn.Dropout
+#: layers only, while ``model.dropout`` also sets attention dropout, so no config value says
+#: what an adapted model does in training.
+CONFIG_KNOB = {"rope_base": ("base", float), "window": ("window", int)}
+
+
+def _set_knob(node: Any, knob: str, value: Any) -> int:
+    """Set ``knob`` on every part config under ``node``; returns how many were set."""
+    n = 0
+    if dataclasses.is_dataclass(node) and not isinstance(node, type):
+        if hasattr(node, "kind") and any(f.name == knob for f in dataclasses.fields(node)):
+            setattr(node, knob, value)
+            n += 1
+        for f in dataclasses.fields(node):
+            if f.name != knob:
+                n += _set_knob(getattr(node, f.name), knob, value)
+    elif isinstance(node, dict):
+        n += sum(_set_knob(v, knob, value) for v in node.values())
+    elif isinstance(node, (list, tuple)):
+        n += sum(_set_knob(v, knob, value) for v in node)
+    return n
+
+
+def adapted_model_config(model_cfg: Any, model: nn.Module, specs: list, where: str = "train.dynamics") -> Any:
+    """A copy of ``model_cfg`` with the values the controllers adapted in ``model`` (a model
+    whose values were restored, e.g. by :func:`restore`) written into the knobs that hold them,
+    so that a model built from the config alone is the adapted one. Used by the Hugging Face
+    export; the caller checks the equivalence on a probe. One-line ``ConfigError`` for a
+    controller whose value has no config knob."""
+    out = copy.deepcopy(model_cfg)
+    for c in build_controllers(specs, model, where):
+        if c.kind not in CONFIG_KNOB:
+            raise ConfigError(f"{where}: the adapted '{c.kind}' value has no model-config knob that reproduces it "
+                              f"(only {', '.join(CONFIG_KNOB)} can be carried into an exported config)")
+        knob, cast = CONFIG_KNOB[c.kind]
+        if not _set_knob(out, knob, cast(c.applied)):
+            raise ConfigError(f"{where}: no part of the model config has a '{knob}' knob to carry the adapted "
+                              f"'{c.kind}' value")
+    return out
