@@ -260,7 +260,10 @@ def test_top_k_keeps_k_largest():
 
 FAST_CASES = [{}, {"model.position.kind": "learned"}, {"model.position.kind": "none"},
               {"model.position.kind": "sinusoidal"}, {"model.kv_heads": 2}, {"model.position.fraction": 0.5},
-              {"model.layers.default.ffn.kind": "gelu", "model.layers.default.norm.kind": "layer", "model.bias": True}]
+              {"model.layers.default.ffn.kind": "gelu", "model.layers.default.norm.kind": "layer", "model.bias": True},
+              {"model.position.kind": "alibi"}, {"model.position.kind": "t5"}, {"model.position.kind": "relative"},
+              {"model.position.kind": "dynamic", "model.kv_heads": 2},
+              {"model.layers.overrides": {"1": {"position": {"kind": "alibi"}}}}]
 
 
 @pytest.mark.parametrize("sets", FAST_CASES, ids=lambda s: ",".join(f"{k.split('.')[-1]}={v}" for k, v in s.items()) or "rope")
@@ -311,7 +314,7 @@ def test_fast_decoder_column_blocks_at_batch_one(sets, parts, tiny_config, build
     torch.testing.assert_close(torch.stack(steps, 1), full[:, 3:-1], atol=1e-12, rtol=0)
 
 
-@pytest.mark.parametrize("sets", [{"model.position.kind": "alibi"}, {"model.position.kind": "t5"},
+@pytest.mark.parametrize("sets", [{"model.position.kind": "cope"}, {"model.position.kind": "givens_rope"},
                                   {"model.layers.default.norm.placement": "post"}])
 def test_fast_decoder_declines_what_it_does_not_reproduce(sets, tiny_config, build):
     from archlab.models.fastdecode import FastDecoder

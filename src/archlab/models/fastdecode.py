@@ -8,9 +8,10 @@ drops the rest, for the configurations where that is provably the same computati
 
 * per layer: ``rms_norm/layer_norm`` → one ``mm`` for q,k,v → RoPE as one complex multiply
   in place on q and one written straight into the key cache → one copy of the new v into a
-  preallocated buffer → fused SDPA over the valid prefix (no mask: every cached key is
-  earlier) → ``addmm`` into the residual → norm → ``mm`` → activation → ``addmm`` into the
-  residual;
+  preallocated buffer → fused SDPA over the valid prefix (no causal mask: every cached key
+  is earlier; an additive bias scheme's own ``bias`` for the new row as the mask, computed
+  once per step when it depends on i − j only) → ``addmm`` into the residual → norm → ``mm``
+  → activation → ``addmm`` into the residual;
 * RoPE as a complex multiply: the model rotates channel c with channel c + r/2 of each head
   (rotate-half); here the q and k columns of the projection are permuted once so that those
   partners sit side by side, and a (q or k)·(cos + i·sin) multiply on the complex view does
@@ -24,7 +25,9 @@ drops the rest, for the configurations where that is provably the same computati
   buffers hold prompt + every new token.
 
 Which models qualify is decided structurally (:func:`FastDecoder.build` returns ``None``
-otherwise, and :func:`~archlab.models.generation.generate` uses the generic path), and the
+otherwise, and :func:`~archlab.models.generation.generate` uses the generic path: rotations
+other than plain RoPE, schemes that need the scores such as CoPE, post-norm, other mixers and
+feed-forwards, dropout), and the
 rotation is checked once against the scheme's own ``rotate`` on a probe before use, so a
 scheme that changes its formula (learnable phases, multi-scale bases, ...) is never decoded
 with a stale copy of it. Equivalence with the generic path is tested token for token and
@@ -40,7 +43,7 @@ from torch import nn
 from archlab.nn.ffn import GeluMLP, SwiGLU
 from archlab.nn.mixers.attention import Attention
 from archlab.nn.norms import LayerNorm, RMSNorm
-from archlab.nn.positional.absolute import NoPosition
+from archlab.nn.positional.base import bias_is_relative
 from archlab.nn.positional.rope import RotaryEmbedding
 
 
@@ -117,9 +120,32 @@ def _permute_heads(w: torch.Tensor, perm: torch.Tensor, start: int, heads: int) 
 
 
 class _Layer:
-    __slots__ = ("act", "b_down", "b_up", "bo", "bqkv", "hidden", "k", "k_new",
-                 "k_new_c", "kc", "norm1", "norm2", "q", "q_c", "qkv_out", "rotary",
-                 "v", "v_new", "w_down", "w_up", "wo", "wqkv")
+    __slots__ = (
+        "act",
+        "b_down",
+        "b_up",
+        "bias",
+        "bias_relative",
+        "bo",
+        "bqkv",
+        "hidden",
+        "k",
+        "k_new",
+        "k_new_c",
+        "kc",
+        "norm1",
+        "norm2",
+        "q",
+        "q_c",
+        "qkv_out",
+        "rotary",
+        "v",
+        "v_new",
+        "w_down",
+        "w_up",
+        "wo",
+        "wqkv",
+    )
 
 
 class FastDecoder:
@@ -162,10 +188,14 @@ class FastDecoder:
                     tables[id(pos)] = self._rope_tables(pos, attn.head_dim)
                     if tables[id(pos)] is None:
                         return None
-            elif type(pos) is not NoPosition and not (pos is model.position and not pos.uses_rotate
-                                                       and not pos.uses_bias):
-                return None  # bias schemes (ALiBi, T5, CoPE, ...) take the generic path
+            elif pos.uses_rotate or pos.needs_scores or getattr(pos, "attend", None) is not None:
+                return None  # other rotations, CoPE and other score-dependent schemes: generic path
+            elif pos.uses_embed and pos is not model.position:
+                return None
             L = _Layer()
+            # an additive bias (ALiBi, T5, clipped relative, dynamic): the scheme's own, as the mask
+            L.bias = pos if pos.uses_bias else None
+            L.bias_relative = L.bias is not None and bias_is_relative(pos)
             L.norm1, L.norm2 = _norm_fn(block.norm1), _norm_fn(block.norm2)
             if L.norm1 is None or L.norm2 is None:
                 return None
@@ -289,6 +319,7 @@ class FastDecoder:
             x = m.position.embed(x, self.positions[p:p + 1].expand(B))
         n = p + 1
         turns = {}  # each rotary table's multipliers at position p, looked up once per step
+        masks = {}  # each relative bias at position p
         for L in self.layers:
             h = L.norm1(x)
             if L.bqkv is None:
@@ -305,7 +336,16 @@ class FastDecoder:
             else:
                 L.k.select(2, p).copy_(L.k_new)
             L.v.select(2, p).copy_(L.v_new)
-            y = F.scaled_dot_product_attention(L.q, L.k.narrow(2, 0, n), L.v.narrow(2, 0, n), enable_gqa=self.gqa)
+            k, v = L.k.narrow(2, 0, n), L.v.narrow(2, 0, n)
+            mask = None
+            if L.bias is not None:
+                # a bias that depends on i − j only is computed once per step for all its layers
+                mask = masks.get(id(L.bias)) if L.bias_relative else None
+                if mask is None:
+                    mask = L.bias.bias(L.q, k, self.positions[p:p + 1], self.positions[:n]).to(x.dtype)
+                    if L.bias_relative:
+                        masks[id(L.bias)] = mask
+            y = F.scaled_dot_product_attention(L.q, k, v, attn_mask=mask, enable_gqa=self.gqa)
             y = y.view(B, H * D)
             x = (_addmm(x, y, L.wo) if L.bo is None else _addmm(x + L.bo, y, L.wo)).view(B, -1)
             h = L.norm2(x)

@@ -34,6 +34,7 @@ import torch.nn.functional as F
 
 from archlab.nn.cache import KVCache, WindowedKVCache
 from archlab.nn.mixers.attention import Attention
+from archlab.nn.positional.base import bias_is_relative
 
 BiasFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -423,19 +424,6 @@ def sliding_window_attention(
 # ----------------------------------------------------------------------------- the mixer
 
 
-def _relative_bias(position) -> bool:
-    """Whether a scheme's bias depends on positions only through i − j (so one band table
-    serves every block). A scheme can say so with a class attribute ``relative_bias``."""
-    flag = getattr(position, "relative_bias", None)
-    if flag is not None:
-        return bool(flag)
-    from archlab.nn import positional as P
-
-    known = tuple(getattr(P, n) for n in ("ALiBi", "T5RelativeBias", "ClippedRelativeBias", "DynamicPositionBias")
-                  if hasattr(P, n))
-    return isinstance(position, known)
-
-
 def _contiguous_past(q_pos: torch.Tensor, k_pos: torch.Tensor) -> int | None:
     """Number of keys before the queries when positions are shared (1-D), consecutive and the
     last Tq keys are the queries' own positions; None otherwise."""
@@ -523,7 +511,7 @@ class LocalAttention(Attention):
             return super().attend(q, k, v, q_pos, k_pos, mask=mask, fresh=fresh)
         pos = self.position
         past = _contiguous_past(q_pos, k_pos) if mask is None and not pos.needs_scores else None
-        if (past is None or q.shape[2] <= w or (pos.uses_bias and not _relative_bias(pos))
+        if (past is None or q.shape[2] <= w or (pos.uses_bias and not bias_is_relative(pos))
                 or (self.global_tokens and int(k_pos[0]) != 0)):
             return self._masked(q, k, v, q_pos, k_pos, mask)
         p = self.dropout if self.training else 0.0

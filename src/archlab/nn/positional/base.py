@@ -47,6 +47,20 @@ class PositionalScheme(nn.Module):
         return None
 
 
+def bias_is_relative(position) -> bool:
+    """Whether a scheme's bias depends on positions only through i − j (not on q, k or the
+    absolute positions), so one table serves every query block or decoding step. A scheme says
+    so with a class attribute ``relative_bias``; the built-in relative biases are known."""
+    flag = getattr(position, "relative_bias", None)
+    if flag is not None:
+        return bool(flag)
+    from archlab.nn import positional as P
+
+    known = tuple(getattr(P, n) for n in ("ALiBi", "T5RelativeBias", "ClippedRelativeBias", "DynamicPositionBias")
+                  if hasattr(P, n))
+    return isinstance(position, known)
+
+
 def relative_positions(q_pos: torch.Tensor, k_pos: torch.Tensor) -> torch.Tensor:
     """i − j for every (query i, key j): shape (1, Tq, Tk) or (B, 1, Tq, Tk) (a head axis to broadcast)."""
     return (q_pos.unsqueeze(-1) - k_pos.unsqueeze(-2)).unsqueeze(-3)
