@@ -70,6 +70,40 @@ def test_rope_matches_rotation_formula():
     assert math.isclose(float(out.norm()), float(x.norm()), rel_tol=1e-6)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("shape,half,table", [((2, 3, 7, 8), 4, (1, 1, 7, 4)), ((2, 3, 7, 10), 2, (2, 1, 7, 2)),
+                                             ((1, 4, 5, 8), 4, (1, 4, 5, 4))],
+                         ids=["full", "partial,per-batch", "per-head"])
+def test_fixed_rotation_node_is_bit_identical_to_the_formula(shape, half, table, dtype):
+    """RoPE's one-node rotation (fixed angles) gives the plain formula's values and input
+    gradients bit for bit, from a non-contiguous input as attention produces it."""
+    from archlab.nn.positional.rope import _rotate_autograd, apply_rotary
+
+    g = torch.Generator().manual_seed(0)
+    base = torch.randn(shape[0], shape[2], shape[1], shape[3], generator=g, dtype=dtype)
+    ang = torch.randn(*table, generator=g, dtype=dtype)
+    cos, sin = ang.cos(), ang.sin()
+    up = torch.randn(*shape, generator=g, dtype=dtype)
+    outs = []
+    for fn in (apply_rotary, _rotate_autograd):
+        x = base.clone().requires_grad_(True)
+        y = fn(x.transpose(1, 2), cos, sin)
+        (gx,) = torch.autograd.grad(y, x, up)
+        outs.append((y.detach(), gx))
+    assert torch.equal(outs[0][0], outs[1][0]) and torch.equal(outs[0][1], outs[1][1])
+
+
+def test_learnable_rotary_tables_still_get_gradients():
+    """With angles that require grad (learn_freq, learn_scale) apply_rotary keeps the autograd
+    formula, so the tables are trained."""
+    from archlab.nn.positional.rope import apply_rotary
+
+    ang = torch.randn(1, 1, 5, 4, requires_grad=True)
+    y = apply_rotary(torch.randn(2, 3, 5, 8), ang.cos(), ang.sin())
+    (ga,) = torch.autograd.grad(y.square().sum(), ang)
+    assert ga.abs().sum() > 0
+
+
 def test_partial_rotary_passes_channels_through():
     D, fraction = 16, 0.5
     rope = RotaryEmbedding(head_dim=D, fraction=fraction)
