@@ -82,12 +82,12 @@ class _FixedRotation(torch.autograd.Function):
     (tests/test_positional.py)."""
 
     @staticmethod
-    def forward(ctx, x, cos, sin):  # noqa: ANN001, ANN205
+    def forward(ctx, x, cos, sin):
         ctx.save_for_backward(cos, sin)
         return _rotate_into(x, cos, sin)
 
     @staticmethod
-    def backward(ctx, grad):  # noqa: ANN001, ANN205
+    def backward(ctx, grad):
         cos, sin = ctx.saved_tensors
         return _rotate_into(grad, cos, -sin), None, None
 
