@@ -337,6 +337,18 @@ def test_fast_decoder_checks_the_rotation_against_the_scheme(tiny_config, build,
     assert FastDecoder.build(model, batch=1, capacity=8, dtype=torch.float64, device=torch.device("cpu")) is not None
 
 
+def test_low_precision_rope_model_decodes_through_the_generic_path(tiny_config, build):
+    """bfloat16 has no complex dtype for the fast path's rotation: such a model is declined
+    and generate() still works, through the generic path."""
+    from archlab.models.fastdecode import FastDecoder
+
+    model = build(tiny_config()).to(torch.bfloat16)
+    assert FastDecoder.build(model, batch=1, capacity=8, dtype=torch.bfloat16, device=torch.device("cpu")) is None
+    ids = torch.tensor([[1, 2, 3]])
+    out = generate(model, ids, max_new_tokens=5, temperature=0.0)
+    assert torch.equal(out, generate(model, ids, max_new_tokens=5, temperature=0.0, fast_path=False))
+
+
 def test_fast_decoder_refuses_to_overflow(tiny_config, build):
     from archlab.models.fastdecode import FastDecoder
 

@@ -260,8 +260,8 @@ class FastDecoder:
         D/2) over paired channels (``cos + i·sin`` for rotary pairs, 1 past the rotary width)
         and the pairing permutation, built from the scheme's own cos/sin and verified against
         ``pos.rotate`` on a random probe."""
-        if head_dim % 2:
-            return None
+        if head_dim % 2 or self.dtype not in (torch.float32, torch.float64):
+            return None  # complex multiply needs a complex dtype: none for bfloat16 (generic path)
         cos, sin = pos.cos_sin(self.positions_for_tables(), self.dtype)
         cos, sin = cos.reshape(self.capacity, -1), sin.reshape(self.capacity, -1)
         half = cos.shape[-1]
