@@ -21,7 +21,7 @@ from archlab.data.taskdata import (
     _pack,
     build_task_data,
 )
-from archlab.data.tasks import (
+from archlab.catalog.tasks import (
     BOS,
     PAD,
     STATEMENT_WEIGHTS,

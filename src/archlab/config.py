@@ -22,8 +22,7 @@ from typing import Any, Literal
 import yaml
 
 from archlab import catalog  # noqa: F401  (registers the built-in parts)
-from archlab.data import tasks as _tasks  # noqa: F401  (registers the synthetic task kinds)
-from archlab.registry import FAMILY, ConfigError, PartConfig, from_dict, part, to_dict
+from archlab.registry import FAMILY, TASK, ConfigError, PartConfig, from_dict, part, to_dict
 
 __all__ = [
     "Config", "ModelConfig", "LayerConfig", "LayersConfig", "DataConfig", "TrainConfig",
@@ -101,7 +100,7 @@ class DataConfig:
     bpe_vocab: int = 1024
     cache_dir: str | None = None  # None: $ARCHLAB_CACHE or ~/.cache/archlab
     # corpus 'task': a synthetic task {kind: counting | selective_copy | flipflop | assoc_recall, ...knobs}
-    # (archlab.data.tasks; docs/tasks.md)
+    # (archlab.catalog.tasks; docs/tasks.md)
     task: PartConfig | None = part("task", optional=True)
 
 
@@ -247,7 +246,7 @@ def _validate(cfg: Config) -> Config:
     if d.corpus == "task":
         if d.task is None:
             raise ConfigError("data.task: required for corpus 'task', e.g. data.task.kind=counting; "
-                              f"allowed kinds: {', '.join(_tasks.TASK.kinds())}")
+                              f"allowed kinds: {', '.join(TASK.kinds())}")
         if d.tokenizer != "bytes" or d.path is not None:
             raise ConfigError("data.tokenizer / data.path: not used with corpus 'task' (the task defines its "
                               "vocabulary and generates its data); remove them")

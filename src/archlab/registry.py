@@ -98,7 +98,7 @@ MIXER = Registry("mixer")
 FFN = Registry("ffn")
 NORM = Registry("norm")
 FAMILY = Registry("family")
-TASK = Registry("task")  # synthetic tasks (data.task); kinds in archlab.data.tasks
+TASK = Registry("task")  # synthetic tasks (data.task); kinds in archlab.catalog.tasks
 
 REGISTRIES: dict[str, Registry] = {r.group: r for r in (POSITION, MIXER, FFN, NORM, FAMILY, TASK)}
 

@@ -2,7 +2,10 @@
 
 ``nn/`` holds pure modules; this package maps config names onto them. A new part is one
 module in ``nn/`` plus one registration here, and the shared property tests (parametrised over
-the registries) cover it from then on.
+the registries) cover it from then on. The synthetic tasks (``tasks.py``) live here too: their
+knobs and generators depend only on the registry and numpy, and the config validates
+``data.task`` against them, so they sit on the config's floor; ``data/taskdata.py`` turns them
+into token streams.
 """
 
 from archlab.catalog import blocks, positions  # noqa: F401
@@ -10,6 +13,7 @@ from archlab.catalog import conv  # noqa: F401
 from archlab.catalog import cope  # noqa: F401
 from archlab.catalog import echo_positions  # noqa: F401
 from archlab.catalog import local  # noqa: F401
+from archlab.catalog import tasks  # noqa: F401  (synthetic tasks: knobs and generators)
 from archlab.catalog.context import BuildContext
 
 __all__ = ["BuildContext"]

@@ -1,6 +1,6 @@
 """Assembled task datasets: seeded splits, padding, training batches and the task's tokenizer.
 
-:func:`build_task_data` turns a task config (:mod:`archlab.data.tasks`) into a
+:func:`build_task_data` turns a task config (:mod:`archlab.catalog.tasks`) into a
 :class:`TaskData`: the word tokenizer and one :class:`TaskSplit` per split. Split ``s`` is drawn
 from ``numpy.random.default_rng([task.seed, crc32(s)])``, so a split depends on the data seed and
 its own name only (changing the test size leaves the training set as it was). Splits are
@@ -33,7 +33,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from archlab.data.tasks import PAD, TaskConfig
+from archlab.catalog.tasks import PAD, TaskConfig
 from archlab.registry import ConfigError, to_dict
 
 __all__ = ["TaskData", "TaskSampler", "TaskSplit", "WordTokenizer", "build_task_data", "check_task_lengths"]
