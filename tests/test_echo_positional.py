@@ -533,6 +533,23 @@ def test_variants_bench_runs_and_writes_ratios(tmp_path, capsys):
         resolve_variants("configs/lm_ref.yaml", ["x=train.batch=2"])
 
 
+def test_variants_bench_pairwise_times_each_variant_alone(tmp_path):
+    """--pairwise: every variant runs in its own alternation with a fresh baseline."""
+    from archlab.cli import main
+
+    out = tmp_path / "v.json"
+    rc = main(["bench", "variants", "configs/lm_ref.yaml", "--shape", "file", "--set", "model.dim=16",
+               "--set", "model.depth=1", "--set", "train.seq_len=8", "--set", "train.batch=2",
+               "--variant", "givens=model.position.kind=givens_rope", "--variant", "rel=model.position.kind=relative",
+               "--rounds", "2", "--warmup", "1", "--clock", "cpu", "--pairwise", "--out", str(out)])
+    assert rc == 0
+    res = json.loads(out.read_text())
+    assert res["mode"] == "pairwise" and list(res["step_time_ratios"]) == ["base", "givens", "rel"]
+    assert {n: sorted(p["contenders"]) for n, p in res["pairs"].items()} == {
+        "givens": ["base", "givens"], "rel": ["base", "rel"]}
+    assert res["step_time_ratios"]["rel"] == res["pairs"]["rel"]["step_time_ratios"]["rel"]
+
+
 @pytest.mark.parametrize("fraction", [1.0, 0.5])
 def test_generate_with_multi_scale_rope(fraction, tiny_config, build):
     from archlab.models import generate

@@ -16,6 +16,12 @@ by the baseline's, plus the steadier paired ratio (median over rounds of the per
 absolute times on a shared machine are noise. ``--clock cpu`` times by this process's CPU time
 instead of the wall clock, which other processes on a shared machine disturb much less (use it
 with ``--threads 1``).
+
+With many variants alternating, every model's weights and optimiser state compete for the
+caches, and variants made of many small operations pay the most for it (the same variant
+measured ×1.19 against RoPE alone and ×1.70 in a 12-way alternation). ``--pairwise`` measures
+each variant in its own alternation with a fresh baseline instead: a step-time ratio then
+depends only on the two models compared.
 """
 
 from __future__ import annotations
@@ -210,10 +216,31 @@ def run_variants(configs: dict[str, Any], baseline: str, *, rounds: int = 8, ste
     }
 
 
+def run_pairwise(configs: dict[str, Any], baseline: str, **kw: Any) -> dict[str, Any]:
+    """Each variant against the baseline alone (:func:`run_variants` on the pair, a fresh
+    baseline model each time); the pairs' results under ``pairs`` and their ratios together."""
+    pairs = {n: run_variants({baseline: configs[baseline], n: c}, baseline, **kw)
+             for n, c in configs.items() if n != baseline}
+    if not pairs:
+        raise ConfigError(f"--pairwise: no variant besides the baseline '{baseline}'")
+    first = next(iter(pairs.values()))
+    base_ms = bench._median([p["step_time_ratios"][baseline]["step_ms"] for p in pairs.values()])
+    ratios = {baseline: {"ratio": 1.0, "paired": 1.0, "step_ms": base_ms}}
+    ratios.update({n: p["step_time_ratios"][n] for n, p in pairs.items()})
+    return {
+        "kind": "variants", "mode": "pairwise", "clock": first["clock"], "baseline": baseline, "shape": first["shape"],
+        "step_time_ratios": ratios, "pairs": pairs,
+        "interleaving": {"rounds": first["interleaving"]["rounds"],
+                         "kept_rounds": min((p["interleaving"]["kept_rounds"] for p in pairs.values()), key=len)},
+        "environment": first["environment"],
+    }
+
+
 def _print(result: dict[str, Any]) -> None:
     kept, total = len(result["interleaving"]["kept_rounds"]), result["interleaving"]["rounds"]
     sh = result["shape"]
-    print(f"\nstep time relative to '{result['baseline']}' ({result['clock']} clock, {kept}/{total} rounds kept, "
+    mode = ", each variant alone with it" if result.get("mode") == "pairwise" else ""
+    print(f"\nstep time relative to '{result['baseline']}'{mode} ({result['clock']} clock, {kept}/{total} rounds kept, "
           f"dim {sh['dim']}, depth {sh['depth']}, heads {sh['heads']}, seq {sh['seq_len']}, batch {sh['batch_size']}):")
     for name, r in result["step_time_ratios"].items():
         print(f"  {name:22s} {r['step_ms']:9.1f} ms/step   ×{r['ratio']:.2f}  (paired ×{r['paired']:.2f})")
@@ -236,6 +263,8 @@ def main(argv: list[str] | None = None, mode: str = "variants") -> int:
     ap.add_argument("--warmup", type=int, default=2)
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--compile", action="store_true", help="torch.compile every variant")
+    ap.add_argument("--pairwise", action="store_true",
+                    help="time each variant in its own alternation with the baseline (not all together)")
     ap.add_argument("--clock", choices=["wall", "cpu"], default="wall",
                     help="wall: elapsed time; cpu: this process's CPU time (shared machines; use with --threads 1)")
     ap.add_argument("--threads", type=int, default=None)
@@ -255,7 +284,7 @@ def main(argv: list[str] | None = None, mode: str = "variants") -> int:
             raise ConfigError(f"--only {unknown[0]}: not a variant; variants: {', '.join(configs)}")
         configs = {n: c for n, c in configs.items() if n == baseline or n in keep}
     t0 = time.perf_counter()
-    result = run_variants(configs, baseline, rounds=a.rounds, steps_per_round=a.steps_per_round, warmup=a.warmup,
+    result = (run_pairwise if a.pairwise else run_variants)(configs, baseline, rounds=a.rounds, steps_per_round=a.steps_per_round, warmup=a.warmup,
                           seed=a.seed, device=a.device, compile=a.compile, clock=a.clock,
                           max_foreign_cpu=None if a.max_foreign_cpu < 0 else a.max_foreign_cpu, verbose=a.verbose)
     result["command"] = " ".join(["archlab", "bench", mode, *(argv or [])])
