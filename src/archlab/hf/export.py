@@ -82,14 +82,15 @@ def _check_rebuilds(model: Any, model_cfg: Any) -> None:
     from archlab.models import build_model
     from archlab.registry import ConfigError
 
-    fresh = build_model(model_cfg).to(next(model.parameters()).device)
+    device = next(model.parameters()).device
+    fresh = build_model(model_cfg).to(device).eval()
     fresh.load_state_dict(model.state_dict())
     T = min(64, model_cfg.max_seq_len)
-    ids = torch.randint(0, model_cfg.vocab_size or 256, (2, T), generator=torch.Generator().manual_seed(0))
+    ids = torch.randint(0, model_cfg.vocab_size or 256, (2, T), generator=torch.Generator().manual_seed(0)).to(device)
     was = model.training
-    model.eval(), fresh.eval()
+    model.eval()
     with torch.no_grad():
-        a, b = model(ids.to(fresh.head.weight.device)).logits, fresh(ids.to(fresh.head.weight.device)).logits
+        a, b = model(ids).logits, fresh(ids).logits
     model.train(was)
     if not torch.allclose(a, b, rtol=1e-5, atol=1e-5):
         raise ConfigError("export --hf: the adapted values of train.dynamics could not be written into a config that "

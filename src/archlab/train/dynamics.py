@@ -333,8 +333,9 @@ def adapted_model_config(model_cfg: Any, model: nn.Module, specs: list, where: s
     """A copy of ``model_cfg`` with the values the controllers adapted in ``model`` (a model
     whose values were restored, e.g. by :func:`restore`) written into the knobs that hold them,
     so that a model built from the config alone is the adapted one. Used by the Hugging Face
-    export; the caller checks the equivalence on a probe. One-line ``ConfigError`` for a
-    controller whose value has no config knob."""
+    export; the caller checks the equivalence on a probe (a part that only shares the knob's
+    name, such as a sinusoidal table's ``base`` beside rotary layers, makes that check fail and
+    the export is refused). One-line ``ConfigError`` for a controller whose value has no knob."""
     out = copy.deepcopy(model_cfg)
     for c in build_controllers(specs, model, where):
         if c.kind not in CONFIG_KNOB:
