@@ -225,7 +225,7 @@ def main(argv: list[str] | None = None, mode: str | None = None) -> int:
     ap.add_argument("--out", default=None, help="write the JSON result here")
     ap.add_argument("-v", "--verbose", action="store_true", help="print every round")
     ap.add_argument("--breakdown", action="store_true",
-                    help="also profile one training step per contender: time in matmuls, attention, the rest")
+                    help="also profile two training steps per contender: time in matmuls, attention, the rest")
     args = ap.parse_args(argv)
 
     if args.threads:
