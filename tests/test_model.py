@@ -263,7 +263,9 @@ FAST_CASES = [{}, {"model.position.kind": "learned"}, {"model.position.kind": "n
               {"model.layers.default.ffn.kind": "gelu", "model.layers.default.norm.kind": "layer", "model.bias": True},
               {"model.position.kind": "alibi"}, {"model.position.kind": "t5"}, {"model.position.kind": "relative"},
               {"model.position.kind": "dynamic", "model.kv_heads": 2},
-              {"model.layers.overrides": {"1": {"position": {"kind": "alibi"}}}}]
+              {"model.layers.overrides": {"1": {"position": {"kind": "alibi"}}}},
+              {"model.layers.default.mixer": {"kind": "local", "window": 4}},
+              {"model.layers.overrides": {"0": {"mixer": {"kind": "local", "window": 3}}}, "model.position.kind": "alibi"}]
 
 
 @pytest.mark.parametrize("sets", FAST_CASES, ids=lambda s: ",".join(f"{k.split('.')[-1]}={v}" for k, v in s.items()) or "rope")
@@ -315,7 +317,9 @@ def test_fast_decoder_column_blocks_at_batch_one(sets, parts, tiny_config, build
 
 
 @pytest.mark.parametrize("sets", [{"model.position.kind": "cope"}, {"model.position.kind": "givens_rope"},
-                                  {"model.layers.default.norm.placement": "post"}])
+                                  {"model.layers.default.norm.placement": "post"},
+                                  {"model.layers.default.mixer": {"kind": "local", "window": 4, "global_heads": 1}},
+                                  {"model.layers.default.mixer": {"kind": "local", "window": 4, "global_tokens": 2}}])
 def test_fast_decoder_declines_what_it_does_not_reproduce(sets, tiny_config, build):
     from archlab.models.fastdecode import FastDecoder
 

@@ -10,7 +10,8 @@ drops the rest, for the configurations where that is provably the same computati
   in place on q and one written straight into the key cache → one copy of the new v into a
   preallocated buffer → fused SDPA over the valid prefix (no causal mask: every cached key
   is earlier; an additive bias scheme's own ``bias`` for the new row as the mask, computed
-  once per step when it depends on i − j only) → ``addmm`` into the residual → norm → ``mm``
+  once per step when it depends on i − j only; for a ``local`` layer, only its last ``window``
+  keys) → ``addmm`` into the residual → norm → ``mm``
   → activation → ``addmm`` into the residual;
 * RoPE as a complex multiply: the model rotates channel c with channel c + r/2 of each head
   (rotate-half); here the q and k columns of the projection are permuted once so that those
@@ -26,8 +27,8 @@ drops the rest, for the configurations where that is provably the same computati
 
 Which models qualify is decided structurally (:func:`FastDecoder.build` returns ``None``
 otherwise, and :func:`~archlab.models.generation.generate` uses the generic path: rotations
-other than plain RoPE, schemes that need the scores such as CoPE, post-norm, other mixers and
-feed-forwards, dropout), and the
+other than plain RoPE, schemes that need the scores such as CoPE, post-norm, local attention
+with global heads or tokens, other mixers and feed-forwards, dropout), and the
 rotation is checked once against the scheme's own ``rotate`` on a probe before use, so a
 scheme that changes its formula (learnable phases, multi-scale bases, ...) is never decoded
 with a stale copy of it. Equivalence with the generic path is tested token for token and
@@ -41,7 +42,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from archlab.nn.ffn import GeluMLP, SwiGLU
+from archlab.nn.cache import KVCache
 from archlab.nn.mixers.attention import Attention
+from archlab.nn.mixers.local import LocalAttention
 from archlab.nn.norms import LayerNorm, RMSNorm
 from archlab.nn.positional.base import bias_is_relative
 from archlab.nn.positional.rope import RotaryEmbedding
@@ -144,6 +147,7 @@ class _Layer:
         "w_down",
         "w_up",
         "wo",
+        "window",
         "wqkv",
     )
 
@@ -176,8 +180,11 @@ class FastDecoder:
         tables: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
         for block in model.blocks:
             attn, ffn = block.mixer, block.ffn
-            if type(attn) is not Attention or not block.pre or not attn.causal or not isinstance(block.drop, nn.Identity):
+            if type(attn) not in (Attention, LocalAttention) or not block.pre or not attn.causal \
+                    or not isinstance(block.drop, nn.Identity):
                 return None
+            if type(attn) is LocalAttention and (attn.global_heads or attn.global_tokens):
+                return None  # global heads/tokens: generic path
             pos = attn.position
             if type(pos) is RotaryEmbedding:
                 # one table for every head and for q and k alike: no multi-scale head groups,
@@ -196,6 +203,9 @@ class FastDecoder:
             # an additive bias (ALiBi, T5, clipped relative, dynamic): the scheme's own, as the mask
             L.bias = pos if pos.uses_bias else None
             L.bias_relative = L.bias is not None and bias_is_relative(pos)
+            # local attention: the last `window` keys (the window as it is now: a controller's
+            # adapted value included)
+            L.window = attn.window if type(attn) is LocalAttention else None
             L.norm1, L.norm2 = _norm_fn(block.norm1), _norm_fn(block.norm2)
             if L.norm1 is None or L.norm2 is None:
                 return None
@@ -296,9 +306,10 @@ class FastDecoder:
     def prefill(self, ids: torch.Tensor) -> torch.Tensor:
         """Run the prompt through the model's ordinary cached forward (one batched pass) and
         adopt its keys/values; returns the last position's logits (B, V)."""
-        from archlab.models.lm import ModelCache  # noqa: F401  (type of model.init_cache())
+        from archlab.models.lm import ModelCache
 
-        cache = self.model.init_cache()
+        # every key of the prompt (a local layer's own cache would keep only its window)
+        cache = ModelCache([KVCache() for _ in self.layers])
         logits = self.model(ids, cache=cache).logits[:, -1]
         T = ids.shape[1]
         for L, c in zip(self.layers, cache.layers):
@@ -336,15 +347,17 @@ class FastDecoder:
             else:
                 L.k.select(2, p).copy_(L.k_new)
             L.v.select(2, p).copy_(L.v_new)
-            k, v = L.k.narrow(2, 0, n), L.v.narrow(2, 0, n)
+            start = 0 if L.window is None else max(0, n - L.window)
+            k, v = L.k.narrow(2, start, n - start), L.v.narrow(2, start, n - start)
             mask = None
             if L.bias is not None:
-                # a bias that depends on i − j only is computed once per step for all its layers
-                mask = masks.get(id(L.bias)) if L.bias_relative else None
+                # a bias that depends on i − j only is computed once per step for its layers
+                key = (id(L.bias), start)
+                mask = masks.get(key) if L.bias_relative else None
                 if mask is None:
-                    mask = L.bias.bias(L.q, k, self.positions[p:p + 1], self.positions[:n]).to(x.dtype)
+                    mask = L.bias.bias(L.q, k, self.positions[p:p + 1], self.positions[start:n]).to(x.dtype)
                     if L.bias_relative:
-                        masks[id(L.bias)] = mask
+                        masks[key] = mask
             y = F.scaled_dot_product_attention(L.q, k, v, attn_mask=mask, enable_gqa=self.gqa)
             y = y.view(B, H * D)
             x = (_addmm(x, y, L.wo) if L.bo is None else _addmm(x + L.bo, y, L.wo)).view(B, -1)
