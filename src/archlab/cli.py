@@ -36,15 +36,20 @@ def _cmd_eval(a: argparse.Namespace) -> int:
     if a.split not in ("train", "validation", "val", "test"):
         raise ConfigError(f"--split: '{a.split}'; allowed: train, validation, test")
     streams = prepare_corpus(corpus=d.corpus, path=d.path, tokenizer=run.tokenizer, cache_dir=d.cache_dir)
-    split = "validation" if a.split == "val" else a.split
+    split = _split_name(a)
     res = evaluate(run.model, streams[split], seq_len=a.seq_len or t.seq_len, batch_size=a.batch,
                    max_tokens=a.max_tokens)
-    res = {"split": split, "step": run.state.get("step"), **res}
-    if a.json:
-        print(json.dumps(res))
-    else:
-        print(f"{split}: loss {res['loss']:.4f} nats  bpb {res['bpb']:.4f}  "
-              f"({res['tokens']} tokens, step {res['step']})")
+    return _report_eval(a, {"split": split, "step": run.state.get("step"), **res},
+                        "{split}: loss {loss:.4f} nats  bpb {bpb:.4f}  ({tokens} tokens, step {step})")
+
+
+def _split_name(a: argparse.Namespace) -> str:
+    return "validation" if a.split == "val" else a.split
+
+
+def _report_eval(a: argparse.Namespace, res: dict, line: str) -> int:
+    """``archlab eval``'s result: one JSON object with ``--json``, else ``line`` filled in."""
+    print(json.dumps(res) if a.json else line.format(**res))
     return 0
 
 
@@ -54,19 +59,15 @@ def _eval_task(run, a: argparse.Namespace) -> int:
     from archlab.train.taskeval import evaluate_task
 
     data = build_task_data(run.cfg.data.task)
-    split = "validation" if a.split == "val" else a.split
+    split = _split_name(a)
     if split not in data.splits:
         raise ConfigError(f"--split: '{a.split}' is not a split of task '{data.kind}'; allowed: {', '.join(data.splits)}")
     if a.max_tokens is not None or a.seq_len is not None:
         raise ConfigError("--max-tokens / --seq-len: not used for a task run (whole splits are scored)")
     res = {"split": split, "step": run.state.get("step"),
            **evaluate_task(run.model, data.splits[split], batch_size=a.batch)}
-    if a.json:
-        print(json.dumps(res))
-    else:
-        print(f"{split}: error {res['error']:.4f}  token error {res['token_error']:.4f}  answer loss "
-              f"{res['loss']:.4f} nats  ({res['examples']} examples, step {res['step']})")
-    return 0
+    return _report_eval(a, res, "{split}: error {error:.4f}  token error {token_error:.4f}  answer loss "
+                                "{loss:.4f} nats  ({examples} examples, step {step})")
 
 
 def _cmd_generate(a: argparse.Namespace) -> int:
