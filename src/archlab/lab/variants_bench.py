@@ -284,9 +284,10 @@ def main(argv: list[str] | None = None, mode: str = "variants") -> int:
             raise ConfigError(f"--only {unknown[0]}: not a variant; variants: {', '.join(configs)}")
         configs = {n: c for n, c in configs.items() if n == baseline or n in keep}
     t0 = time.perf_counter()
-    result = (run_pairwise if a.pairwise else run_variants)(configs, baseline, rounds=a.rounds, steps_per_round=a.steps_per_round, warmup=a.warmup,
-                          seed=a.seed, device=a.device, compile=a.compile, clock=a.clock,
-                          max_foreign_cpu=None if a.max_foreign_cpu < 0 else a.max_foreign_cpu, verbose=a.verbose)
+    run = run_pairwise if a.pairwise else run_variants
+    result = run(configs, baseline, rounds=a.rounds, steps_per_round=a.steps_per_round, warmup=a.warmup,
+                 seed=a.seed, device=a.device, compile=a.compile, clock=a.clock,
+                 max_foreign_cpu=None if a.max_foreign_cpu < 0 else a.max_foreign_cpu, verbose=a.verbose)
     result["command"] = " ".join(["archlab", "bench", mode, *(argv or [])])
     result["wall_s"] = time.perf_counter() - t0
     _print(result)
