@@ -9,7 +9,6 @@ loss seam, and the benchmark's plumbing.
 
 from __future__ import annotations
 
-import json
 import math
 
 import pytest
@@ -499,55 +498,6 @@ def test_model_without_aux_parts_keeps_loss_equal_to_nll(tiny_config, build):
     ids = torch.randint(0, 256, (2, 8), generator=_gen(14))
     out = model(ids, targets=ids)
     assert out.loss is out.nll and out.aux == {}
-
-
-def test_variant_spec_parsing():
-    from archlab.lab.variants_bench import parse_variant
-
-    assert parse_variant("g=model.position.kind=givens_rope,model.position.base_mults=[1, 10]") == (
-        "g", {"model.position.kind": "givens_rope", "model.position.base_mults": [1, 10]})
-    with pytest.raises(ConfigError, match="NAME=KEY=VALUE"):
-        parse_variant("no-equals")
-
-
-def test_variants_bench_runs_and_writes_ratios(tmp_path, capsys):
-    from archlab.cli import main
-
-    out = tmp_path / "v.json"
-    rc = main(["bench", "variants", "configs/lm_ref.yaml", "--shape", "file", "--set", "model.dim=16",
-               "--set", "model.depth=1", "--set", "train.seq_len=8", "--set", "train.batch=2",
-               "--variant", "givens=model.position.kind=givens_rope,model.position.rounds=2",
-               "--variant", "rel=model.position.kind=relative", "--rounds", "2", "--warmup", "1",
-               "--clock", "cpu", "--out", str(out)])
-    assert rc == 0
-    res = json.loads(out.read_text())
-    assert res["baseline"] == "base" and res["clock"] == "cpu"
-    assert list(res["step_time_ratios"]) == ["base", "givens", "rel"]
-    assert res["step_time_ratios"]["base"]["ratio"] == 1.0
-    assert all(r["ratio"] > 0 for r in res["step_time_ratios"].values())
-    assert res["contenders"]["givens"]["info"]["model"]["position"]["kind"] == "givens_rope"
-    assert "step time relative to 'base'" in capsys.readouterr().out
-    from archlab.lab.variants_bench import resolve_variants
-
-    with pytest.raises(ConfigError, match="work per step"):
-        resolve_variants("configs/lm_ref.yaml", ["x=train.batch=2"])
-
-
-def test_variants_bench_pairwise_times_each_variant_alone(tmp_path):
-    """--pairwise: every variant runs in its own alternation with a fresh baseline."""
-    from archlab.cli import main
-
-    out = tmp_path / "v.json"
-    rc = main(["bench", "variants", "configs/lm_ref.yaml", "--shape", "file", "--set", "model.dim=16",
-               "--set", "model.depth=1", "--set", "train.seq_len=8", "--set", "train.batch=2",
-               "--variant", "givens=model.position.kind=givens_rope", "--variant", "rel=model.position.kind=relative",
-               "--rounds", "2", "--warmup", "1", "--clock", "cpu", "--pairwise", "--out", str(out)])
-    assert rc == 0
-    res = json.loads(out.read_text())
-    assert res["mode"] == "pairwise" and list(res["step_time_ratios"]) == ["base", "givens", "rel"]
-    assert {n: sorted(p["contenders"]) for n, p in res["pairs"].items()} == {
-        "givens": ["base", "givens"], "rel": ["base", "rel"]}
-    assert res["step_time_ratios"]["rel"] == res["pairs"]["rel"]["step_time_ratios"]["rel"]
 
 
 @pytest.mark.parametrize("fraction", [1.0, 0.5])
