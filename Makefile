@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 PIP := $(BIN)/pip --disable-pip-version-check
 CONSTRAINTS := constraints.txt
 
-.PHONY: demo test install install-dev bench clean
+.PHONY: demo test test-latest lock install install-dev bench clean
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -16,7 +16,7 @@ $(VENV)/.installed: $(BIN)/python pyproject.toml $(CONSTRAINTS)
 	touch $@
 
 $(VENV)/.installed-dev: $(VENV)/.installed
-	$(PIP) install -q -c $(CONSTRAINTS) -e '.[dev,report]'
+	$(PIP) install -q -c $(CONSTRAINTS) -e '.[dev,report,hf]'
 	touch $@
 
 install: $(VENV)/.installed
@@ -28,10 +28,25 @@ demo: $(VENV)/.installed
 test: $(VENV)/.installed-dev
 	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -n 2 tests
 
+# The same suite on the newest releases the package's ranges admit (no lock; torch stays at the
+# CPU build named in the lock, since an unpinned torch pulls a multi-GB CUDA build): shows an
+# upstream break before users meet it. Its own venv, so the locked one is untouched.
+LATEST := .venv-latest
+test-latest:
+	test -x $(LATEST)/bin/python || $(PY) -m venv $(LATEST)
+	$(LATEST)/bin/pip --disable-pip-version-check install -q --upgrade --upgrade-strategy eager \
+		"$$(grep -E '^torch==' $(CONSTRAINTS) | sed 's/+.*//')" -e '.[dev,report,hf]'
+	$(LATEST)/bin/pip --disable-pip-version-check list 2>/dev/null | grep -iE '^(torch|transformers|tokenizers|numpy|safetensors) '
+	OMP_NUM_THREADS=1 $(LATEST)/bin/python -m pytest -n 2 tests
+
+# Rewrite constraints.txt from a fresh resolution of the package's ranges (see scripts/lock).
+lock:
+	scripts/lock
+
 bench: $(VENV)/.installed-dev
 	$(PIP) install -q -c $(CONSTRAINTS) -e '.[peers]'
 	$(BIN)/archlab bench all --out runs/bench/throughput.json
 	$(BIN)/archlab bench scaling --out runs/bench/scaling
 
 clean:
-	rm -rf $(VENV) runs build *.egg-info src/*.egg-info
+	rm -rf $(VENV) $(LATEST) runs build *.egg-info src/*.egg-info
