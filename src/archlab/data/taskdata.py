@@ -22,6 +22,7 @@ examples of step ``s`` are ``default_rng([seed, s]).integers(0, N, batch)``, a p
 
 from __future__ import annotations
 
+import difflib
 import hashlib
 import json
 import zlib
@@ -59,10 +60,18 @@ class WordTokenizer:
         out = []
         for w in text.split():
             if w not in self._id:
-                raise ValueError(f"unknown word '{w}' for the {self.task or 'task'} vocabulary; allowed: "
-                                 f"{' '.join(self.words)}")
+                raise ConfigError(f"unknown word '{w}' for the {self.task or 'task'} vocabulary; "
+                                  f"allowed: {self._some_words(w)}")
             out.append(self._id[w])
         return out
+
+    def _some_words(self, near: str, shown: int = 12) -> str:
+        """A few allowed words for an error line, the closest to ``near`` first: a task's
+        vocabulary can be long, and one line should stay readable."""
+        close = difflib.get_close_matches(near, self.words, n=3)
+        pick = close + [w for w in self.words if w not in close][: max(0, shown - len(close))]
+        rest = len(self.words) - len(pick)
+        return " ".join(pick) + (f" … ({len(self.words)} words in all)" if rest > 0 else "")
 
     def decode(self, ids: Any) -> str:
         if hasattr(ids, "tolist"):
