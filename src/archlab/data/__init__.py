@@ -7,6 +7,7 @@ Typical use::
     tok = make_tokenizer("bytes")
     streams = prepare_corpus(corpus="stdlib", tokenizer=tok)
     sampler = WindowSampler(streams["train"], seq_len=256, batch_size=32, seed=0)
+    check_streams(streams, seq_len=256)  # one-line ConfigError if a split is too short
     x, y = sampler.batch(step)
     for x, y in eval_windows(streams["validation"], seq_len=256, batch_size=32):
         ...
@@ -17,6 +18,7 @@ from .corpus import (
     ENWIK8_SIZES,
     SPLITS,
     Corpus,
+    CorpusNotFound,
     Enwik8Corpus,
     PathCorpus,
     StdlibCorpus,
@@ -24,6 +26,7 @@ from .corpus import (
     iter_texts,
     open_corpus,
     read_split,
+    require_text,
     split_of_relpath,
     stdlib_root,
     stdlib_split_files,
@@ -31,6 +34,7 @@ from .corpus import (
 from .stream import (
     TokenStream,
     WindowSampler,
+    check_streams,
     count_eval_targets,
     default_cache_dir,
     eval_windows,
@@ -51,6 +55,7 @@ __all__ = [
     "ByteTokenizer",
     "CORPORA",
     "Corpus",
+    "CorpusNotFound",
     "ENWIK8_SIZES",
     "Enwik8Corpus",
     "PathCorpus",
@@ -61,6 +66,7 @@ __all__ = [
     "Tokenizer",
     "WindowSampler",
     "canonical_split",
+    "check_streams",
     "count_eval_targets",
     "default_cache_dir",
     "eval_windows",
@@ -70,6 +76,7 @@ __all__ = [
     "open_corpus",
     "prepare_corpus",
     "read_split",
+    "require_text",
     "split_of_relpath",
     "stdlib_root",
     "stdlib_split_files",

@@ -23,23 +23,31 @@ Three sources:
     A local folder: all regular, non-hidden files below it (hidden files and
     directories are skipped, as are files with a NUL byte in their first 8 KiB,
     i.e. binaries), split by the same relative-path hash as ``stdlib``. Small
-    folders can leave a split empty -- callers get a warning from
-    :func:`archlab.data.stream.prepare_corpus`.
+    folders can leave a split empty -- :func:`archlab.data.stream.check_streams`
+    refuses that before training. A folder with no text file is refused.
     A single file: split *by position*, first 90% of bytes train, next 5%
     validation, last 5% test; each cut is moved forward to the next UTF-8
-    character start so no character is split.
+    character start so no character is split. An empty file is refused. A
+    binary file (NUL byte in its first 8 KiB) is accepted for the ``bytes``
+    tokenizer, which models any bytes, and refused for ``bpe``, which learns and
+    encodes UTF-8 text (see :func:`require_text`).
 
 ``"enwik8"``
     A local ``enwik8`` or ``enwik8.zip`` (the path may name the file or a folder
     holding it). The standard split: first 90,000,000 bytes train, next
     5,000,000 validation, next 5,000,000 test. Split sizes are parameters of
     :class:`Enwik8Corpus` (for tests on a small synthetic file); a file shorter
-    than the sum of the split sizes is an error.
+    than the sum of the split sizes is an error. A zip must hold a member
+    named ``enwik8``; a zip that cannot be opened or decompressed is refused.
 
 Every corpus hands out a split as an iterator of byte chunks
 (:meth:`Corpus.iter_chunks`) so a tokenizer can work chunk by chunk in bounded
 memory: one chunk per file for file trees, and ~4 MiB pieces cut after a
 newline for single files and enwik8.
+
+Every bad path is refused with a one-line :class:`archlab.registry.ConfigError`
+naming the path and what is allowed, at construction time where that is cheap
+(existence, type, emptiness, readability, zip directory), else while reading.
 """
 
 from __future__ import annotations
@@ -49,9 +57,12 @@ import os
 import sys
 import sysconfig
 import zipfile
+import zlib
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, BinaryIO, Optional, Union
+
+from archlab.registry import ConfigError
 
 SPLITS = ("train", "validation", "test")
 _SPLIT_ALIASES = {"train": "train", "validation": "validation", "val": "validation", "test": "test"}
@@ -67,13 +78,29 @@ _EXCLUDED_STDLIB_DIRS = frozenset({"site-packages", "dist-packages", "__pycache_
 
 PathLike = Union[str, os.PathLike]
 
+_PATH_ALLOWED = "corpus 'path' takes a text file or a folder of text files"
+_ENWIK8_ALLOWED = "corpus 'enwik8' takes the enwik8 file, enwik8.zip, or a folder holding one"
+# What a zip archive can throw on a damaged member: bad headers, bad deflate data,
+# early end, encryption (RuntimeError) or an unsupported method (NotImplementedError).
+_ZIP_ERRORS = (zipfile.BadZipFile, zlib.error, EOFError, OSError, RuntimeError, NotImplementedError)
+
+
+class CorpusNotFound(ConfigError, FileNotFoundError):
+    """A missing corpus path: one line for the CLI, and still a FileNotFoundError for callers."""
+
+
+def _why(e: BaseException) -> str:
+    """An exception as a short single-line reason (OS errors without the errno prefix)."""
+    text = e.strerror if isinstance(e, OSError) and e.strerror else str(e) or type(e).__name__
+    return " ".join(text.split())
+
 
 def canonical_split(split: str) -> str:
-    """Return the canonical split name (``"val"`` -> ``"validation"``) or raise ValueError."""
+    """Return the canonical split name (``"val"`` -> ``"validation"``) or raise ConfigError."""
     try:
         return _SPLIT_ALIASES[split]
     except (KeyError, TypeError):
-        raise ValueError(
+        raise ConfigError(
             f"data: unknown split {split!r}; allowed: train, validation (alias val), test"
         ) from None
 
@@ -92,9 +119,16 @@ def split_of_relpath(relpath: str) -> str:
 def _walk_tree(
     root: Path, *, suffix: Optional[str], skip_dirs: frozenset[str], skip_hidden: bool
 ) -> list[tuple[str, Path]]:
-    """All regular files below ``root`` as (relative POSIX path, path), sorted by relpath."""
+    """All regular files below ``root`` as (relative POSIX path, path), sorted by relpath.
+
+    An unreadable sub-folder is an error rather than silently missing from the corpus.
+    """
+
+    def refuse(e: OSError) -> None:
+        raise ConfigError(f"data.path: cannot read folder {e.filename} ({_why(e)}); fix its permissions")
+
     out: list[tuple[str, Path]] = []
-    for dirpath, dirnames, filenames in os.walk(root):
+    for dirpath, dirnames, filenames in os.walk(root, onerror=refuse):
         # Pruning dirnames in place stops os.walk from descending into them.
         dirnames[:] = [
             d for d in dirnames if d not in skip_dirs and not (skip_hidden and d.startswith("."))
@@ -113,8 +147,12 @@ def _walk_tree(
 
 
 def _is_binary(path: Path) -> bool:
-    with open(path, "rb") as f:
-        return b"\x00" in f.read(_BINARY_SNIFF)
+    """True when the first 8 KiB hold a NUL byte (the usual text/binary sniff)."""
+    try:
+        with open(path, "rb") as f:
+            return b"\x00" in f.read(_BINARY_SNIFF)
+    except OSError as e:
+        raise ConfigError(f"data.path: cannot read {path} ({_why(e)}); fix its permissions") from None
 
 
 def _utf8_safe_cut(buf: bytes) -> int:
@@ -161,6 +199,9 @@ class Corpus:
     """Base class: a named source of bytes with three deterministic splits."""
 
     name: str = "corpus"
+    # True for a source that is not text (a single binary file): only a byte-level
+    # tokenizer may read it (see require_text).
+    binary: bool = False
 
     def fingerprint(self) -> dict[str, Any]:
         """JSON-able description that changes whenever the split contents may change."""
@@ -206,7 +247,13 @@ class StdlibCorpus(_FileTreeCorpus):
     name = "stdlib"
 
     def __init__(self, root: Optional[PathLike] = None) -> None:
-        self.root = Path(root) if root is not None else stdlib_root()
+        self.root = Path(root).expanduser() if root is not None else stdlib_root()
+        # Only cheap checks here: walking the stdlib costs ~0.5 s and this runs even on
+        # a cache hit; empty splits are caught by check_streams.
+        if not self.root.exists():
+            raise CorpusNotFound(f"data.path: corpus 'stdlib' reads *.py files below a folder; not found: {self.root}")
+        if not self.root.is_dir():
+            raise ConfigError(f"data.path: corpus 'stdlib' reads *.py files below a folder; {self.root} is not a folder")
 
     def _files(self) -> list[tuple[str, Path]]:
         return _walk_tree(self.root, suffix=".py", skip_dirs=_EXCLUDED_STDLIB_DIRS, skip_hidden=False)
@@ -222,7 +269,7 @@ class StdlibCorpus(_FileTreeCorpus):
         }
 
 
-class PathCorpus(Corpus):
+class PathCorpus(_FileTreeCorpus):
     """A local text file (split by position) or folder (split by relative-path hash)."""
 
     name = "path"
@@ -230,21 +277,43 @@ class PathCorpus(Corpus):
     def __init__(self, path: PathLike) -> None:
         p = Path(path).expanduser()
         if not p.exists():
-            raise FileNotFoundError(f"data.corpus: path not found: {p}")
+            raise CorpusNotFound(f"data.path: {_PATH_ALLOWED}; path not found: {p}")
         self.root = p.resolve()
         self.is_dir = self.root.is_dir()
+        self._listing: list[tuple[str, Path]] = []
+        if self.is_dir:
+            self._check_folder(p)
+        else:
+            self._check_file(p)
+
+    def _check_file(self, p: Path) -> None:
+        if not self.root.is_file():  # a fifo, socket or device: no stable size to split by
+            raise ConfigError(f"data.path: {p} is not a regular file; {_PATH_ALLOWED}")
+        if self.root.stat().st_size == 0:
+            raise ConfigError(f"data.path: {p} is empty (0 bytes); {_PATH_ALLOWED} with some content")
+        self.binary = _is_binary(self.root)
+
+    def _check_folder(self, p: Path) -> None:
+        walked = _walk_tree(self.root, suffix=None, skip_dirs=frozenset(), skip_hidden=True)
+        # Listed once: the walk and the binary sniff of every file are the costly part.
+        self._listing = [(rel, f) for rel, f in walked if not _is_binary(f)]
+        if not walked:
+            raise ConfigError(f"data.path: folder {p} holds no files (hidden ones are skipped); {_PATH_ALLOWED}")
+        if not self._listing:
+            raise ConfigError(
+                f"data.path: folder {p} holds no text files ({len(walked)} binary skipped: a NUL byte in the "
+                f"first 8 KiB); {_PATH_ALLOWED}"
+            )
 
     # -- folder ---------------------------------------------------------------
     def _files(self) -> list[tuple[str, Path]]:
-        files = _walk_tree(self.root, suffix=None, skip_dirs=frozenset(), skip_hidden=True)
-        return [(rel, p) for rel, p in files if not _is_binary(p)]
+        return self._listing
 
     def split_files(self, split: str) -> list[Path]:
         """Files of ``split`` for a folder corpus (a single file has no file split)."""
         if not self.is_dir:
-            raise ValueError(f"data.corpus: {self.root} is a single file; it is split by position")
-        split = canonical_split(split)
-        return [p for rel, p in self._files() if split_of_relpath(rel) == split]
+            raise ConfigError(f"data.path: {self.root} is a single file; it is split by position, not by file")
+        return super().split_files(split)
 
     # -- single file ----------------------------------------------------------
     def _bounds(self) -> list[int]:
@@ -263,13 +332,11 @@ class PathCorpus(Corpus):
         return cuts
 
     def iter_chunks(self, split: str) -> Iterator[bytes]:
-        split = canonical_split(split)
         if self.is_dir:
-            for p in self.split_files(split):
-                yield p.read_bytes() + FILE_SEPARATOR
+            yield from super().iter_chunks(split)
             return
         cuts = self._bounds()
-        i = SPLITS.index(split)
+        i = SPLITS.index(canonical_split(split))
         with open(self.root, "rb") as f:
             yield from _iter_region(f, cuts[i], cuts[i + 1] - cuts[i])
 
@@ -301,54 +368,76 @@ class Enwik8Corpus(Corpus):
         self.file = self._locate(Path(path).expanduser())
         self.sizes = (int(train_bytes), int(validation_bytes), int(test_bytes))
         if min(self.sizes) < 0:
-            raise ValueError(f"data.corpus: enwik8 split sizes must be >= 0, got {self.sizes}")
-        have = self._data_size()
+            raise ConfigError(f"data.corpus: enwik8 split sizes must be >= 0, got {self.sizes}")
+        self.zipped = self._sniff_zip()
+        if self.zipped:
+            # Opening the zip reads its central directory: a truncated or damaged
+            # archive fails here, before anything is tokenised.
+            try:
+                with zipfile.ZipFile(self.file) as zf:
+                    have = self._member(zf).file_size
+            except _ZIP_ERRORS as e:
+                raise ConfigError(f"data.path: {self.file} is not a readable zip archive ({_why(e)}); "
+                                  f"{_ENWIK8_ALLOWED} -- download enwik8.zip again") from None
+        else:
+            have = self.file.stat().st_size
         need = sum(self.sizes)
         if have < need:
             standard = " (the standard enwik8 is 100,000,000 bytes)" if self.sizes == ENWIK8_SIZES else ""
-            raise ValueError(
-                f"data.corpus: {self.file} holds {have:,} bytes but the split needs {need:,}{standard}"
+            raise ConfigError(
+                f"data.path: {self.file} holds {have:,} bytes but the split needs {need:,} = "
+                f"{self.sizes[0]:,} train + {self.sizes[1]:,} validation + {self.sizes[2]:,} test{standard}"
             )
 
     @staticmethod
     def _locate(p: Path) -> Path:
+        if not p.exists():
+            raise CorpusNotFound(f"data.path: {_ENWIK8_ALLOWED}; not found: {p}")
         if p.is_dir():
             for name in ("enwik8", "enwik8.zip"):
-                if (p / name).is_file():
-                    return (p / name).resolve()
-            raise FileNotFoundError(f"data.corpus: no enwik8 or enwik8.zip in {p}")
+                cand = p / name
+                if cand.is_file():
+                    return cand.resolve()
+                if cand.exists():
+                    raise ConfigError(f"data.path: {cand} is not a file; {_ENWIK8_ALLOWED}")
+            raise CorpusNotFound(f"data.path: no enwik8 or enwik8.zip in folder {p}; {_ENWIK8_ALLOWED}")
         if not p.is_file():
-            raise FileNotFoundError(f"data.corpus: enwik8 file not found: {p}")
+            raise ConfigError(f"data.path: {p} is not a regular file; {_ENWIK8_ALLOWED}")
         return p.resolve()
 
-    def _is_zip(self) -> bool:
-        return self.file.suffix == ".zip" or zipfile.is_zipfile(self.file)
+    def _sniff_zip(self) -> bool:
+        """Zip by content ("PK" signature) or by name, so a renamed archive is still read as one."""
+        try:
+            with open(self.file, "rb") as f:
+                magic = f.read(2)
+        except OSError as e:
+            raise ConfigError(f"data.path: cannot read {self.file} ({_why(e)}); {_ENWIK8_ALLOWED}") from None
+        return magic == b"PK" or self.file.suffix.lower() == ".zip"
 
     def _member(self, zf: zipfile.ZipFile) -> zipfile.ZipInfo:
         infos = [i for i in zf.infolist() if not i.is_dir()]
         for info in infos:
             if info.filename.rsplit("/", 1)[-1] == "enwik8":
                 return info
-        if len(infos) == 1:
-            return infos[0]
-        raise ValueError(f"data.corpus: {self.file} has no member named enwik8")
-
-    def _data_size(self) -> int:
-        if self._is_zip():
-            with zipfile.ZipFile(self.file) as zf:
-                return self._member(zf).file_size
-        return self.file.stat().st_size
+        names = [i.filename for i in infos]
+        held = ", ".join(names[:3]) + (f" and {len(names) - 3} more" if len(names) > 3 else "") or "no files"
+        raise ConfigError(f"data.path: {self.file} has no member named enwik8 (it holds {held}); {_ENWIK8_ALLOWED}")
 
     def iter_chunks(self, split: str) -> Iterator[bytes]:
         i = SPLITS.index(canonical_split(split))
         start = sum(self.sizes[:i])
-        if self._is_zip():
-            with zipfile.ZipFile(self.file) as zf, zf.open(self._member(zf)) as f:
-                # Seeking a compressed member re-reads from the start; fine at 100 MB.
-                yield from _iter_region(f, start, self.sizes[i])
-        else:
-            with open(self.file, "rb") as f:
-                yield from _iter_region(f, start, self.sizes[i])
+        try:
+            if self.zipped:
+                with zipfile.ZipFile(self.file) as zf, zf.open(self._member(zf)) as f:
+                    # Seeking a compressed member re-reads from the start; fine at 100 MB.
+                    yield from _iter_region(f, start, self.sizes[i])
+            else:
+                with open(self.file, "rb") as f:
+                    yield from _iter_region(f, start, self.sizes[i])
+        except _ZIP_ERRORS as e:
+            # Damaged compressed data only shows when it is decompressed; say which file.
+            raise ConfigError(f"data.path: {self.file} is corrupt or changed while reading ({_why(e)}); "
+                              f"{_ENWIK8_ALLOWED} -- download it again") from None
 
     def fingerprint(self) -> dict[str, Any]:
         st = self.file.stat()
@@ -377,9 +466,20 @@ def open_corpus(corpus: str = "stdlib", path: Optional[PathLike] = None) -> Corp
         return StdlibCorpus(path)
     if corpus in ("path", "enwik8"):
         if path is None:
-            raise ValueError(f"data.corpus: corpus {corpus!r} needs a path")
+            raise ConfigError(f"data.path: corpus {corpus!r} needs a path (a local file or folder)")
         return PathCorpus(path) if corpus == "path" else Enwik8Corpus(path)
-    raise ValueError(f"data.corpus: unknown corpus {corpus!r}; allowed: {', '.join(CORPORA)}")
+    raise ConfigError(f"data.corpus: unknown corpus {corpus!r}; allowed: {', '.join(CORPORA)}")
+
+
+def require_text(src: Corpus) -> None:
+    """Refuse a binary source for a text tokenizer (BPE): it would decode it to U+FFFD
+    and learn merges of garbage. The byte tokenizer models any bytes, so it needs no check."""
+    if src.binary:
+        where = getattr(src, "root", src.name)
+        raise ConfigError(
+            f"data.path: {where} looks binary (a NUL byte in its first 8 KiB); the bpe tokenizer needs "
+            "UTF-8 text -- use data.tokenizer: bytes for binary data"
+        )
 
 
 def iter_texts(
@@ -392,15 +492,23 @@ def iter_texts(
     """Chunks of a split decoded as text (invalid UTF-8 -> U+FFFD), e.g. to train a BPE.
 
     ``max_bytes`` stops after roughly that many bytes (whole chunks), which keeps
-    BPE training time bounded on large corpora.
+    BPE training time bounded on large corpora. The corpus is opened and checked
+    (:func:`require_text`) at the call, not at the first ``next``, so a bad path
+    fails before any tokenizer training starts.
     """
     src = open_corpus(corpus, path) if isinstance(corpus, str) else corpus
-    seen = 0
-    for chunk in src.iter_chunks(split):
-        if max_bytes is not None and seen >= max_bytes:
-            return
-        seen += len(chunk)
-        yield chunk.decode("utf-8", errors="replace")
+    require_text(src)
+    split = canonical_split(split)
+
+    def texts() -> Iterator[str]:
+        seen = 0
+        for chunk in src.iter_chunks(split):
+            if max_bytes is not None and seen >= max_bytes:
+                return
+            seen += len(chunk)
+            yield chunk.decode("utf-8", errors="replace")
+
+    return texts()
 
 
 def read_split(corpus: Union[str, Corpus], split: str, *, path: Optional[PathLike] = None) -> bytes:

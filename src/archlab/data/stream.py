@@ -7,15 +7,19 @@
   sampler state and any number of data-parallel ranks see the same global batch.
 * :func:`eval_windows` walks a split in contiguous, non-overlapping windows so
   every target token is scored exactly once.
+* :func:`check_streams` refuses, in one line, splits too short for a window of
+  ``seq_len + 1`` tokens -- call it before building a model.
 
 Cache layout: ``<cache_dir>/<corpus>-<tokenizer>-<key>/{split}.bin`` plus
 ``{split}.json``. ``key`` hashes the corpus identity (resolved path and a
 fingerprint of its files, or the Python version for ``stdlib``), the tokenizer
 fingerprint and the cache format. A split is trusted only if its sidecar exists,
-names the same key and its ``.bin`` has exactly ``n_tokens * itemsize`` bytes.
-Both files are written to a temporary name and moved into place with
-``os.replace`` -- the ``.bin`` first, the sidecar last -- so a crash at any
-moment leaves either no sidecar (the split is redone) or a complete pair.
+names the same key, has every field a reader needs, and its ``.bin`` has exactly
+``n_tokens * itemsize`` bytes; anything else (a truncated or padded ``.bin``, a
+garbage sidecar) is logged and the split rebuilt. Both files are written to a
+temporary name and moved into place with ``os.replace`` -- the ``.bin`` first,
+the sidecar last -- so a crash at any moment leaves either no sidecar (the split
+is redone), the previous pair, or a complete new pair.
 Concurrent writers (e.g. several ranks) are safe: they produce identical files
 and the last ``os.replace`` wins.
 """
@@ -35,7 +39,9 @@ from typing import Any, Optional, Union
 import numpy as np
 import torch
 
-from .corpus import SPLITS, Corpus, canonical_split, open_corpus
+from archlab.registry import ConfigError
+
+from .corpus import SPLITS, Corpus, canonical_split, open_corpus, require_text
 from .tokenizer import Tokenizer
 
 log = logging.getLogger(__name__)
@@ -51,6 +57,9 @@ def default_cache_dir() -> Path:
     """``$ARCHLAB_CACHE`` if set, else ``~/.cache/archlab``."""
     env = os.environ.get("ARCHLAB_CACHE")
     return Path(env).expanduser() if env else Path.home() / ".cache" / "archlab"
+
+
+_TOKEN_DTYPES = ("uint8", "uint16", "int32")  # all token_dtype can choose
 
 
 def token_dtype(vocab_size: int) -> np.dtype:
@@ -82,6 +91,7 @@ class TokenStream:
         split: Optional[str] = None,
         vocab_size: Optional[int] = None,
         path: Optional[Path] = None,
+        source: Optional[str] = None,
     ) -> None:
         if tokens.ndim != 1:
             raise ValueError(f"TokenStream: tokens must be 1-D, got shape {tokens.shape}")
@@ -91,6 +101,8 @@ class TokenStream:
         self.split = split
         self.vocab_size = vocab_size
         self.path = path
+        # The corpus file or folder the tokens came from, for error messages.
+        self.source = source
 
     @classmethod
     def from_array(
@@ -116,6 +128,7 @@ class TokenStream:
             split=meta.get("split"),
             vocab_size=meta.get("vocab_size"),
             path=bin_path,
+            source=_source_label(meta.get("source")),
         )
 
     @property
@@ -157,6 +170,48 @@ def _as_array(stream: Union[TokenStream, np.ndarray, Any]) -> np.ndarray:
     return stream.tokens if isinstance(stream, TokenStream) else np.asarray(stream)
 
 
+def _source_label(fingerprint: Any) -> Optional[str]:
+    """The path a corpus fingerprint names (its ``root`` or ``file``), if any."""
+    if isinstance(fingerprint, dict):
+        where = fingerprint.get("root") or fingerprint.get("file")
+        return str(where) if where else None
+    return None
+
+
+def _check_length(stream: Any, seq_len: int, split: Optional[str] = None) -> None:
+    """One-line refusal of a stream shorter than one window, named by split and source path."""
+    n = len(_as_array(stream))
+    if n >= seq_len + 1:
+        return
+    split, source = split or getattr(stream, "split", None), getattr(stream, "source", None)
+    what = "stream" if split is None else f"split {split!r}" + (f" of {source}" if source else "")
+    hint = ""
+    if n == 0 and source and Path(source).is_dir():
+        hint = "; a folder's files are split 90/5/5 by a hash of their path, so a few files can leave a split empty"
+    raise ConfigError(
+        f"data: {what} has {n:,} tokens, need at least seq_len + 1 = {seq_len + 1:,} (one window); "
+        f"use a longer corpus or a smaller seq_len{hint}"
+    )
+
+
+def check_streams(
+    streams: dict[str, Any], *, seq_len: int, splits: tuple[str, ...] = ("train", "validation")
+) -> None:
+    """Refuse, in one line, any of ``splits`` too short for one window of ``seq_len + 1`` tokens.
+
+    A shorter ``train`` crashes the sampler; a shorter ``validation`` scores a
+    fraction of a window (or nothing: NaN). Call it right after
+    :func:`prepare_corpus`, before a model is built. ``test`` is unchecked by
+    default since training does not read it; pass ``splits=("test",)`` to eval it.
+    """
+    if int(seq_len) < 1:
+        raise ConfigError(f"train.seq_len: must be >= 1, got {seq_len}")
+    for split in (canonical_split(s) for s in splits):
+        if split not in streams:
+            raise ConfigError(f"data: split {split!r} was not prepared; prepared: {', '.join(streams) or 'none'}")
+        _check_length(streams[split], int(seq_len), split)
+
+
 # --------------------------------------------------------------------------- cache
 
 
@@ -172,7 +227,12 @@ def _cache_key(src: Corpus, tokenizer: Tokenizer) -> tuple[str, dict[str, Any]]:
 
 
 def _atomic_write(target: Path, write: Any) -> None:
-    """Call ``write(fileobj)`` on a temp file beside ``target``, fsync, then rename over it."""
+    """Call ``write(fileobj)`` on a temp file beside ``target``, fsync, then rename over it.
+
+    Readers only ever see the old file or the complete new one: the temp name is
+    hidden and never matches a cache name, and ``os.replace`` is atomic within a
+    folder. The folder is fsynced too so the rename itself survives a power cut.
+    """
     fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as f:
@@ -187,21 +247,55 @@ def _atomic_write(target: Path, write: Any) -> None:
         except FileNotFoundError:
             pass
         raise
+    try:
+        dfd = os.open(target.parent, os.O_RDONLY)
+    except OSError:  # e.g. Windows cannot open a folder; the rename is still atomic
+        return
+    try:
+        os.fsync(dfd)
+    except OSError:
+        pass
+    finally:
+        os.close(dfd)
 
 
 def _load_cached(bin_path: Path, key: str) -> Optional[TokenStream]:
-    """The cached split if its sidecar is complete and consistent, else None."""
+    """The cached split if its sidecar is complete and consistent with its ``.bin``, else None.
+
+    None means "tokenise again": a missing sidecar is the normal first run; any
+    other inconsistency is a damaged cache and is logged before it is rebuilt.
+    """
     meta_path = bin_path.with_suffix(".json")
+    if not meta_path.exists():
+        return None
+    problem = _cache_problem(bin_path, meta_path, key)
+    if problem is None:
+        try:
+            return TokenStream.open(bin_path)
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            problem = f"cannot be mapped ({e})"
+    log.warning("data: cache %s %s; rebuilding it", bin_path, problem)
+    return None
+
+
+def _cache_problem(bin_path: Path, meta_path: Path, key: str) -> Optional[str]:
+    """Why a cached split cannot be trusted, or None when it can."""
     try:
         meta = json.loads(meta_path.read_text(encoding="utf-8"))
-        ok = (
-            meta.get("format") == CACHE_FORMAT
-            and meta.get("key") == key
-            and bin_path.stat().st_size == int(meta["n_tokens"]) * np.dtype(meta["dtype"]).itemsize
-        )
-    except (OSError, ValueError, KeyError, TypeError):
-        return None
-    return TokenStream.open(bin_path) if ok else None
+    except (OSError, ValueError) as e:
+        return f"has an unreadable sidecar ({e})"
+    if not isinstance(meta, dict) or meta.get("format") != CACHE_FORMAT or meta.get("key") != key:
+        return "has a sidecar of another format or key"
+    n, n_bytes, dtype = meta.get("n_tokens"), meta.get("n_bytes"), meta.get("dtype")
+    if not (isinstance(n, int) and isinstance(n_bytes, int) and n >= 0 and n_bytes >= 0
+            and isinstance(meta.get("unit"), str) and dtype in _TOKEN_DTYPES):
+        return "has a sidecar with missing or invalid fields"
+    try:
+        size: Optional[int] = bin_path.stat().st_size if bin_path.is_file() else None
+    except OSError:
+        size = None
+    expected = n * np.dtype(dtype).itemsize
+    return None if size == expected else f"holds {size} bytes, not n_tokens * itemsize = {expected}"
 
 
 def _tokenize_split(
@@ -261,24 +355,55 @@ def prepare_corpus(
     ``corpus`` is a name (``"stdlib"``, ``"path"``, ``"enwik8"``; ``path`` as in
     :func:`archlab.data.corpus.open_corpus`) or a ready :class:`Corpus` object.
     Returns ``{"train": ..., "validation": ..., "test": ...}`` (or the requested
-    ``splits``, canonicalised). Warns when a split comes out empty.
+    ``splits``, canonicalised). Warns when a split comes out empty; call
+    :func:`check_streams` with the run's ``seq_len`` to refuse short splits.
+    A bad path, a binary file for a text tokenizer, or an unusable cache folder
+    is a one-line :class:`ConfigError` before anything is tokenised.
     """
     src = open_corpus(corpus, path) if isinstance(corpus, str) else corpus
+    wanted = [canonical_split(s) for s in splits]
+    if getattr(tokenizer, "unit", None) != "byte":
+        require_text(src)
     key, ident = _cache_key(src, tokenizer)
     root = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
     folder = root / f"{src.name}-{tokenizer.name}-{key[:16]}"
-    folder.mkdir(parents=True, exist_ok=True)
+    _make_cache_folder(folder, root, from_config=cache_dir is not None)
     out: dict[str, TokenStream] = {}
-    for split in (canonical_split(s) for s in splits):
+    for split in wanted:
         bin_path = folder / f"{split}.bin"
         stream = _load_cached(bin_path, key)
         if stream is None:
+            # Checked only on a miss: a complete cache in a read-only folder is fine to read.
+            if not os.access(folder, os.W_OK):
+                raise ConfigError(
+                    f"{_cache_setting(cache_dir is not None)}: {folder} is not writable, so split {split!r} "
+                    "cannot be cached; give a writable folder"
+                )
             log.info("tokenising %s/%s with %s into %s", src.name, split, tokenizer.name, folder)
             stream = _tokenize_split(src, split, tokenizer, bin_path, key, ident)
         if len(stream) == 0:
             warnings.warn(f"data: split {split!r} of corpus {src.name!r} is empty", stacklevel=2)
         out[split] = stream
     return out
+
+
+def _cache_setting(from_config: bool) -> str:
+    return "data.cache_dir" if from_config else "$ARCHLAB_CACHE (or data.cache_dir)"
+
+
+def _make_cache_folder(folder: Path, root: Path, *, from_config: bool) -> None:
+    """Create the cache folder, or refuse in one line naming the setting that chose it."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except (FileExistsError, NotADirectoryError):
+        raise ConfigError(
+            f"{_cache_setting(from_config)}: {root} (or a folder above it) is a file; it must be a folder"
+        ) from None
+    except OSError as e:
+        raise ConfigError(
+            f"{_cache_setting(from_config)}: cannot create the token cache in {root} ({e.strerror or e}); "
+            "give a writable folder"
+        ) from None
 
 
 # --------------------------------------------------------------------------- reading
@@ -308,17 +433,15 @@ class WindowSampler:
     ) -> None:
         self.tokens = _as_array(stream)
         if seq_len < 1 or batch_size < 1:
-            raise ValueError(f"WindowSampler: seq_len and batch_size must be >= 1, got {seq_len}, {batch_size}")
+            raise ConfigError(f"WindowSampler: seq_len and batch_size must be >= 1, got {seq_len}, {batch_size}")
         if world_size < 1 or not 0 <= rank < world_size:
-            raise ValueError(f"WindowSampler: need 0 <= rank < world_size, got rank={rank}, world_size={world_size}")
+            raise ConfigError(f"WindowSampler: need 0 <= rank < world_size, got rank={rank}, world_size={world_size}")
         if batch_size % world_size:
-            raise ValueError(
+            raise ConfigError(
                 f"WindowSampler: batch_size {batch_size} is not divisible by world_size {world_size}"
             )
-        if len(self.tokens) < seq_len + 1:
-            raise ValueError(
-                f"WindowSampler: stream has {len(self.tokens)} tokens, need at least seq_len + 1 = {seq_len + 1}"
-            )
+        # A short stream would make rng.integers(0, <=0) fail at the first batch, far from the cause.
+        _check_length(stream, int(seq_len))
         self.seq_len = int(seq_len)
         self.batch_size = int(batch_size)
         self.seed = int(seed)
@@ -374,7 +497,7 @@ def eval_windows(
     with on average ``seq_len / 2`` tokens of context -- the usual convention.
     """
     if seq_len < 1 or batch_size < 1:
-        raise ValueError(f"eval_windows: seq_len and batch_size must be >= 1, got {seq_len}, {batch_size}")
+        raise ConfigError(f"eval_windows: seq_len and batch_size must be >= 1, got {seq_len}, {batch_size}")
     tokens = _as_array(stream)
     n_targets = count_eval_targets(tokens, max_tokens=max_tokens)
     n_full, rem = divmod(n_targets, seq_len)
