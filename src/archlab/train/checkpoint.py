@@ -4,10 +4,17 @@
 One file means one atomic ``os.replace``: a crash mid-save leaves the previous checkpoint
 intact, never a model from one step with an optimiser from another. A truncated or corrupt
 file is reported with its path.
+
+Safetensors checks the header's structure but not the bytes of the tensors, so a flipped bit on
+disk or in transfer would load silently and train or evaluate a different model. Each file
+therefore carries SHA-256 digests in its metadata (key ``archlab.sha256``): one per tensor
+(over its dtype, shape and raw bytes) and one over the JSON state, checked by
+:func:`read_checkpoint`. Checkpoints written before digests existed have none and load unchecked.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 from typing import Any
@@ -20,10 +27,46 @@ from torch import nn
 from archlab.atomic import replace_atomically
 
 CHECKPOINT = "checkpoint.safetensors"
+DIGEST_KEY = "archlab.sha256"
 
 
 class CheckpointError(RuntimeError):
     """A checkpoint that cannot be read (missing, truncated, corrupt), with the file named."""
+
+
+def _tensor_digest(t: torch.Tensor) -> str:
+    h = hashlib.sha256(f"{t.dtype}:{list(t.shape)}:".encode())
+    # Bytes through a uint8 view: works for every dtype (bf16 has no numpy equivalent).
+    h.update(t.detach().contiguous().reshape(-1).view(torch.uint8).numpy())
+    return h.hexdigest()
+
+
+def _digests(tensors: dict[str, torch.Tensor], meta_json: str) -> dict[str, Any]:
+    return {"meta": hashlib.sha256(meta_json.encode()).hexdigest(),
+            "tensors": {k: _tensor_digest(tensors[k]) for k in sorted(tensors)}}
+
+
+def _verify(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> None:
+    """Raise :class:`CheckpointError` naming the first tensor (or the state) whose digest differs."""
+    keys = set(metadata)
+    if keys == {"archlab"} or "archlab" not in keys and DIGEST_KEY not in keys:
+        return  # written before digests existed, or not by archlab at all: nothing to check against
+    if keys != {"archlab", DIGEST_KEY}:  # a damaged key name must not switch the check off
+        raise CheckpointError(f"checkpoint {path} is corrupt: unexpected metadata keys {sorted(metadata)[:4]}")
+    try:
+        want = json.loads(metadata[DIGEST_KEY])
+        want_meta, want_tensors = want["meta"], dict(want["tensors"])
+    except (ValueError, KeyError, TypeError):
+        raise CheckpointError(f"checkpoint {path} is corrupt: its checksum record is unreadable") from None
+    if hashlib.sha256(metadata.get("archlab", "").encode()).hexdigest() != want_meta:
+        raise CheckpointError(f"checkpoint {path} is corrupt: the training state fails its checksum")
+    if set(tensors) != set(want_tensors):
+        odd = sorted(set(tensors) ^ set(want_tensors))
+        raise CheckpointError(f"checkpoint {path} is corrupt: tensor names differ from its checksum record "
+                              f"({', '.join(odd[:3])})")
+    for name in sorted(tensors):
+        if _tensor_digest(tensors[name]) != want_tensors[name]:
+            raise CheckpointError(f"checkpoint {path} is corrupt: tensor '{name}' fails its checksum")
 
 
 def _model_tensors(model: nn.Module) -> dict[str, torch.Tensor]:
@@ -69,11 +112,14 @@ def save_checkpoint(
     if torch.cuda.is_available():
         for i, s in enumerate(torch.cuda.get_rng_state_all()):
             tensors[f"rng.cuda.{i}"] = s
+    meta_json = json.dumps(meta)
+    metadata = {"archlab": meta_json, DIGEST_KEY: json.dumps(_digests(tensors, meta_json))}
     # save_file is looked up at call time so tests can simulate a crash mid-write
-    return replace_atomically(path, lambda tmp: save_file(tensors, str(tmp), metadata={"archlab": json.dumps(meta)}))
+    return replace_atomically(path, lambda tmp: save_file(tensors, str(tmp), metadata=metadata))
 
 
 def read_checkpoint(path: str | Path) -> tuple[dict[str, torch.Tensor], dict]:
+    """The file's tensors and its JSON metadata, after checking both against their digests."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint not found: {path}")
@@ -81,9 +127,14 @@ def read_checkpoint(path: str | Path) -> tuple[dict[str, torch.Tensor], dict]:
         tensors = load_file(str(path))
 
         with safe_open(str(path), framework="pt") as f:
-            meta = json.loads((f.metadata() or {}).get("archlab", "{}"))
+            metadata = f.metadata() or {}
+        meta = json.loads(metadata.get("archlab", "{}"))
     except (SafetensorError, OSError, ValueError, RuntimeError) as e:
-        raise CheckpointError(f"checkpoint {path} is corrupt or truncated ({str(e).splitlines()[0]})") from None
+        msg = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise CheckpointError(f"checkpoint {path} is corrupt or truncated ({msg})") from None
+    _verify(path, tensors, metadata)
+    if not isinstance(meta, dict):
+        raise CheckpointError(f"checkpoint {path} is corrupt: its metadata is not a JSON object")
     return tensors, meta
 
 
@@ -94,9 +145,16 @@ def load_checkpoint(
     """Load weights (and optimiser / RNG state) in place; returns the saved ``state`` dict."""
     tensors, meta = read_checkpoint(path)
     weights = {k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")}
+    sd = model.state_dict()
+    # load_state_dict would raise a multi-line RuntimeError; say it in one line, with the cause.
+    for name, t in weights.items():
+        if name in sd and sd[name].shape != t.shape:
+            raise CheckpointError(
+                f"checkpoint {path} does not match the model: '{name}' is {list(t.shape)} in the checkpoint, "
+                f"{list(sd[name].shape)} in the model (a checkpoint of another model configuration?)"
+            )
     missing, unexpected = model.load_state_dict(weights, strict=False)
     # A name missing because it was a tied duplicate is fine; anything else is an error.
-    sd = model.state_dict()
     ptr_names: dict[int, str] = {}
     for name, t in sd.items():
         ptr_names.setdefault(t.data_ptr(), name)
@@ -117,7 +175,20 @@ def load_checkpoint(
         for k, v in om["scalars"].items():
             pid, key = k.split(".", 1)
             state.setdefault(int(pid), {})[key] = v
-        optimizer.load_state_dict({"state": state, "param_groups": om["param_groups"]})
+        params = [p for g in optimizer.param_groups for p in g["params"]]
+        for pid, st in state.items():
+            for key, v in st.items():
+                # moments have their parameter's shape; scalars (Adam's step) have none
+                if torch.is_tensor(v) and v.dim() and pid < len(params) and v.shape != params[pid].shape:
+                    raise CheckpointError(
+                        f"checkpoint {path} does not match the optimiser: state '{key}' of parameter {pid} is "
+                        f"{list(v.shape)}, the parameter {list(params[pid].shape)}"
+                    )
+        try:
+            optimizer.load_state_dict({"state": state, "param_groups": om["param_groups"]})
+        except (ValueError, KeyError, RuntimeError) as e:
+            msg = str(e).splitlines()[0] if str(e) else type(e).__name__
+            raise CheckpointError(f"checkpoint {path} does not match the optimiser ({msg})") from None
     if restore_rng and "rng.torch" in tensors:
         torch.set_rng_state(tensors["rng.torch"])
         if torch.cuda.is_available():

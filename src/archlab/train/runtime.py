@@ -10,19 +10,54 @@ import sys
 import numpy as np
 import torch
 
+from archlab.registry import ConfigError
+
+DEVICE_CHOICES = "auto, cpu, cuda, cuda:N, mps"
+
+
+def _mps_available() -> bool:
+    mps = getattr(torch.backends, "mps", None)
+    return mps is not None and mps.is_available()
+
+
+def available_devices() -> list[str]:
+    """The ``train.device`` values that work on this machine (for error messages)."""
+    out = ["auto", "cpu"]
+    if torch.cuda.is_available():
+        n = torch.cuda.device_count()
+        out += ["cuda"] + [f"cuda:{i}" for i in range(n)]
+    if _mps_available():
+        out.append("mps")
+    return out
+
 
 def pick_device(name: str = "auto") -> torch.device:
-    """auto: CUDA if present, then Apple MPS, else CPU. Anything else is taken as given."""
+    """auto: CUDA if present, then Apple MPS, else CPU; cpu, cuda, cuda:N, mps as given.
+
+    A device this machine does not have is refused here, in one line, because the failure
+    would otherwise come at the first ``.to(device)``, after the data was prepared."""
     if name == "auto":
         if torch.cuda.is_available():
             return torch.device("cuda")
-        mps = getattr(torch.backends, "mps", None)
-        if mps is not None and mps.is_available():
+        if _mps_available():
             return torch.device("mps")
         return torch.device("cpu")
-    dev = torch.device(name)
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"train.device: '{name}' requested but CUDA is not available; allowed here: auto, cpu")
+    try:
+        dev = torch.device(name)
+    except (RuntimeError, TypeError):
+        raise ConfigError(f"train.device: '{name}' is not a device; allowed: {DEVICE_CHOICES}") from None
+    here = ", ".join(available_devices())
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ConfigError(f"train.device: '{name}' requested but CUDA is not available; allowed here: {here}")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise ConfigError(f"train.device: '{name}' but this machine has {torch.cuda.device_count()} CUDA "
+                              f"device(s); allowed here: {here}")
+    elif dev.type == "mps":
+        if not _mps_available():
+            raise ConfigError(f"train.device: '{name}' requested but MPS is not available; allowed here: {here}")
+    elif dev.type != "cpu" or dev.index not in (None, 0):
+        raise ConfigError(f"train.device: '{name}' is not supported; allowed: {DEVICE_CHOICES}")
     return dev
 
 

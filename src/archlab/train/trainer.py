@@ -7,8 +7,18 @@ A run folder holds ``config.yaml`` (the resolved config), ``tokenizer.json``,
 
 Resume is exact: the data sampler is a pure function of (seed, step), the schedule a pure
 function of the step, and the checkpoint restores weights, optimiser moments and the RNG.
-A step whose loss or gradient is not finite is skipped (no update) and reported;
-``train.max_bad_steps`` such steps in a row stop the run, leaving the last good checkpoint.
+On resume ``metrics.jsonl`` is cut back to the checkpoint's step, so the steps trained again
+are not logged twice. A step whose loss or gradient is not finite is skipped (no update) and
+reported; ``train.max_bad_steps`` such steps in a row stop the run, leaving the last good
+checkpoint.
+
+One process writes a run folder at a time (:class:`~archlab.train.runlock.RunLock`, held from
+construction to the end of :meth:`Trainer.fit`). Ctrl-C (SIGINT) and SIGTERM (timeout, SLURM,
+Kubernetes) end the current step, save a checkpoint at it and raise :class:`Interrupted`.
+
+What the user sees goes through ``log`` (stderr by default; stdout is left to the caller's
+result): a header before the first step, then a progress bar on a terminal or, in a log file,
+one plain line every ``train.log_every`` steps.
 """
 
 from __future__ import annotations
@@ -17,6 +27,7 @@ import contextlib
 import json
 import math
 import signal
+import sys
 import time
 from pathlib import Path
 from typing import Any, Callable, Protocol
@@ -25,7 +36,7 @@ import torch
 import yaml
 
 from archlab.atomic import write_text_atomic
-from archlab.config import Config, parse_config
+from archlab.config import Config
 from archlab.data import WindowSampler, iter_texts, load_tokenizer, make_tokenizer, prepare_corpus
 from archlab.data.taskdata import TaskSampler, build_task_data, check_task_lengths
 from archlab.models import build_model
@@ -37,11 +48,31 @@ from archlab.train.dynamics import build_controllers
 from archlab.train.evaluate import evaluate
 from archlab.train.taskeval import evaluate_task
 from archlab.train.optim import build_optimizer, lr_at
+from archlab.train.runlock import RESUMABLE_CHANGES, RunLock, check_run_folder, trim_metrics  # noqa: F401
 from archlab.train.runtime import autocast_factory, peak_memory_mb, pick_device, seed_everything
 
 
 class TrainingStopped(RuntimeError):
     """The run stopped itself (too many non-finite steps); the last good checkpoint is kept."""
+
+
+class Interrupted(KeyboardInterrupt):
+    """Training stopped by a signal after checkpointing the current step. A KeyboardInterrupt,
+    so code that handles Ctrl-C handles SIGTERM too; ``signum`` lets a CLI exit 128 + signum."""
+
+    def __init__(self, signum: int, message: str = "") -> None:
+        super().__init__(message or f"interrupted by {signal.Signals(signum).name}")
+        self.signum = signum
+
+
+def log_to_stderr(line: str) -> None:
+    """The default ``log``: stderr, flushed, so a redirected log file is current and stdout
+    stays clean for the summary JSON that ``archlab train`` prints."""
+    print(line, file=sys.stderr, flush=True)
+
+
+# Signals that stop a run cleanly: Ctrl-C, and what schedulers and `timeout` send first.
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 
 class Callback(Protocol):
@@ -52,21 +83,6 @@ class Callback(Protocol):
     def after_step(self, trainer: "Trainer", step: int, record: dict[str, Any]) -> None: ...
     def state_dict(self) -> dict: ...
     def load_state_dict(self, state: dict) -> None: ...
-
-
-# Keys of the config that may differ between a run and its resumption (extend the budget).
-RESUMABLE_CHANGES = {"train.steps", "train.tokens", "train.seconds"}
-
-
-def _flat(d: dict, prefix: str = "") -> dict[str, Any]:
-    out = {}
-    for k, v in d.items():
-        key = f"{prefix}{k}"
-        if isinstance(v, dict):
-            out.update(_flat(v, key + "."))
-        else:
-            out[key] = v
-    return out
 
 
 def setup_tokenizer(cfg: Config, run_dir: Path):
@@ -94,44 +110,44 @@ class Trainer:
         *,
         resume: bool = False,
         progress: bool = True,
-        log: Callable[[str], None] = print,
+        log: Callable[[str], None] = log_to_stderr,
+        quiet: bool = False,
         callbacks: list[Callback] | None = None,
     ) -> None:
+        """``progress``: a bar when stderr is a terminal (else, or when False, plain lines every
+        ``train.log_every`` steps). ``quiet``: neither header nor step lines, for callers that
+        show their own progress (``archlab compare``); warnings and the interrupt still go to
+        ``log``. Raises :class:`ConfigError` when another process holds ``out_dir``."""
         self.cfg = cfg
         self.dir = Path(out_dir)
         self.resume = resume
         self.progress = progress
         self.log = log
+        self.quiet = quiet
         self.callbacks = list(callbacks or [])
         self.step = 0
         self.best_val = math.inf
         self.elapsed = 0.0  # wall-clock seconds of this run so far, across resumes
         self.train_time = 0.0  # of which spent in training steps
-        self._stop_requested = False
+        self.resumed_from: int | None = None
+        self.saved_step: int | None = None  # step of the checkpoint on disk, if any
+        self._stop_signal: int | None = None
+        self._bar = None
         self.tb = None
-        self._setup()
+        self._lock = RunLock(self.dir)
+        try:
+            self._setup()
+        except BaseException:
+            self._lock.release()
+            raise
+
+    def close(self) -> None:
+        """Release the run folder (done by :meth:`fit` as it returns or raises)."""
+        self._lock.release()
+        if self.tb is not None:
+            self.tb.flush()
 
     # ------------------------------------------------------------------ setup
-
-    def _check_run_dir(self) -> None:
-        ckpt = self.dir / CHECKPOINT
-        saved_cfg = self.dir / "config.yaml"
-        if not self.resume:
-            if ckpt.exists():
-                raise ConfigError(
-                    f"--out {self.dir}: already holds a checkpoint; pass --resume to continue it or choose another folder"
-                )
-            return
-        if not saved_cfg.exists():
-            raise ConfigError(f"--resume: {self.dir} has no config.yaml; nothing to resume")
-        old = _flat(parse_config(yaml.safe_load(saved_cfg.read_text())).to_dict())
-        new = _flat(self.cfg.to_dict())
-        diff = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k) and k not in RESUMABLE_CHANGES)
-        if diff:
-            raise ConfigError(
-                f"--resume: config differs from the run's saved config at {', '.join(diff[:5])}; "
-                f"only {', '.join(sorted(RESUMABLE_CHANGES))} may change"
-            )
 
     def _setup(self) -> None:
         cfg, t = self.cfg, self.cfg.train
@@ -143,9 +159,18 @@ class Trainer:
         if t.batch % (self.world * t.grad_accum):
             raise ConfigError(f"train.batch: {t.batch} must be divisible by ranks × grad_accum = "
                               f"{self.world} × {t.grad_accum}")
-        self._check_run_dir()
-        if self.dist.main:
-            self.dir.mkdir(parents=True, exist_ok=True)
+        if self.resume and not self.dir.is_dir():
+            check_run_folder(self.dir, self.cfg, resume=True)  # refused before the lock would create it
+        refused: ConfigError | None = None
+        if self.dist.main:  # one lock per run folder: rank 0 is its only writer
+            try:
+                self._lock.acquire()
+            except ConfigError as e:
+                refused = e
+        # Every rank learns the outcome, so none is left waiting at the next barrier.
+        if not distributed.all_true(refused is None, self.dist, self.device):
+            raise refused or ConfigError(f"--out {self.dir}: in use by another archlab process")
+        check_run_folder(self.dir, self.cfg, resume=self.resume)
         distributed.barrier(self.dist)
         self.autocast = autocast_factory(t.precision, self.device)
         seed_everything(t.seed)
@@ -178,18 +203,21 @@ class Trainer:
             self.sampler = WindowSampler(self.streams["train"], seq_len=t.seq_len, batch_size=t.batch,
                                          seed=t.seed, rank=self.rank, world_size=self.world)
         self.micro = micro
-        if self.resume and (self.dir / CHECKPOINT).exists():
+        if self.resume:
             state = load_checkpoint(self.dir / CHECKPOINT, model=self.model, optimizer=self.optimizer)
             self.step = int(state["step"])
+            self.resumed_from = self.saved_step = self.step
             self.best_val = float(state.get("best_val", math.inf))
             self.elapsed = float(state.get("elapsed", 0.0))
             self.train_time = float(state.get("train_time", 0.0))
             for cb in self.callbacks:
                 cb.load_state_dict(state.get("callbacks", {}).get(cb.name, {}))
-            self._write_metrics({"event": "resume", "step": self.step})
-            self.log(f"resumed {self.dir} at step {self.step}")
         if self.dist.main:
-            (self.dir / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+            # Steps after the checkpoint (or all of them, for a fresh start) are trained again.
+            trim_metrics(self.dir / "metrics.jsonl", self.step)
+            if self.resume:
+                self._write_metrics({"event": "resume", "step": self.step})
+            write_text_atomic(self.dir / "config.yaml", yaml.safe_dump(cfg.to_dict(), sort_keys=False))
         self.n_params = count_parameters(self.model)
         if t.tensorboard and self.rank == 0:
             try:
@@ -219,15 +247,15 @@ class Trainer:
             "elapsed": self.elapsed,
             "train_time": self.train_time,
             "config": self.cfg.to_dict(),
-            "scheduler": {"kind": "warmup_cosine", "step": self.step},
-            "data": {"sampler": "counter", "seed": self.cfg.train.seed, "next_step": self.step},
             "callbacks": {cb.name: cb.state_dict() for cb in self.callbacks},
         }
 
     def save(self) -> Path | None:
         if not self.dist.main:
             return None
-        return save_checkpoint(self.dir / CHECKPOINT, model=self.model, optimizer=self.optimizer, state=self.state())
+        path = save_checkpoint(self.dir / CHECKPOINT, model=self.model, optimizer=self.optimizer, state=self.state())
+        self.saved_step = self.step
+        return path
 
     def _prepare_data(self) -> dict:
         """Token streams of a text corpus, or the splits of a synthetic task (``self.task``)."""
@@ -305,8 +333,68 @@ class Trainer:
             rec["skipped"] = True
         return rec
 
-    def _on_signal(self, signum, frame) -> None:
-        self._stop_requested = True
+    def _on_signal(self, signum: int, frame: Any) -> None:
+        if self._stop_signal is not None:  # asked twice: stop now; the last checkpoint stays intact
+            raise Interrupted(signum, f"interrupted again by {signal.Signals(signum).name}; "
+                                      f"not saved beyond the last checkpoint")
+        self._stop_signal = signum  # acted on after the current step, which is then saved
+
+    def _install_signal_handlers(self) -> dict[int, Any]:
+        old = {}
+        for sig in STOP_SIGNALS:
+            try:
+                old[sig] = signal.signal(sig, self._on_signal)
+            except ValueError:  # not the main thread: signals stay with whoever owns them
+                break
+        return old
+
+    def _say(self, line: str) -> None:
+        """A line for the user; through the bar when one is drawn, so it does not tear it."""
+        if self._bar is not None and self.log is log_to_stderr:
+            self._bar.write(line, file=sys.stderr)
+        else:
+            self.log(line)
+
+    def header(self) -> list[str]:
+        """What this run is about to do, for the lines printed before the first step."""
+        t = self.cfg.train
+        per_step = t.batch * t.seq_len
+        precision = "fp32" if self.autocast is contextlib.nullcontext else "bf16 autocast"
+        ranks = f", {self.world} processes" if self.world > 1 else ""
+        where = (f"resuming {self.dir} at step {self.resumed_from}" if self.resumed_from is not None
+                 else f"new run in {self.dir}")
+        if t.steps is not None:
+            budget = f"train.steps={t.steps}: {t.steps:,} steps, {t.steps * per_step:,} tokens"
+        elif t.tokens is not None:
+            budget = f"train.tokens={t.tokens:,}: {self.total_steps:,} steps ({self.total_steps * per_step:,} tokens)"
+        else:
+            budget = (f"train.seconds={t.seconds:g}: as many steps as {t.seconds:g} s of training allow "
+                      "(evaluation not counted)")
+        return [
+            f"archlab train: {where}",
+            f"  device {self.device} ({precision}{ranks}), {self.n_params:,} parameters",
+            f"  {t.batch} sequences x {t.seq_len} tokens = {per_step:,} tokens per step",
+            f"  budget {budget}",
+        ]
+
+    def _step_line(self, rec: dict[str, Any], last_val: dict[str, float] | None) -> str:
+        t = self.cfg.train
+        where = (f"step {self.step}/{self.total_steps}" if self.total_steps is not None
+                 else f"step {self.step} ({self.train_time:.0f}/{t.seconds:g} s)")
+        parts = [where, f"loss {rec['loss']:.4f}", f"lr {rec['lr']:.2e}"]
+        if "tokens_per_s" in rec:
+            parts.append(f"{rec['tokens_per_s']:,.0f} tok/s")
+        if last_val is not None:
+            key = self.val_metrics[1]  # bpb, or a task's error rate
+            parts.append(f"val_{key} {last_val[key]:.4f}")
+        return "  ".join(parts)
+
+    def _stop_message(self, bad: int) -> str:
+        if self.saved_step is None:
+            kept = "no checkpoint was saved yet"
+        else:
+            kept = f"last good checkpoint (step {self.saved_step}) kept in {self.dir / CHECKPOINT}"
+        return f"{bad} non-finite steps in a row at step {self.step}; stopped, {kept}"
 
     def budget_done(self) -> bool:
         t = self.cfg.train
@@ -315,23 +403,36 @@ class Trainer:
         return self.train_time >= t.seconds
 
     def fit(self) -> dict[str, Any]:
+        """Train to the budget (or from a resumed step), evaluate, write summary.json; returns it.
+        Releases the run folder however it ends."""
+        try:
+            if self.dist.main:
+                self._lock.acquire()  # again, for a second fit() after the first released it
+            return self._fit()
+        finally:
+            self.close()
+
+    def _fit(self) -> dict[str, Any]:
         t = self.cfg.train
         tokens_per_step = t.batch * t.seq_len
-        bar = None
-        if self.progress and self.rank == 0:
+        main = self.rank == 0
+        show = main and not self.quiet
+        if show:
+            for line in self.header():
+                self.log(line)
+        # A bar only on a terminal: redirected to a file its frames are one endless line.
+        if self.progress and show and sys.stderr.isatty():
             from tqdm.auto import tqdm
 
-            total = self.total_steps if self.total_steps is not None else None
-            bar = tqdm(total=total, initial=self.step, unit="step", dynamic_ncols=True)
-        old_handler = None
-        try:
-            old_handler = signal.signal(signal.SIGINT, self._on_signal)
-        except ValueError:  # not the main thread
-            pass
+            self._bar = tqdm(total=self.total_steps, initial=self.step, unit="step", dynamic_ncols=True,
+                             file=sys.stderr)
+        lines = show and self._bar is None
+        old_handlers = self._install_signal_handlers()
         bad, last_val = 0, None
         session_start, session_train, session_tokens = time.perf_counter(), 0.0, 0
         elapsed0 = self.elapsed
         t_log, tok_log = time.perf_counter(), 0
+        rate = None  # tokens/s over the last logging interval
         try:
             while not self.budget_done():
                 t0 = time.perf_counter()
@@ -346,22 +447,20 @@ class Trainer:
                 last = self.budget_done()
                 if rec.get("skipped"):
                     bad += 1
-                    self.log(f"step {self.step}: non-finite loss or gradient; step skipped ({bad} in a row)")
+                    self._say(f"step {self.step}: non-finite loss or gradient; step skipped ({bad} in a row)")
                     self._write_metrics({**rec, "event": "skipped"})
                     if bad >= t.max_bad_steps:
-                        raise TrainingStopped(
-                            f"{bad} non-finite steps in a row at step {self.step}; stopped, last good checkpoint "
-                            f"kept in {self.dir / CHECKPOINT}"
-                        )
+                        raise TrainingStopped(self._stop_message(bad))
                 else:
                     bad = 0
                 for cb in self.callbacks:
                     cb.after_step(self, self.step, rec)
-                if self.step % t.log_every == 0 or last:
+                logged = self.step % t.log_every == 0 or last
+                if logged:
                     now = time.perf_counter()
-                    rec.update(tokens=self.step * tokens_per_step, step_time=dt,
-                               tokens_per_s=tok_log / max(now - t_log, 1e-9), elapsed=self.elapsed,
-                               peak_mem_mb=peak_memory_mb(self.device))
+                    rate = tok_log / max(now - t_log, 1e-9)
+                    rec.update(tokens=self.step * tokens_per_step, step_time=dt, tokens_per_s=rate,
+                               elapsed=self.elapsed, peak_mem_mb=peak_memory_mb(self.device))
                     t_log, tok_log = now, 0
                     self._write_metrics(rec)
                 if (self.step % t.eval_every == 0 or last) and self.dist.main:
@@ -373,23 +472,31 @@ class Trainer:
                                          "elapsed": self.elapsed, "train_time": self.train_time,
                                          **{f"val_{k}": ev[k] for k in self.val_metrics}})
                     t_log = time.perf_counter()  # evaluation time is not training throughput
-                if self.step % t.ckpt_every == 0 or last or self._stop_requested:
+                if logged and lines:
+                    self._say(self._step_line(rec, last_val))
+                if self.step % t.ckpt_every == 0 or last or self._stop_signal is not None:
                     self.save()
-                if bar is not None:
-                    post = {"loss": f"{rec['loss']:.3f}"}
+                if self._bar is not None:
+                    post = {"loss": f"{rec['loss']:.3f}", "lr": f"{rec['lr']:.2e}"}
+                    if rate is not None:
+                        post["tok/s"] = f"{rate:,.0f}"
                     if last_val is not None:
-                        key = self.val_metrics[1]  # bpb, or a task's error rate
+                        key = self.val_metrics[1]
                         post[f"val_{key}"] = f"{last_val[key]:.3f}"
-                    bar.set_postfix(post, refresh=False)
-                    bar.update(1)
-                if self._stop_requested:
-                    self.log(f"interrupted: checkpoint saved at step {self.step}; continue with --resume")
-                    raise KeyboardInterrupt
+                    self._bar.set_postfix(post, refresh=False)
+                    self._bar.update(1)
+                if self._stop_signal is not None:
+                    name = signal.Signals(self._stop_signal).name
+                    msg = f"{name}: checkpoint saved at step {self.step} in {self.dir / CHECKPOINT}; " \
+                          "continue with --resume"
+                    self._say(f"interrupted by {msg}")
+                    raise Interrupted(self._stop_signal, f"interrupted by {msg}")
         finally:
-            if bar is not None:
-                bar.close()
-            if old_handler is not None:
-                signal.signal(signal.SIGINT, old_handler)
+            if self._bar is not None:
+                self._bar.close()
+                self._bar = None
+            for sig, handler in old_handlers.items():
+                signal.signal(sig, handler)
             if self.tb is not None:
                 self.tb.flush()
         if last_val is None:  # nothing left to train (a finished run resumed), or not rank 0
