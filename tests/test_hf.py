@@ -21,7 +21,10 @@ transformers = pytest.importorskip("transformers")
 
 from transformers import AutoConfig, AutoModelForCausalLM  # noqa: E402
 
-from archlab.hf import ArchlabCache, ArchlabConfig, ArchlabForCausalLM, export_run  # noqa: E402
+from transformers.generation.logits_process import LogitsProcessorList  # noqa: E402
+
+from archlab.hf import ArchlabCache, ArchlabConfig, ArchlabForCausalLM, ArchlabLogitsWarper, export_run  # noqa: E402
+from archlab.hf.modeling import CACHE_ARG  # noqa: E402
 from archlab.models import generate  # noqa: E402
 from archlab.models.lm import IGNORE_INDEX  # noqa: E402
 from tests.conftest import build_seeded, make_tiny_config  # noqa: E402
@@ -193,18 +196,27 @@ def test_labels_loss_equals_archlab_nll_on_shifted_targets():
     assert torch.equal(as_tuple[0], out.loss)
 
 
-def test_cache_is_threaded_through_past_key_values():
+def test_cache_is_threaded_through_forward():
+    """`cache=` (transformers >= 5.24) and its old name `past_key_values=` are the same input;
+    the output carries the cache under the installed transformers' field name."""
     model = wrap(tiny_lm())
     ids = ids_of(2, 10)
     with torch.no_grad():
         full = model(ids, use_cache=False).logits
         first = model(ids[:, :7])
-        assert isinstance(first.past_key_values, ArchlabCache)
-        assert first.past_key_values.get_seq_length() == 7
-        rest = model(ids[:, 7:], past_key_values=first.past_key_values)
+        cache = first[CACHE_ARG]
+        assert isinstance(cache, ArchlabCache) and cache.get_seq_length() == 7
+        rest = model(ids[:, 7:], cache=cache)
+        again = model(ids[:, :7])[CACHE_ARG]
+        rest_old_name = model(ids[:, 7:], past_key_values=again)
     torch.testing.assert_close(rest.logits, full[:, 7:], rtol=1e-5, atol=1e-5)
+    assert torch.equal(rest_old_name.logits, rest.logits)
     with pytest.raises(TypeError, match="ArchlabCache"):
-        model(ids, past_key_values=object())
+        model(ids, cache=object())
+    with pytest.raises(TypeError, match="not both"):
+        model(ids, cache=model.new_cache(), past_key_values=model.new_cache())
+    with pytest.raises(TypeError, match="unexpected keyword arguments: cu_seq_lens_q"):
+        model(ids, cu_seq_lens_q=torch.tensor([0, 10]))
 
 
 # ----------------------------------------------------------------------------- generation
@@ -221,27 +233,50 @@ def test_greedy_generate_matches_archlab(use_cache):
 
 
 @pytest.mark.parametrize("use_cache", [True, False])
-@pytest.mark.parametrize("knobs", [
-    {"temperature": 0.8, "top_k": 40, "top_p": 0.9},
-    {"temperature": 1.3, "top_p": 0.5},
-    {},  # all defaults: HF's global top_k=50 must not apply
-], ids=["t-k-p", "t-p", "defaults"])
-def test_sampling_generate_matches_archlab(use_cache, knobs):
+@pytest.mark.parametrize("knobs, how", [
+    ({"temperature": 0.8, "top_k": 40, "top_p": 0.9}, "processor"),
+    ({"temperature": 1.3, "top_p": 0.5}, "processor"),
+    ({"temperature": 0.7, "top_k": 20}, "kwargs"),  # transformers' own temperature and top-k are exact
+    ({}, "defaults"),  # the model's generation_config: archlab's defaults, not HF's global top_k=50
+], ids=["t-k-p", "t-p", "t-k-hf", "defaults"])
+def test_sampling_generate_matches_archlab(use_cache, knobs, how):
     lm = tiny_lm(seed=4)
     model = wrap(lm)
     ids = ids_of(3, 5)
+    if how == "processor":
+        extra = {"do_sample": True, "logits_processor": LogitsProcessorList([ArchlabLogitsWarper(**knobs)])}
+    else:
+        extra = {"do_sample": True, **knobs} if how == "kwargs" else {}
     for seed in (0, 1, 2):
         ours = generate(lm, ids, max_new_tokens=16, use_cache=use_cache,
                         generator=torch.Generator().manual_seed(seed), **knobs)
         torch.manual_seed(seed)
-        theirs = model.generate(ids, max_new_tokens=16, do_sample=True, use_cache=use_cache, **knobs)
+        theirs = model.generate(ids, max_new_tokens=16, use_cache=use_cache, **extra)
         assert torch.equal(theirs, ours), seed
+
+
+def test_default_generation_config_survives_save_and_load(tmp_path):
+    """Without top_k=0 in the saved generation_config.json, a reloaded model would sample
+    with transformers' global top_k=50 again."""
+    wrap(tiny_lm()).save_pretrained(tmp_path)
+    saved = json.loads((tmp_path / "generation_config.json").read_text())
+    assert (saved["do_sample"], saved["top_k"]) == (True, 0)
+    loaded = load(tmp_path)
+    assert (loaded.generation_config.do_sample, loaded.generation_config.top_k) == (True, 0)
+
+
+def test_logits_warper_refuses_bad_knobs():
+    for bad, match in (({"temperature": 0}, "temperature"), ({"top_k": -1}, "top_k"),
+                       ({"top_p": 0.0}, "top_p"), ({"top_p": 1.5}, "top_p")):
+        with pytest.raises(ValueError, match=match):
+            ArchlabLogitsWarper(**bad)
 
 
 def test_top_p_boundary_follows_archlab_rule():
     """transformers' own nucleus rule and archlab's keep the same set in exact arithmetic but
-    can disagree at the boundary (float rounding, ties); generate must use archlab's."""
-    from transformers.generation.logits_process import LogitsProcessor, LogitsProcessorList, TopPLogitsWarper
+    can disagree at the boundary (float rounding, ties); with ArchlabLogitsWarper passed,
+    generate uses archlab's."""
+    from transformers.generation.logits_process import LogitsProcessor, TopPLogitsWarper
 
     from archlab.models.generation import filter_logits
 
@@ -259,8 +294,8 @@ def test_top_p_boundary_follows_archlab_rule():
             return row.expand_as(scores).clone()
 
     model = wrap(tiny_lm())
-    out = model.generate(ids_of(2, 3), max_new_tokens=1, do_sample=True, top_p=top_p,
-                         logits_processor=LogitsProcessorList([Fixed()]),
+    out = model.generate(ids_of(2, 3), max_new_tokens=1, do_sample=True,
+                         logits_processor=LogitsProcessorList([Fixed(), ArchlabLogitsWarper(top_p=top_p)]),
                          output_scores=True, return_dict_in_generate=True)
     assert torch.equal(out.scores[0], filter_logits(row, top_p=top_p).expand(2, V))
 
@@ -281,6 +316,20 @@ def test_left_padded_batch_matches_unpadded_rows():
         for i, r in enumerate(rows):
             alone = generate(lm, r[None], max_new_tokens=10, temperature=0)
             assert torch.equal(out[i, width:], alone[0, len(r):]), (use_cache, i)
+
+
+def test_generate_continues_from_a_given_cache():
+    """A cache passed to generate is filled by it; a second generate on the output continues
+    from the cache (transformers feeds it only the tokens the cache has not seen)."""
+    model = wrap(tiny_lm())
+    ids = ids_of(2, 5)
+    whole = model.generate(ids, max_new_tokens=8, do_sample=False)
+    cache = model.new_cache()
+    first = model.generate(ids, max_new_tokens=4, do_sample=False, **{CACHE_ARG: cache})
+    assert cache.get_seq_length() == 5 + 3  # the last token is generated, not yet consumed
+    second = model.generate(first, max_new_tokens=4, do_sample=False, **{CACHE_ARG: cache})
+    assert cache.get_seq_length() == 5 + 7
+    assert torch.equal(second, whole)
 
 
 def test_beam_search_reorders_the_cache():

@@ -23,7 +23,7 @@ _LAZY = {
     "ArchlabConfig": "archlab.hf.configuration",
     "ArchlabForCausalLM": "archlab.hf.modeling",
     "ArchlabCache": "archlab.hf.modeling",
-    "ArchlabTopPLogitsWarper": "archlab.hf.modeling",
+    "ArchlabLogitsWarper": "archlab.hf.modeling",
     "export_run": "archlab.hf.export",
     "register": "archlab.hf._hook",
 }

@@ -74,7 +74,7 @@ class ArchlabConfig(PreTrainedConfig):
     """
 
     model_type = "archlab"
-    keys_to_ignore_at_inference = ["past_key_values"]
+    keys_to_ignore_at_inference = ["cache", "past_key_values"]  # the cache output: 5.24+ name, older name
 
     # The archlab ModelConfig, as a plain nested dict (source of truth).
     archlab: dict[str, Any] | None = None

@@ -5,45 +5,71 @@ The wrapper adds no computation: ``forward`` translates HF arguments into archla
 shifted ``targets``) and calls the wrapped LM, which stays an ordinary archlab module under
 ``self.model`` (state-dict keys ``model.<archlab key>``).
 
+Generation runs on transformers' *public* contract only: the stock
+``prepare_inputs_for_generation`` (it slices the new tokens, slices ``position_ids``, forwards
+the 2-D mask), a ``forward(input_ids, attention_mask, position_ids, cache, use_cache, ...)``
+that returns its cache in the output, a default ``generation_config`` and, for archlab's exact
+sampling rule, a ``LogitsProcessor`` the caller passes. The cache argument is ``cache``
+(transformers >= 5.24); ``past_key_values`` (its name up to 5.23) is accepted as an alias, and
+the output field is whichever of the two the installed ``CausalLMOutputWithPast`` declares.
+
 Caching. archlab keeps per-layer decoding state in its own objects (``KVCache`` for attention,
 whatever another mixer's ``init_cache`` returns), which HF's ``DynamicCache`` cannot hold.
 :class:`ArchlabCache` is a ``transformers.Cache`` subclass wrapping archlab's ``ModelCache``;
-the model opts out of HF's default cache (``_supports_default_dynamic_cache`` is False), so
-``generate`` lets the first forward create an ``ArchlabCache`` and threads it through
-``past_key_values`` from then on (beam search reorders it through ``reorder_cache``). It
-cannot be rolled back (``crop``), so the model is marked stateful: assisted/speculative
-decoding is refused up front by transformers.
+``generate`` lets the first forward create one and threads it through from then on (beam
+search reorders it through ``reorder_cache``). It cannot be rolled back (``crop``), so the
+model is marked stateful: assisted/speculative decoding is refused up front by transformers.
+A cache from :meth:`ArchlabForCausalLM.new_cache` passed to ``generate`` continues from it.
+
+Default decoding. ``model.generation_config`` is ``do_sample=True, top_k=0``: archlab's own
+default (sampling at temperature 1, no top-k, no top-p) instead of transformers' global
+default ``top_k=50``. ``top_k=0`` alone (greedy by default) is refused by transformers'
+save-time validation, as top_k only applies when sampling; pass ``do_sample=False`` for greedy.
 
 Generation parity with :func:`archlab.models.generate` (tested in ``tests/test_hf.py``, CPU):
 
 * ``do_sample=False`` gives the tokens of ``generate(..., temperature=0)``, cache on both sides
   or off on both sides (the forwards are then the same calls on the same tensors; a cached run
   against an uncached one may differ in the last float bits, hence in near-ties).
-* ``do_sample=True, temperature=T, top_k=K, top_p=P`` after ``torch.manual_seed(s)`` gives the
-  tokens of ``generate(..., temperature=T, top_k=K, top_p=P,
-  generator=torch.Generator().manual_seed(s))``. Why this is exact: transformers applies
-  temperature -> top-k -> top-p (archlab's order); its temperature and top-k are the same
-  operations on the same float32 logits; it samples with ``torch.multinomial(softmax(.), 1)``
-  from the default CPU generator, whose stream after ``manual_seed(s)`` equals a fresh
-  generator seeded with ``s``, and nothing else draws from it during ``generate``. The one
-  mismatch is top-p: transformers removes a token when its *ascending* cumulative mass is
-  ≤ 1 − P, archlab when the mass ranked above it is ≥ P. Same set in exact arithmetic, but the
-  two float cumulative sums round differently at the boundary (measured: 4 rows in 409,600
-  random 256-way logit rows; tests/test_hf.py builds such a row), so this model swaps HF's
-  ``TopPLogitsWarper`` for :class:`ArchlabTopPLogitsWarper`, which calls archlab's own
-  ``filter_logits``. Also aligned: transformers' global default ``top_k=50`` is dropped
-  unless a top_k is given (archlab's default is off).
-  Not covered: ``top_p=0`` keeps HF's meaning (top token only; archlab ignores ``top_p<=0``);
-  a model left in ``train()`` mode with dropout draws from the RNG (archlab's ``generate``
-  switches to eval, HF's does not: call ``.eval()``, as ``from_pretrained`` does); on CUDA
-  transformers draws from the CUDA default generator, not a CPU ``torch.Generator``.
+* Sampling, after ``torch.manual_seed(s)``, gives the tokens of ``generate(...,
+  generator=torch.Generator().manual_seed(s))`` with the same knobs, when the knobs are given
+  as ``do_sample=True, logits_processor=LogitsProcessorList([ArchlabLogitsWarper(temperature=T,
+  top_k=K, top_p=P)])`` (nothing else; generate's own temperature/top_k/top_p left unset).
+  ``do_sample=True, temperature=T, top_k=K`` (no top_p) is exact too: transformers' temperature
+  and top-k are the same operations on the same float32 logits. Why exact: transformers samples
+  with ``torch.multinomial(softmax(.), 1)`` from the default CPU generator, whose stream after
+  ``manual_seed(s)`` equals a fresh generator seeded with ``s``, and nothing else draws from it.
+  Why top-p needs the processor: transformers removes a token when its *ascending* cumulative
+  mass is ≤ 1 − P, archlab when the mass ranked above it is ≥ P. Same set in exact arithmetic,
+  but the two float sums round differently at the boundary (measured: 4 rows in 409,600 random
+  256-way logit rows; tests/test_hf.py builds such a row). And the processor must carry the
+  temperature and top-k as well: transformers runs a caller's processors *before* its own
+  temperature/top-k/top-p warpers, so a top-p-only processor would filter unscaled logits.
+  Not covered: a model left in ``train()`` mode with dropout draws from the RNG (archlab's
+  ``generate`` switches to eval, HF's does not: call ``.eval()``, as ``from_pretrained`` does);
+  on CUDA transformers draws from the CUDA default generator, not a CPU ``torch.Generator``.
 * Left-padded batches: HF builds ``position_ids`` from the attention mask (cumsum − 1), and
   the 2-D mask becomes archlab's key mask, so each row sees the positions and keys it would
   see alone; greedy tokens equal per-row unpadded generation up to float ties.
+
+Private transformers hooks still used, each because no public API does the job:
+
+* ``_supports_default_dynamic_cache`` (False): transformers' only switch for "the model makes
+  its own cache"; otherwise ``generate`` builds a ``DynamicCache`` (or a static/quantized one
+  from ``cache_implementation``) that cannot hold archlab's state.
+* ``get_init_context``: ``from_pretrained`` builds models on the meta device; archlab's
+  constructors compute real constant buffers (ALiBi slopes, sinusoid tables), so the meta
+  device context is dropped.
+* ``_init_weights``: the documented per-module initialiser of ``PreTrainedModel``; here it
+  restores those constant buffers after loading and gives missing parameters archlab's init.
+* ``_tied_weights_keys``, ``_no_split_modules``, ``_is_stateful``: the class attributes by
+  which transformers learns of shared parameters, of the unit ``device_map`` must not split,
+  and of a cache that cannot be cropped (refuses assisted decoding).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from typing import Any, Callable
 
@@ -52,7 +78,7 @@ import torch.nn.functional as F
 from torch import nn
 from transformers.cache_utils import Cache
 from transformers.generation import GenerationMixin
-from transformers.generation.logits_process import LogitsProcessor, TopPLogitsWarper
+from transformers.generation.logits_process import LogitsProcessor
 from transformers.modeling_outputs import CausalLMOutputWithPast
 from transformers.modeling_utils import PreTrainedModel
 
@@ -61,6 +87,11 @@ from archlab.hf.configuration import ArchlabConfig
 from archlab.models import build_model
 from archlab.models.generation import filter_logits
 from archlab.models.lm import IGNORE_INDEX, ModelCache
+
+# The cache's name in transformers' forward/output contract: "cache" from 5.24 on,
+# "past_key_values" before. The installed output class says which one generate reads back.
+CACHE_ARG = "cache" if "cache" in {f.name for f in dataclasses.fields(CausalLMOutputWithPast)} else "past_key_values"
+_CACHE_ALIASES = ("cache", "past_key_values")
 
 
 class ArchlabCache(Cache):
@@ -116,6 +147,13 @@ class ArchlabCache(Cache):
     def is_initialized(self) -> bool:
         return self.model_cache.offset > 0
 
+    @property
+    def is_linear(self) -> list[bool]:
+        # Every archlab layer state advances with the tokens and the cache knows its length, so
+        # none is "linear" in transformers' sense (a state without a sequence length); generate
+        # then slices a continued prompt down to the tokens the cache has not seen.
+        return [False] * len(self.model_cache.layers)
+
     def reorder_cache(self, beam_idx: torch.LongTensor) -> None:
         self.model_cache.reorder(beam_idx.to(self._device) if self._device is not None else beam_idx)
         self._batch_size = int(beam_idx.numel())
@@ -149,20 +187,33 @@ class ArchlabCache(Cache):
         pass  # nothing is ever cropped
 
 
-class ArchlabTopPLogitsWarper(LogitsProcessor):
-    """Nucleus filtering with archlab's boundary rule (:func:`archlab.models.generation.filter_logits`).
+class ArchlabLogitsWarper(LogitsProcessor):
+    """archlab's sampling filter as one transformers processor: temperature, then top-k, then
+    nucleus filtering with archlab's boundary rule (:func:`archlab.models.generation.filter_logits`),
+    exactly what :func:`archlab.models.generate` does to the logits before it samples.
 
-    Same kept set as transformers' ``TopPLogitsWarper`` in exact arithmetic; used so that
-    sampling matches archlab's ``generate`` bit for bit (see the module docstring).
+    Pass it as ``generate(..., do_sample=True, logits_processor=LogitsProcessorList([...]))``
+    and leave generate's own ``temperature``/``top_k``/``top_p`` unset: transformers applies a
+    caller's processors before its own warpers, so both would filter (see the module docstring).
     """
 
-    def __init__(self, top_p: float) -> None:
-        if not 0.0 < top_p < 1.0:
-            raise ValueError(f"top_p must be in (0, 1), got {top_p}")
-        self.top_p = float(top_p)
+    def __init__(self, temperature: float = 1.0, top_k: int | None = None, top_p: float | None = None) -> None:
+        if not (isinstance(temperature, (int, float)) and temperature > 0):
+            raise ValueError(f"temperature must be > 0 (greedy is do_sample=False), got {temperature!r}")
+        if top_k is not None and not (isinstance(top_k, int) and top_k >= 0):
+            raise ValueError(f"top_k must be an int >= 0 or None (0 and None: off), got {top_k!r}")
+        if top_p is not None and not (isinstance(top_p, (int, float)) and 0.0 < top_p <= 1.0):
+            raise ValueError(f"top_p must be in (0, 1] or None (1 and None: off), got {top_p!r}")
+        self.temperature = float(temperature)
+        self.top_k = top_k
+        self.top_p = None if top_p is None else float(top_p)
+
+    def __repr__(self) -> str:
+        return f"ArchlabLogitsWarper(temperature={self.temperature}, top_k={self.top_k}, top_p={self.top_p})"
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
-        return filter_logits(scores, top_p=self.top_p)
+        # the same expression as archlab.models.generation.next_token (float32 logits / T)
+        return filter_logits(scores.float() / self.temperature, top_k=self.top_k, top_p=self.top_p)
 
 
 def _shared_parameter_aliases(root: nn.Module, prefix: str) -> dict[str, str]:
@@ -212,6 +263,10 @@ class ArchlabForCausalLM(PreTrainedModel, GenerationMixin):
     def __init__(self, config: ArchlabConfig, *, lm: nn.Module | None = None) -> None:
         super().__init__(config)
         self.model = lm if lm is not None else build_model(config.archlab_model_config())
+        # archlab's default decoding (see the module docstring); from_pretrained replaces it
+        # with the folder's generation_config.json, which save_pretrained wrote from this.
+        self.generation_config.do_sample = True
+        self.generation_config.top_k = 0
         # archlab modules compute constant tables (e.g. ALiBi slopes, the sinusoid table)
         # in their constructors as non-persistent buffers. transformers refills such buffers
         # with uninitialised memory after loading a checkpoint and expects _init_weights to
@@ -293,33 +348,9 @@ class ArchlabForCausalLM(PreTrainedModel, GenerationMixin):
     def get_output_embeddings(self) -> nn.Module:
         return self.model.head
 
-    def _get_logits_processor(self, *args: Any, **kwargs: Any):
-        """transformers' processors, with its nucleus filter replaced by archlab's rule."""
-        processors = super()._get_logits_processor(*args, **kwargs)
-        for i, proc in enumerate(processors):
-            if (type(proc) is TopPLogitsWarper and proc.min_tokens_to_keep == 1
-                    and 0.0 < proc.top_p < 1.0):
-                processors[i] = ArchlabTopPLogitsWarper(proc.top_p)
-        return processors
-
-    def _prepare_generation_config(self, generation_config: Any = None, **kwargs: Any) -> tuple[Any, dict]:
-        """transformers' merge of generation settings, minus its global default ``top_k=50``.
-
-        archlab samples with top-k off unless asked; a ``top_k`` given in the call, in the
-        passed ``generation_config`` or in the model's own ``generation_config`` is kept.
-        (Writing ``top_k=0`` into the model's generation_config instead is refused by
-        transformers' save-time validation, as top_k "needs" do_sample=True.)
-        """
-        asked = ("top_k" in kwargs
-                 or getattr(generation_config, "top_k", None) is not None
-                 or getattr(self.generation_config, "top_k", None) is not None)
-        config, model_kwargs = super()._prepare_generation_config(generation_config, **kwargs)
-        if not asked:
-            config.top_k = None
-        return config, model_kwargs
-
     def new_cache(self) -> ArchlabCache:
-        """An empty cache for this model (pass as ``past_key_values`` to reuse it across calls)."""
+        """An empty cache for this model: pass it as ``cache`` (``past_key_values`` before
+        transformers 5.24) to ``forward`` or ``generate`` to reuse it across calls."""
         return ArchlabCache(self.model.init_cache(), factory=self.model.init_cache)
 
     # ------------------------------------------------------------------ forward
@@ -329,22 +360,27 @@ class ArchlabForCausalLM(PreTrainedModel, GenerationMixin):
         input_ids: torch.LongTensor | None = None,
         attention_mask: torch.Tensor | None = None,
         position_ids: torch.LongTensor | None = None,
-        past_key_values: ArchlabCache | None = None,
+        cache: ArchlabCache | None = None,
         use_cache: bool | None = None,
         labels: torch.LongTensor | None = None,
         return_dict: bool | None = None,
         inputs_embeds: torch.Tensor | None = None,
         output_attentions: bool | None = None,
         output_hidden_states: bool | None = None,
+        **kwargs: Any,
     ) -> CausalLMOutputWithPast | tuple:
-        """input_ids (B, T) -> logits (B, T, V).
+        """input_ids (B, T) -> logits (B, T, V), and the cache when ``use_cache``.
 
         ``attention_mask`` (B, past + T): 1 for real tokens, 0 for padding, covering cached
         and new tokens. ``position_ids`` (B, T) or (1, T): default from the mask
         (cumsum − 1, as transformers does) or ``past .. past+T−1``. ``labels`` (B, T): HF
         convention, shifted here (token t predicts labels[t+1]); −100 is ignored; ``loss`` is
         the mean over counted targets (archlab's training loss, incl. any auxiliary terms).
+        ``cache``: an :class:`ArchlabCache` to continue from (``past_key_values`` is accepted
+        as its deprecated name). Any other keyword is refused rather than ignored: the
+        attention kwargs of transformers' own models (packed sequences etc.) do not apply.
         """
+        cache = self._cache_argument(cache, kwargs)
         if inputs_embeds is not None:
             raise NotImplementedError("ArchlabForCausalLM takes input_ids, not inputs_embeds")
         if output_attentions or output_hidden_states:
@@ -355,7 +391,7 @@ class ArchlabForCausalLM(PreTrainedModel, GenerationMixin):
         if use_cache is None:
             use_cache = bool(self.config.use_cache) and not self.training
 
-        cache = self._resolve_cache(past_key_values, use_cache)
+        cache = self._resolve_cache(cache, use_cache)
         past = cache.offset if cache is not None else 0
         B, T = input_ids.shape
         mask = self._key_mask(attention_mask, B, past + T)
@@ -370,20 +406,30 @@ class ArchlabForCausalLM(PreTrainedModel, GenerationMixin):
         if cache is not None:
             cache._batch_size, cache._device = B, input_ids.device
         result = CausalLMOutputWithPast(loss=out.loss if labels is not None else None, logits=out.logits,
-                                        past_key_values=cache if use_cache else None)
+                                        **{CACHE_ARG: cache if use_cache else None})
         return result if return_dict else result.to_tuple()
 
-    def _resolve_cache(self, past_key_values: Any, use_cache: bool) -> ArchlabCache | None:
-        if past_key_values is None:
+    @staticmethod
+    def _cache_argument(cache: Any, kwargs: dict[str, Any]) -> Any:
+        """``cache``, or its pre-5.24 name ``past_key_values``; unknown keywords refused."""
+        old = kwargs.pop("past_key_values", None)
+        if old is not None:
+            if cache is not None:
+                raise TypeError("give the cache once: cache= or its deprecated name past_key_values=, not both")
+            cache = old
+        if kwargs:
+            raise TypeError(f"ArchlabForCausalLM.forward() got unexpected keyword arguments: {', '.join(sorted(kwargs))}")
+        return cache
+
+    def _resolve_cache(self, cache: Any, use_cache: bool) -> ArchlabCache | None:
+        if cache is None:
             return self.new_cache() if use_cache else None
-        if isinstance(past_key_values, ArchlabCache):
-            return past_key_values
-        if isinstance(past_key_values, Cache) and past_key_values.get_seq_length() == 0:
+        if isinstance(cache, ArchlabCache):
+            return cache
+        if isinstance(cache, Cache) and cache.get_seq_length() == 0:
             # e.g. an empty DynamicCache() passed by habit: it cannot hold archlab state
             return self.new_cache()
-        raise TypeError(
-            f"past_key_values must be an ArchlabCache (model.new_cache()), got {type(past_key_values).__name__}"
-        )
+        raise TypeError(f"cache must be an ArchlabCache (model.new_cache()), got {type(cache).__name__}")
 
     @staticmethod
     def _key_mask(attention_mask: torch.Tensor | None, batch: int, total: int) -> torch.Tensor | None:
@@ -418,42 +464,8 @@ class ArchlabForCausalLM(PreTrainedModel, GenerationMixin):
             return position_ids[0]
         return position_ids
 
-    # ------------------------------------------------------------------ generation
-
-    def prepare_inputs_for_generation(
-        self,
-        input_ids: torch.LongTensor,
-        past_key_values: ArchlabCache | None = None,
-        attention_mask: torch.Tensor | None = None,
-        position_ids: torch.LongTensor | None = None,
-        use_cache: bool | None = None,
-        inputs_embeds: torch.Tensor | None = None,
-        **kwargs: Any,
-    ) -> dict[str, Any]:
-        """Inputs of one decoding step: with a cache, only the tokens it has not consumed yet
-        (the new one after the prompt); position ids sliced to match (they come from the
-        attention mask for left-padded batches); the full 2-D mask (cached + new keys)."""
-        if inputs_embeds is not None:
-            raise NotImplementedError("ArchlabForCausalLM.generate takes input_ids, not inputs_embeds")
-        past = past_key_values.get_seq_length() if past_key_values is not None else 0
-        new_ids = input_ids[:, past:]
-        if position_ids is not None:
-            position_ids = position_ids[..., -new_ids.shape[1]:]
-        inputs: dict[str, Any] = {
-            "input_ids": new_ids,
-            "attention_mask": attention_mask,
-            "position_ids": position_ids,
-            "past_key_values": past_key_values,
-            "use_cache": use_cache,
-        }
-        # Generation-loop bookkeeping that is not a model input.
-        for key in ("next_sequence_length", "is_first_iteration", "labels"):
-            kwargs.pop(key, None)
-        inputs.update({k: v for k, v in kwargs.items() if v is not None})
-        return {k: (v.to(self.device) if torch.is_tensor(v) else v) for k, v in inputs.items()}
-
 
 # Importing this module makes the model class wanted by the Auto registration (archlab.hf._hook).
 _hook.want_model()
 
-__all__ = ["ArchlabCache", "ArchlabForCausalLM", "ArchlabTopPLogitsWarper"]
+__all__ = ["CACHE_ARG", "ArchlabCache", "ArchlabForCausalLM", "ArchlabLogitsWarper"]
