@@ -1,5 +1,6 @@
-"""Checkpoints: one safetensors file holding model and optimiser tensors, with the JSON state
-(step, schedule, RNG, data position, config, extras) in its metadata header.
+"""Checkpoints: one safetensors file holding model and optimiser tensors and the RNG, with the
+JSON state (step, config, callback state, extras) in its metadata header. The schedule and the
+data position need no record: both are pure functions of the step.
 
 One file means one atomic ``os.replace``: a crash mid-save leaves the previous checkpoint
 intact, never a model from one step with an optimiser from another. A truncated or corrupt

@@ -152,7 +152,8 @@ class RunLock:
         self.release()
 
     def __del__(self) -> None:
-        self.release()
+        with contextlib.suppress(Exception):  # at interpreter exit modules may be half torn down
+            self.release()
 
 
 # Keys of the config that may differ between a run and its resumption (extend the budget).

@@ -19,32 +19,36 @@ from torch import nn
 
 from archlab.data.taskdata import TaskSplit
 from archlab.models.lm import IGNORE_INDEX
-from archlab.train.evaluate import forward_logits
+from archlab.train.evaluate import forward_logits, progress_bar
 
 
 @torch.no_grad()
 def evaluate_task(
     model: nn.Module, split: TaskSplit, *, batch_size: int, max_examples: int | None = None,
-    device: torch.device | str = "cpu", autocast=None,
+    device: torch.device | str = "cpu", autocast=None, progress: bool = False,
 ) -> dict[str, float]:
     """``loss``, ``error``, ``token_error`` (and ``examples``, ``answer_tokens``) on the first
-    ``max_examples`` examples of ``split`` (all when None), in batches padded to their longest row."""
+    ``max_examples`` examples of ``split`` (all when None), in batches padded to their longest row.
+    ``progress``: a bar over the examples on a terminal (off by default, as for ``evaluate``)."""
     n = len(split) if max_examples is None else min(len(split), max(1, int(max_examples)))
     was_training = model.training
     model.eval()
     nll, tokens, right_tokens, right_examples = 0.0, 0, 0, 0
     try:
-        for start in range(0, n, batch_size):
-            x, y = split.batch(np.arange(start, min(n, start + batch_size)), ignore_index=IGNORE_INDEX)
-            x, y = x.to(device), y.to(device)
-            logits = forward_logits(model, x, autocast)
-            logits = logits.float()
-            counted = y != IGNORE_INDEX
-            nll += float(F.cross_entropy(logits[counted], y[counted], reduction="sum"))
-            hit = logits.argmax(-1) == y
-            tokens += int(counted.sum())
-            right_tokens += int((hit & counted).sum())
-            right_examples += int((hit | ~counted).all(dim=1).sum())
+        with progress_bar(progress, total=n, unit="ex", desc=f"eval {split.name}") as bar:
+            for start in range(0, n, batch_size):
+                x, y = split.batch(np.arange(start, min(n, start + batch_size)), ignore_index=IGNORE_INDEX)
+                x, y = x.to(device), y.to(device)
+                logits = forward_logits(model, x, autocast)
+                logits = logits.float()
+                counted = y != IGNORE_INDEX
+                nll += float(F.cross_entropy(logits[counted], y[counted], reduction="sum"))
+                hit = logits.argmax(-1) == y
+                tokens += int(counted.sum())
+                right_tokens += int((hit & counted).sum())
+                right_examples += int((hit | ~counted).all(dim=1).sum())
+                if bar is not None:
+                    bar.update(x.shape[0])
     finally:
         model.train(was_training)
     if tokens == 0:
