@@ -205,33 +205,39 @@ def work_bound(result: dict[str, Any], contenders: list[Contender], shape: Refer
 
 
 def main(argv: list[str] | None = None, mode: str | None = None) -> int:
-    ap = argparse.ArgumentParser(prog=f"archlab bench {mode or 'hier'}", description=__doc__.split("\n\n")[0])
+    from archlab.cli import ArgumentParser, plain
+
+    summary, examples = __doc__.split("\n\n")[:2]
+    ap = ArgumentParser(prog=f"archlab bench {mode or 'hier'}", description=plain(summary),
+                        epilog="examples:\n" + examples.replace("    archlab", "  archlab"))
     ap.add_argument("--hierarchies", type=_ints, default=(1, 2), help="compression factors, e.g. 1,2,4")
-    ap.add_argument("--dim", type=_ints, default=(256,), help="one width or one per hierarchy")
-    ap.add_argument("--heads", type=_ints, default=(8,))
-    ap.add_argument("--dim-head", type=_ints, default=(64,))
-    ap.add_argument("--ff-mult", type=_ints, default=(4,))
-    ap.add_argument("--stride", type=_ints, default=(1,), help="hierarchical_stride")
-    ap.add_argument("--windows", type=_windows, default=(None,), help="window sizes; 'none' is full attention")
-    ap.add_argument("--depth", type=int, default=4)
-    ap.add_argument("--seq-len", type=int, default=256)
-    ap.add_argument("--batch", type=int, default=16)
-    ap.add_argument("--contenders", default="ours,peer-sht-default,peer-sht-lean")
+    ap.add_argument("--dim", type=_ints, default=(256,), help="model width: one, or one per hierarchy")
+    ap.add_argument("--heads", type=_ints, default=(8,), help="attention heads: one, or one per hierarchy")
+    ap.add_argument("--dim-head", type=_ints, default=(64,), help="width of a head: one, or one per hierarchy")
+    ap.add_argument("--ff-mult", type=_ints, default=(4,), help="feed-forward width ÷ model width, per hierarchy")
+    ap.add_argument("--stride", type=_ints, default=(1,), help="hierarchical_stride, per hierarchy")
+    ap.add_argument("--windows", type=_windows, default=(None,),
+                    help="attention window per hierarchy; 'none' is full attention")
+    ap.add_argument("--depth", type=int, default=4, help="layers")
+    ap.add_argument("--seq-len", type=int, default=256, help="tokens per training sequence")
+    ap.add_argument("--batch", type=int, default=16, help="sequences per training step")
+    ap.add_argument("--contenders", default="ours,peer-sht-default,peer-sht-lean",
+                    help="comma-separated, from ours, peer-sht-default, peer-sht-lean")
     ap.add_argument("--explicit", action="store_true", help="ours with use_flash_attn=False (the explicit path)")
-    ap.add_argument("--rounds", type=int, default=6)
-    ap.add_argument("--steps-per-round", type=int, default=1)
-    ap.add_argument("--warmup", type=int, default=2)
+    ap.add_argument("--rounds", type=int, default=6, help="interleaved rounds; every contender runs once per round")
+    ap.add_argument("--steps-per-round", type=int, default=1, help="training steps per contender per round")
+    ap.add_argument("--warmup", type=int, default=2, help="untimed training steps per contender first")
     ap.add_argument("--generate", action="store_true", help="also batch-1 decoding tokens/s")
-    ap.add_argument("--new-tokens", type=int, default=64)
+    ap.add_argument("--new-tokens", type=int, default=64, help="tokens decoded per generation (with --generate)")
     ap.add_argument("--max-foreign-cpu", type=float, default=-1.0,
                     help="drop rounds where other processes used more than this CPU fraction (<0: keep all)")
     ap.add_argument("--clock", choices=["wall", "cpu"], default="wall",
                     help="time steps by wall clock, or by this process's CPU time (use with --threads 1 on a shared machine)")
-    ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's choice)")
     ap.add_argument("--no-flops", action="store_true",
                     help="skip counting FLOPs and measuring the matmul peak (the work bound)")
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--out", default=None, help="write the JSON result here")
+    ap.add_argument("--seed", type=int, default=0, help="seed of the weights and batches")
+    ap.add_argument("--out", default=None, help="write the JSON result here (default: print only)")
     args = ap.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import functools
+import textwrap
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -28,6 +29,7 @@ import torch
 from archlab.lab import bench, contest, peers
 from archlab.lab.bench import ReferenceShape
 from archlab.lab.contest import Contender
+from archlab.registry import ConfigError
 
 DEFAULT_CONFIG = str(Path(__file__).resolve().parents[3] / "configs" / "lm_ref.yaml")
 
@@ -206,26 +208,73 @@ def _print_table(res: dict[str, Any], unit: str) -> None:
         print(line)
 
 
-def main(argv: list[str] | None = None, mode: str | None = None) -> int:
-    ap = argparse.ArgumentParser(prog=f"archlab bench {mode}" if mode else None,
-                                 description=__doc__.split("\n\n")[0])
-    ap.add_argument("--mode", choices=["train", "generate", "all"], default=mode or "train")
+#: What each mode measures: the first line of its ``--help`` page.
+MODE_HELP = {
+    "train": "training throughput: tokens/s and MFU of forward + backward + AdamW steps at the reference "
+             "shape (batch 16 × 256 tokens, dim 256, depth 4, byte vocabulary), ours against x-transformers, "
+             "contenders alternating step by step in one process",
+    "generate": "decoding throughput: tokens/s of batch-1 cached generation at the reference shape (a 16-token "
+                "prompt, then --new-tokens decoded one by one), ours against x-transformers, alternating",
+    "all": "'bench train', then 'bench generate', in one process and one JSON result",
+}
+
+_EXAMPLES = {
+    "train": ["archlab bench train --out runs/bench/train.json",
+              "archlab bench train --contenders peer-xt-flash,peer-xt-cope,ours,ours-cope --rounds 6   # CoPE",
+              "archlab bench train --compile ours --breakdown"],
+    "generate": ["archlab bench generate --out runs/bench/generate.json",
+                 "archlab bench generate --new-tokens 128 --rounds 3"],
+    "all": ["archlab bench all --contenders peer-xt-flash,ours --rounds 12 --out runs/bench/all.json"],
+}
+
+
+def build_parser(mode: str | None = None) -> argparse.ArgumentParser:
+    """The options of ``archlab bench MODE``: only those that mode uses (``mode=None``: the
+    standalone script's page, with ``--mode`` and every option)."""
+    from archlab.cli import ArgumentParser
+
+    which = mode or "all"
+    trains, generates = which in ("train", "all"), which in ("generate", "all")
+    shown = (mode,) if mode else ("train", "generate", "all")
+    ap = ArgumentParser(prog=f"archlab bench {mode}" if mode else None,
+                        description=textwrap.fill(MODE_HELP[which] + ".", 88, break_on_hyphens=False) + "\n\n" + textwrap.fill(
+                            "The headline is the ratio of 'ours' to the best x-transformers variant, never an "
+                            "absolute number; rounds during which other processes took CPU are dropped "
+                            "(--max-foreign-cpu).", 88, break_on_hyphens=False),
+                        epilog="examples:\n" + "\n".join(f"  {e}" for m in shown for e in _EXAMPLES[m]))
+    # what a mode leaves out keeps its default, so the code below reads one namespace
+    ap.set_defaults(mode=mode or "train", compile="", steps_per_round=2, warmup=3, breakdown=False,
+                    new_tokens=bench.REFERENCE_SHAPE.new_tokens)
+    if mode is None:
+        ap.add_argument("--mode", choices=["train", "generate", "all"], default="train", help="what to measure")
     ap.add_argument("--contenders", default=",".join(DEFAULT_CONTENDERS),
-                    help=f"comma-separated, from {sorted(FACTORIES)}")
-    ap.add_argument("--compile", default="", help="comma-separated contenders to also run under torch.compile (train)")
-    ap.add_argument("--config", default=DEFAULT_CONFIG, help="config for 'ours'")
-    ap.add_argument("--rounds", type=int, default=None, help="interleaved rounds (train 10, generate 5)")
-    ap.add_argument("--steps-per-round", type=int, default=2)
-    ap.add_argument("--warmup", type=int, default=3)
-    ap.add_argument("--new-tokens", type=int, default=bench.REFERENCE_SHAPE.new_tokens)
+                    help=f"comma-separated, from {', '.join(sorted(FACTORIES))}")
+    ap.add_argument("--config", default=DEFAULT_CONFIG,
+                    help="config of the 'ours' contenders (default: configs/lm_ref.yaml)")
+    rounds = {"train": "10", "generate": "5", "all": "train 10, generate 5"}[which]
+    ap.add_argument("--rounds", type=int, default=None,
+                    help=f"interleaved rounds; every contender runs once per round (default: {rounds})")
+    if trains:
+        ap.add_argument("--compile", default="",
+                        help="comma-separated contenders to also train under torch.compile (default: none)")
+        ap.add_argument("--steps-per-round", type=int, default=2, help="training steps per contender per round")
+        ap.add_argument("--warmup", type=int, default=3, help="untimed training steps per contender first")
+        ap.add_argument("--breakdown", action="store_true",
+                        help="also profile two training steps per contender: time in matmuls, attention, the rest")
+    if generates:
+        ap.add_argument("--new-tokens", type=int, default=bench.REFERENCE_SHAPE.new_tokens,
+                        help="tokens decoded per generation")
     ap.add_argument("--max-foreign-cpu", type=float, default=0.15,
                     help="drop rounds where other processes used more than this fraction of the CPUs (<0: keep all)")
     ap.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's choice)")
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--out", default=None, help="write the JSON result here")
+    ap.add_argument("--seed", type=int, default=0, help="seed of the weights and batches")
+    ap.add_argument("--out", default=None, help="write the JSON result here (default: print only)")
     ap.add_argument("-v", "--verbose", action="store_true", help="print every round")
-    ap.add_argument("--breakdown", action="store_true",
-                    help="also profile two training steps per contender: time in matmuls, attention, the rest")
+    return ap
+
+
+def main(argv: list[str] | None = None, mode: str | None = None) -> int:
+    ap = build_parser(mode)
     args = ap.parse_args(argv)
 
     if args.threads:
@@ -234,7 +283,7 @@ def main(argv: list[str] | None = None, mode: str | None = None) -> int:
     names = [n.strip() for n in args.contenders.split(",") if n.strip()]
     unknown = [n for n in names if n not in FACTORIES]
     if unknown:
-        ap.error(f"unknown contender(s) {unknown}; choose from {sorted(FACTORIES)}")
+        raise ConfigError(f"--contenders: unknown {', '.join(unknown)}; allowed: {', '.join(sorted(FACTORIES))}")
     contenders = [c for c in (FACTORIES[n](shape, args) for n in names) if c is not None]
     to_compile = {n.strip() for n in args.compile.split(",") if n.strip()}
     if not contenders:

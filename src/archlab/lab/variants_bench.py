@@ -247,7 +247,11 @@ def _print(result: dict[str, Any]) -> None:
 
 
 def main(argv: list[str] | None = None, mode: str = "variants") -> int:
-    ap = argparse.ArgumentParser(prog=f"archlab bench {mode}", description=__doc__.split("\n\n")[0])
+    from archlab.cli import ArgumentParser, plain
+
+    summary, examples = __doc__.split("\n\n")[:2]
+    ap = ArgumentParser(prog=f"archlab bench {mode}", description=plain(summary),
+                        epilog="examples:\n" + examples.replace("\\\\\n", "\\\n").replace("    archlab", "  archlab"))
     ap.add_argument("source", nargs="?", default=None,
                     help="experiment YAML (its variants) or config YAML (the baseline); default: the reference "
                          "config with the built-in Echo positional variants")
@@ -258,21 +262,21 @@ def main(argv: list[str] | None = None, mode: str = "variants") -> int:
     ap.add_argument("--shape", choices=["reference", "file"], default="reference",
                     help="reference: dim 256, depth 4, heads 4, seq 256, batch 16, bytes; file: as the file says")
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override for every variant")
-    ap.add_argument("--rounds", type=int, default=8)
-    ap.add_argument("--steps-per-round", type=int, default=1)
-    ap.add_argument("--warmup", type=int, default=2)
-    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--rounds", type=int, default=8, help="interleaved rounds; every variant runs once per round")
+    ap.add_argument("--steps-per-round", type=int, default=1, help="training steps per variant per round")
+    ap.add_argument("--warmup", type=int, default=2, help="untimed training steps per variant first")
+    ap.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda")
     ap.add_argument("--compile", action="store_true", help="torch.compile every variant")
     ap.add_argument("--pairwise", action="store_true",
                     help="time each variant in its own alternation with the baseline (not all together)")
     ap.add_argument("--clock", choices=["wall", "cpu"], default="wall",
                     help="wall: elapsed time; cpu: this process's CPU time (shared machines; use with --threads 1)")
-    ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's choice)")
     ap.add_argument("--max-foreign-cpu", type=float, default=0.15,
                     help="drop rounds where other processes used more than this fraction of the CPUs (<0: keep all)")
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--out", default="runs/bench/variants.json")
-    ap.add_argument("-v", "--verbose", action="store_true")
+    ap.add_argument("--seed", type=int, default=0, help="seed of the weights and batches")
+    ap.add_argument("--out", default="runs/bench/variants.json", help="write the JSON result here")
+    ap.add_argument("-v", "--verbose", action="store_true", help="print every round")
     a = ap.parse_args(argv)
     if a.threads:
         torch.set_num_threads(a.threads)
