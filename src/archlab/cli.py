@@ -1,27 +1,120 @@
 """The ``archlab`` command: thin — parse arguments, call into the package, print.
 
-Every user mistake (bad config, missing file, corrupt checkpoint) ends in one line on stderr
-and exit code 2, never a traceback.
+Every user mistake (bad config, missing or corrupt file, impossible setting) ends in one line
+on stderr, ``archlab: error: <what is wrong and what is allowed>``, and exit code 2, never a
+traceback; real bugs (TypeError, KeyError, ...) keep theirs, so they get fixed where they are.
 """
 
 from __future__ import annotations
 
 import argparse
+import inspect
 import json
+import os
+import re
 import sys
 from pathlib import Path
+from typing import Any
 
 from archlab.registry import ConfigError
 
 
-def _cmd_train(a: argparse.Namespace) -> int:
+def version() -> str:
+    """The installed distribution's version, or the source tree's when it is not installed."""
+    from importlib.metadata import PackageNotFoundError
+    from importlib.metadata import version as dist_version
+
+    try:
+        return dist_version("archlab")
+    except PackageNotFoundError:
+        from archlab import __version__
+
+        return __version__
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse with each option's default at the end of its help line and the description
+    and epilog (examples) printed as written. Used by every ``archlab`` page, the benchmarks'
+    included, so a user never has to read the source for a default."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("formatter_class", argparse.RawDescriptionHelpFormatter)
+        super().__init__(*args, **kwargs)
+
+    def add_argument(self, *names: Any, **kwargs: Any) -> argparse.Action:
+        text, default = kwargs.get("help"), kwargs.get("default")
+        # None / False / []: "not given" (said in the help text where it matters), not a value
+        unset = default is None or default is False or default is argparse.SUPPRESS \
+            or (isinstance(default, (list, tuple)) and not default)
+        if text and text is not argparse.SUPPRESS and "default" not in text and not unset:
+            shown = ",".join("none" if v is None else str(v) for v in default) \
+                if isinstance(default, (tuple, list)) else str(default)
+            kwargs["help"] = f"{text} (default: {shown.replace('%', '%%')})"
+        return super().add_argument(*names, **kwargs)
+
+
+def plain(doc: str) -> str:
+    """A module docstring's first paragraph as help text: without its reST markup
+    (````x````, ``:func:`x```) and without a leading ````archlab bench X````: title."""
+    text = doc.strip().split("\n\n")[0]
+    text = re.sub(r"^``archlab [^`]+``:\s*", "", text)
+    text = re.sub(r":\w+:`~?([^`]+)`", r"\1", text)
+    text = text.replace("``", "")
+    return text[:1].upper() + text[1:]
+
+
+_ESCAPES = {"n": "\n", "t": "\t", "r": "\r", "\\": "\\"}
+
+
+def unescape(text: str) -> str:
+    r"""``\n``, ``\t``, ``\r`` and ``\\`` typed on a command line -> newline, tab, carriage
+    return, backslash: a shell passes ``"\n\n"`` as four characters, and a stop sequence of a
+    literal backslash-n would never occur in generated text. Other backslashes stay."""
+    return re.sub(r"\\([ntr\\])", lambda m: _ESCAPES[m[1]], text)
+
+
+def _accepts(fn: Any, keyword: str) -> bool:
+    return keyword in inspect.signature(fn).parameters
+
+
+def _config(a: argparse.Namespace, *, require_budget: bool = True):
     from archlab.config import load_config
+
+    kw = {} if require_budget or not _accepts(load_config, "require_budget") else {"require_budget": False}
+    return load_config(a.config, a.set, **kw)
+
+
+def _cmd_train(a: argparse.Namespace) -> int:
+    cfg = _config(a)
+    if a.dry_run:
+        return _dry_run(cfg, Path(a.out))
     from archlab.train import Trainer
 
-    cfg = load_config(a.config, a.set)
     summary = Trainer(cfg, a.out, resume=a.resume, progress=not a.no_progress).fit()
     print(json.dumps(summary, indent=2))
     return 0
+
+
+def _dry_run(cfg, out: Path) -> int:
+    """The resolved config and what a run of it costs; nothing is trained or written."""
+    from archlab.lab.info import facts, resolved_yaml
+    from archlab.train.checkpoint import CHECKPOINT
+
+    print(resolved_yaml(cfg).rstrip("\n"))
+    print()
+    print("\n".join(facts(cfg)))
+    state = ("holds a checkpoint (--resume continues it)" if (out / CHECKPOINT).exists()
+             else "exists" if out.exists() else "would be created")
+    print(f"run folder: {out} {state}")
+    print("dry run: nothing trained, nothing written")
+    return 0
+
+
+def _positive(a: argparse.Namespace, *names: str) -> None:
+    for name in names:
+        value = getattr(a, name)
+        if value is not None and value < 1:
+            raise ConfigError(f"--{name.replace('_', '-')}: must be ≥ 1, got {value}")
 
 
 def _cmd_eval(a: argparse.Namespace) -> int:
@@ -29,6 +122,7 @@ def _cmd_eval(a: argparse.Namespace) -> int:
     from archlab.train.evaluate import evaluate
     from archlab.train.run import load_run
 
+    _positive(a, "batch", "max_tokens", "seq_len")
     run = load_run(a.run)
     d, t = run.cfg.data, run.cfg.train
     if d.corpus == "task":
@@ -38,9 +132,14 @@ def _cmd_eval(a: argparse.Namespace) -> int:
     streams = prepare_corpus(corpus=d.corpus, path=d.path, tokenizer=run.tokenizer, cache_dir=d.cache_dir)
     split = _split_name(a)
     res = evaluate(run.model, streams[split], seq_len=a.seq_len or t.seq_len, batch_size=a.batch,
-                   max_tokens=a.max_tokens)
+                   max_tokens=a.max_tokens, **_progress(a, evaluate))
     return _report_eval(a, {"split": split, "step": run.state.get("step"), **res},
                         "{split}: loss {loss:.4f} nats  bpb {bpb:.4f}  ({tokens} tokens, step {step})")
+
+
+def _progress(a: argparse.Namespace, fn: Any) -> dict:
+    # a bar on stderr for a person watching; none under --json, whose output a program reads
+    return {"progress": True} if not a.json and _accepts(fn, "progress") else {}
 
 
 def _split_name(a: argparse.Namespace) -> str:
@@ -65,7 +164,7 @@ def _eval_task(run, a: argparse.Namespace) -> int:
     if a.max_tokens is not None or a.seq_len is not None:
         raise ConfigError("--max-tokens / --seq-len: not used for a task run (whole splits are scored)")
     res = {"split": split, "step": run.state.get("step"),
-           **evaluate_task(run.model, data.splits[split], batch_size=a.batch)}
+           **evaluate_task(run.model, data.splits[split], batch_size=a.batch, **_progress(a, evaluate_task))}
     return _report_eval(a, res, "{split}: error {error:.4f}  token error {token_error:.4f}  answer loss "
                                 "{loss:.4f} nats  ({examples} examples, step {step})")
 
@@ -74,15 +173,23 @@ def _cmd_generate(a: argparse.Namespace) -> int:
     import torch
 
     from archlab.models import generate
+    from archlab.models.generation import check_sampling
     from archlab.train.run import load_run
 
+    # before the run is loaded: a typo in a flag costs nothing
+    check_sampling(max_new_tokens=a.max_new_tokens, temperature=a.temperature, top_k=a.top_k, top_p=a.top_p,
+                   flags=True)
+    prompt = unescape(a.prompt)
+    stop_texts = [unescape(s) for s in a.stop or []]
+    if not prompt.strip():
+        raise ConfigError("--prompt: must not be empty")
+    if any(not s for s in stop_texts):
+        raise ConfigError("--stop: must not be empty (leave --stop out to generate --max-new-tokens tokens)")
     run = load_run(a.run)
     tok = run.tokenizer
-    ids = tok.encode(a.prompt)
-    if not ids:
-        raise ConfigError("--prompt: must not be empty")
+    ids = tok.encode(prompt)
     g = torch.Generator().manual_seed(a.seed)
-    stops = [tok.encode(s) for s in (a.stop or [])]
+    stops = [tok.encode(s) for s in stop_texts]
     out = generate(run.model, torch.tensor([ids]), max_new_tokens=a.max_new_tokens, temperature=a.temperature,
                    top_k=a.top_k, top_p=a.top_p, stop=stops, generator=g, use_cache=not a.no_cache)
     new = out[0, len(ids):].tolist()
@@ -91,35 +198,36 @@ def _cmd_generate(a: argparse.Namespace) -> int:
             new = new[: -len(s)]
             break
     sep = " " if getattr(tok, "name", "") == "task_vocab" and new else ""  # a task's word vocabulary
-    print(a.prompt + sep + tok.decode(new))
+    print(prompt + sep + tok.decode(new))
     return 0
 
 
 def _cmd_info(a: argparse.Namespace) -> int:
-    from archlab.config import load_config
     from archlab.lab.info import describe
 
-    print(describe(load_config(a.config, a.set)))
+    # a config without a budget is still a model to describe
+    print(describe(_config(a, require_budget=False), full=a.full))
     return 0
 
 
-# ``archlab bench NAME [options]``: NAME -> (module, function taking (argv, name) -> exit code).
-# A benchmark is one module with a ``main(argv, mode)``; adding one is one line here.
-BENCHES: dict[str, tuple[str, str]] = {
-    "train": ("archlab.lab.throughput", "main"),
-    "generate": ("archlab.lab.throughput", "main"),
-    "all": ("archlab.lab.throughput", "main"),
-    "scaling": ("archlab.lab.scaling", "main"),
-    "hier": ("archlab.lab.hier_bench", "main"),
-    "local": ("archlab.lab.local_bench", "main"),
-    "variants": ("archlab.lab.variants_bench", "main"),
+# ``archlab bench NAME [options]``: NAME -> (module, function taking (argv, mode) -> exit code,
+# one-line summary). A benchmark is one module with a ``main(argv, mode)``; adding one is one
+# line here. ``archlab bench NAME --help`` is that module's own page.
+BENCHES: dict[str, tuple[str, str, str]] = {
+    "train": ("archlab.lab.throughput", "main", "training tokens/s and MFU at the reference shape, vs x-transformers"),
+    "generate": ("archlab.lab.throughput", "main", "cached decoding tokens/s at the reference shape, vs x-transformers"),
+    "all": ("archlab.lab.throughput", "main", "train, then generate, in one run"),
+    "scaling": ("archlab.lab.scaling", "main", "time and peak memory of one block per mixer against sequence length"),
+    "hier": ("archlab.lab.hier_bench", "main", "hierarchical family vs simple-hierarchical-transformer"),
+    "local": ("archlab.lab.local_bench", "main", "sliding-window attention vs full attention and local-attention"),
+    "variants": ("archlab.lab.variants_bench", "main", "training-step time of config variants against a baseline"),
 }
 
 
 def _cmd_bench(a: argparse.Namespace) -> int:
     import importlib
 
-    module, func = BENCHES[a.what]
+    module, func, _ = BENCHES[a.what]
     return getattr(importlib.import_module(module), func)(a.rest, mode=a.what)
 
 
@@ -158,98 +266,165 @@ def _cmd_demo(a: argparse.Namespace) -> int:
     return run_demo(out=a.out)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="archlab", description="A laboratory for transformer architecture ideas.")
-    sub = p.add_subparsers(dest="command", required=True)
+def _examples(*lines: str) -> str:
+    return "examples:\n" + "\n".join(f"  {line}" for line in lines)
+
+
+def build_parser() -> ArgumentParser:
+    p = ArgumentParser(prog="archlab", description="A laboratory for transformer architecture ideas.",
+                       epilog="A mistake in a config or an argument is one line on stderr and exit code 2\n"
+                              "(ARCHLAB_TRACEBACK=1 shows the traceback instead). 'archlab COMMAND --help'\n"
+                              "describes each command, with examples.")
+    p.add_argument("--version", action="version", version=f"archlab {version()}")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def command(name: str, summary: str, *examples: str, description: str | None = None) -> ArgumentParser:
+        return sub.add_parser(name, help=summary, description=description or summary, epilog=_examples(*examples))
 
     def overrides(sp: argparse.ArgumentParser) -> None:
         sp.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                        help="override a config value, e.g. --set model.position.kind=alibi (repeatable)")
+                        help="override a config value (YAML), e.g. --set model.position.kind=alibi; repeatable")
 
-    sp = sub.add_parser("train", help="train a model from a YAML config")
+    sp = command("train", "train a model from a YAML config",
+                 "archlab train configs/lm.yaml --out runs/lm",
+                 "archlab train configs/lm.yaml --out runs/lm --set model.position.kind=alibi --set train.steps=500",
+                 "archlab train configs/lm.yaml --out runs/lm --resume      # continue where it stopped",
+                 "archlab train configs/lm.yaml --out runs/lm --dry-run     # resolved config, size, budget")
     sp.add_argument("config", help="YAML config (see configs/)")
-    sp.add_argument("--out", required=True, help="run folder (metrics, checkpoint, summary)")
+    sp.add_argument("--out", required=True, help="run folder: config.yaml, metrics.jsonl, checkpoint, summary")
     sp.add_argument("--resume", action="store_true", help="continue the run in --out exactly where it stopped")
+    sp.add_argument("--dry-run", action="store_true",
+                    help="print the resolved config, parameters, tokens per step and budget; train nothing, "
+                         "create nothing")
     sp.add_argument("--no-progress", action="store_true", help="no progress bar")
     overrides(sp)
     sp.set_defaults(func=_cmd_train)
 
-    sp = sub.add_parser("eval", help="evaluate a run or checkpoint on a held-out split")
+    sp = command("eval", "evaluate a run or checkpoint on a held-out split",
+                 "archlab eval runs/lm                      # test split, whole",
+                 "archlab eval runs/lm --split validation --max-tokens 100000 --json",
+                 "archlab eval runs/counting --split ood_long   # a task run's out-of-distribution split")
     sp.add_argument("run", help="run folder or checkpoint file")
     sp.add_argument("--split", default="test",
                     help="train, validation (val) or test; a task run also takes its OOD splits (ood_*)")
-    sp.add_argument("--max-tokens", type=int, default=None, help="evaluate only the first N targets")
+    sp.add_argument("--max-tokens", type=int, default=None, help="score only the first N targets (default: all)")
     sp.add_argument("--seq-len", type=int, default=None, help="window length (default: the training length)")
-    sp.add_argument("--batch", type=int, default=16)
-    sp.add_argument("--json", action="store_true", help="print one JSON object")
+    sp.add_argument("--batch", type=int, default=16, help="windows (or task examples) per forward pass")
+    sp.add_argument("--json", action="store_true", help="print one JSON object (and no progress bar)")
     sp.set_defaults(func=_cmd_eval)
 
-    sp = sub.add_parser("generate", help="sample text from a run (KV-cached)")
+    sp = command("generate", "sample text from a run (KV-cached)",
+                 'archlab generate runs/lm --prompt "def " --temperature 0.8 --top-p 0.95 --stop "\\n\\n"',
+                 'archlab generate runs/lm --prompt "import " --temperature 0 --max-new-tokens 50   # greedy')
     sp.add_argument("run", help="run folder or checkpoint file")
-    sp.add_argument("--prompt", required=True)
-    sp.add_argument("--max-new-tokens", type=int, default=200)
-    sp.add_argument("--temperature", type=float, default=0.8, help="0 = greedy")
-    sp.add_argument("--top-k", type=int, default=None)
-    sp.add_argument("--top-p", type=float, default=None)
-    sp.add_argument("--stop", action="append", help="stop when this text is produced (repeatable)")
-    sp.add_argument("--seed", type=int, default=0)
-    sp.add_argument("--no-cache", action="store_true", help="recompute the whole sequence each step")
+    sp.add_argument("--prompt", required=True,
+                    help=r"text to continue; \n, \t, \r and \\ stand for newline, tab, return, backslash")
+    sp.add_argument("--max-new-tokens", type=int, default=200,
+                    help="tokens to generate at most (0: print the prompt only)")
+    sp.add_argument("--temperature", type=float, default=0.8, help="sampling temperature ≥ 0; 0 = greedy")
+    sp.add_argument("--top-k", type=int, default=None,
+                    help="sample among the K most likely tokens only, K ≥ 1 (default: all)")
+    sp.add_argument("--top-p", type=float, default=None,
+                    help="sample from the smallest set of tokens with probability ≥ P, P in (0, 1] (default: all)")
+    sp.add_argument("--stop", action="append",
+                    help=r"stop when this text is produced, not shown (repeatable); \n etc. as in --prompt")
+    sp.add_argument("--seed", type=int, default=0, help="random seed of the sampling")
+    sp.add_argument("--no-cache", action="store_true", help="recompute the whole sequence each step (slow; a check)")
     sp.set_defaults(func=_cmd_generate)
 
-    sp = sub.add_parser("info", help="parameter count, FLOPs per token and the layer table of a config")
-    sp.add_argument("config", nargs="?", default=None)
+    sp = command("info", "parameter count, FLOPs per token, budget and the layer table of a config",
+                 "archlab info configs/lm.yaml",
+                 "archlab info configs/lm.yaml --set model.depth=12 --full   # and the resolved config")
+    sp.add_argument("config", nargs="?", default=None, help="YAML config (default: the built-in defaults)")
+    sp.add_argument("--full", action="store_true", help="also print the resolved config (every default filled in)")
     overrides(sp)
     sp.set_defaults(func=_cmd_info)
 
-    sp = sub.add_parser("bench", help=f"benchmarks: {', '.join(BENCHES)}",
-                        description=f"archlab bench {{{','.join(BENCHES)}}} [options]; "
-                                    "'archlab bench train --help' lists the options")
-    sp.add_argument("what", choices=list(BENCHES))
-    sp.add_argument("rest", nargs=argparse.REMAINDER, help="options of that benchmark")
+    width = max(map(len, BENCHES))
+    sp = command("bench", "benchmarks; 'archlab bench NAME --help' lists NAME's options",
+                 "archlab bench train --out runs/bench/train.json",
+                 "archlab bench generate --rounds 3",
+                 "archlab bench variants experiments/positional.yaml",
+                 description="benchmarks:\n" + "\n".join(f"  {n:<{width}}  {s}" for n, (_, _, s) in BENCHES.items()))
+    sp.add_argument("what", choices=list(BENCHES), metavar="NAME", help=f"one of {', '.join(BENCHES)}")
+    sp.add_argument("rest", nargs=argparse.REMAINDER, help="that benchmark's options (see NAME --help)")
     sp.set_defaults(func=_cmd_bench)
 
-    sp = sub.add_parser("compare", help="train variants × seeds at equal budget; statistics and a report")
+    sp = command("compare", "train variants × seeds at equal budget; statistics and a report",
+                 "archlab compare experiments/quick.yaml --out runs/quick",
+                 "archlab compare experiments/positional.yaml --out runs/pos --no-report   # results.json only")
     sp.add_argument("experiment", help="experiment YAML (see experiments/)")
-    sp.add_argument("--out", required=True, help="experiment folder (re-running resumes it)")
-    sp.add_argument("--no-progress", action="store_true")
-    sp.add_argument("--no-report", action="store_true", help="results.json only")
+    sp.add_argument("--out", required=True, help="experiment folder (re-running skips finished runs and resumes)")
+    sp.add_argument("--no-progress", action="store_true", help="no progress bar")
+    sp.add_argument("--no-report", action="store_true", help="write results.json only, no report or plots")
     sp.set_defaults(func=_cmd_compare)
 
-    sp = sub.add_parser("report", help="rebuild report.md/.html and plots from DIR/results.json")
-    sp.add_argument("dir")
+    sp = command("report", "rebuild report.md/.html and plots from DIR/results.json",
+                 "archlab report runs/quick")
+    sp.add_argument("dir", help="experiment folder written by archlab compare (holds results.json)")
     sp.set_defaults(func=_cmd_report)
 
-    sp = sub.add_parser("export", help="convert a run to a Hugging Face transformers folder")
+    sp = command("export", "convert a run to a Hugging Face transformers folder",
+                 "archlab export runs/lm --hf out/lm-hf")
     sp.add_argument("run", help="run folder or checkpoint file")
     sp.add_argument("--hf", required=True, metavar="DIR", help="output folder (from_pretrained-loadable)")
     sp.set_defaults(func=_cmd_export)
 
-    sp = sub.add_parser("demo", help="the main job on the embedded corpus")
-    sp.add_argument("--out", default="runs/quick")
+    sp = command("demo", "the main job: experiments/quick.yaml on the embedded corpus, with its report",
+                 "archlab demo", "archlab demo --out runs/mydemo")
+    sp.add_argument("--out", default="runs/quick", help="experiment folder")
     sp.set_defaults(func=_cmd_demo)
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    from archlab.train.checkpoint import CheckpointError
-    from archlab.train.trainer import TrainingStopped
-
     try:
         return args.func(args)
-    except (ConfigError, CheckpointError, FileNotFoundError) as e:
-        msg = str(e).splitlines()[0] if str(e) else type(e).__name__
-        print(f"archlab: error: {msg}", file=sys.stderr)
-        return 2
-    except TrainingStopped as e:
-        print(f"archlab: stopped: {e}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print("archlab: interrupted", file=sys.stderr)
-        return 130
     except BrokenPipeError:  # output piped into `head` and the like: not an error
         sys.stderr.close()
         return 0
+    except BaseException as e:  # noqa: BLE001 — sorted by _outcome; a bug is re-raised
+        code, line = _outcome(e)
+        if code is None or os.environ.get("ARCHLAB_TRACEBACK"):
+            raise
+        print(f"archlab: {line}", file=sys.stderr)
+        return code
+
+
+def _outcome(e: BaseException) -> tuple[int | None, str]:
+    """(exit code, message) for an exception that ends a command normally, or (None, "") for
+    one that is a bug and must show its traceback."""
+    import zipfile
+
+    import yaml
+
+    from archlab.train.trainer import TrainingStopped
+
+    if isinstance(e, KeyboardInterrupt):  # Ctrl-C, or the trainer's Interrupted after a checkpoint
+        signum = getattr(e, "signum", None)
+        return (128 + signum if isinstance(signum, int) else 130), str(e) or "interrupted"
+    if isinstance(e, TrainingStopped):
+        return 1, f"stopped: {_first_line(e)}"
+    if isinstance(e, (RecursionError, NotImplementedError)):  # RuntimeErrors that are bugs
+        return None, ""
+    if isinstance(e, UnicodeDecodeError):
+        return 2, f"error: a file is not UTF-8 text ({e.reason} at byte {e.start})"
+    if isinstance(e, OSError) and e.filename is not None and e.strerror:
+        return 2, f"error: {e.filename}: {e.strerror}"
+    if isinstance(e, yaml.YAMLError):
+        problem = getattr(e, "problem", None)
+        return 2, f"error: not valid YAML{f' ({problem})' if problem else ''}"
+    if isinstance(e, zipfile.BadZipFile):
+        return 2, f"error: corrupt zip archive ({_first_line(e)})"
+    if isinstance(e, (ValueError, RuntimeError, OSError)):  # ConfigError and CheckpointError included
+        return 2, f"error: {_first_line(e)}"
+    return None, ""
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip()
+    return text.splitlines()[0] if text else type(e).__name__
 
 
 if __name__ == "__main__":

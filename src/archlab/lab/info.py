@@ -1,10 +1,13 @@
-"""``archlab info``: what a config builds — parameters, FLOPs per token, the layer table."""
+"""``archlab info``: what a config builds — parameters, FLOPs per token, the layer table —
+and the facts ``archlab train --dry-run`` prints before it would start."""
 
 from __future__ import annotations
 
-from archlab.config import Config
-from archlab.models import build_model
+import yaml
+
+from archlab.config import Config, TrainConfig
 from archlab.lab.bench import nonembedding_params, train_flops_per_token
+from archlab.models import build_model
 from archlab.models.lm import count_parameters
 
 
@@ -16,16 +19,52 @@ def _part(p) -> str:
     return f"{p.kind}({inner})" if inner else p.kind
 
 
-def describe(cfg: Config) -> str:
+def budget_line(t: TrainConfig) -> str:
+    """The training budget in words; a config read without one (``archlab info``) says so."""
+    steps = t.total_steps()
+    if steps is not None:
+        return f"budget: {steps} steps × {t.batch} × {t.seq_len} = {steps * t.batch * t.seq_len:,} tokens"
+    if t.seconds is not None:
+        return f"budget: {t.seconds:g} s of training"
+    return "budget: none set (train needs one of train.steps, train.tokens, train.seconds)"
+
+
+def facts(cfg: Config, model=None) -> list[str]:
+    """Parameters, tokens per optimiser step and the budget: what a run of ``cfg`` costs, so a
+    mistake (a width off by 10×, a budget in the wrong unit) shows before any training."""
+    model = build_model(cfg.model) if model is None else model
+    t = cfg.train
+    n, n_ne = count_parameters(model), count_parameters(model, exclude_embeddings=True)
+    return [
+        f"parameters: {n:,} ({n_ne:,} without the token embedding)",
+        f"tokens per step: {t.batch} × {t.seq_len} = {t.batch * t.seq_len:,}"
+        + (f" (grad_accum {t.grad_accum})" if t.grad_accum > 1 else ""),
+        budget_line(t),
+    ]
+
+
+def resolved_yaml(cfg: Config) -> str:
+    """The config with every default filled in, as YAML: exactly what a run of it would use
+    (and the same form as the ``config.yaml`` a run saves)."""
+    return yaml.safe_dump(cfg.to_dict(), sort_keys=False, allow_unicode=True)
+
+
+def describe(cfg: Config, *, full: bool = False) -> str:
+    """The ``archlab info`` page; ``full`` appends the resolved config (:func:`resolved_yaml`)."""
+    text = _describe(cfg)
+    if full:
+        text += "\n\n# resolved config (every default filled in)\n" + resolved_yaml(cfg).rstrip("\n")
+    return text
+
+
+def _describe(cfg: Config) -> str:
     m, t = cfg.model, cfg.train
     model = build_model(m)
-    n = count_parameters(model)
-    n_ne = count_parameters(model, exclude_embeddings=True)
     if m.family != "lm":  # the FLOP formula and layer table below describe the plain LM only
         opts = ", ".join(f"{k}={v}" for k, v in vars(m.family_config()).items() if k != "kind")
         return "\n".join([
             f"family {m.family}: {opts}",
-            f"parameters: {n:,} ({n_ne:,} without the token embedding)",
+            *facts(cfg, model),
             "FLOPs per token: not estimated for this family (the formula covers family 'lm'); "
             "measure with archlab bench",
             f"modules:\n{model}",
@@ -34,16 +73,12 @@ def describe(cfg: Config) -> str:
     train_fl = train_flops_per_token(nonembedding_params(model, exclude=head), m.depth, m.dim, t.seq_len,
                                      m.vocab_size, attn_dim=m.heads * m.resolved_head_dim(),
                                      causal_discount=True)  # the fused causal kernel skips masked blocks
-    fl = {"forward": train_fl / 3, "train": train_fl}
     lines = [
         f"family {m.family}: dim {m.dim}, depth {m.depth}, heads {m.heads} (kv {m.resolved_kv_heads()}, "
         f"head_dim {m.resolved_head_dim()}), vocab {m.vocab_size}, position {_part(m.position)}",
-        f"parameters: {n:,} ({n_ne:,} without the token embedding)",
-        f"FLOPs per token at seq_len {t.seq_len}: forward {fl['forward'] / 1e6:.2f} M, "
-        f"train (fwd+bwd) {fl['train'] / 1e6:.2f} M",
-        (f"budget: {t.total_steps()} steps × {t.batch} × {t.seq_len} = "
-         f"{t.total_steps() * t.batch * t.seq_len:,} tokens" if t.total_steps() is not None
-         else f"budget: {t.seconds:g} s of training"),
+        *facts(cfg, model),
+        f"FLOPs per token at seq_len {t.seq_len}: forward {train_fl / 3 / 1e6:.2f} M, "
+        f"train (fwd+bwd) {train_fl / 1e6:.2f} M",
         "",
         f"{'layer':>5}  {'mixer':<22} {'ffn':<22} {'norm':<26} position",
     ]

@@ -386,6 +386,30 @@ def write_report(results: dict, out_dir: str | Path) -> dict[str, Path]:
     return {**paths, **plots}
 
 
+def load_results(out_dir: str | Path) -> dict:
+    """``DIR/results.json`` as written by ``archlab compare``; a missing, empty, truncated or
+    foreign file is one line naming it (a crash mid-write of an older version, a wrong folder)."""
+    out = Path(out_dir)
+    path = out / "results.json"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no results.json (run `archlab compare EXPERIMENT --out {out}` first)")
+    redo = f"re-run `archlab compare EXPERIMENT --out {out}` (finished runs are kept)"
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path}: not UTF-8 text, so not a results file; {redo}") from None
+    if not text.strip():
+        raise ConfigError(f"{path}: empty; {redo}")
+    try:
+        results = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise ConfigError(f"{path}: truncated or not valid JSON (line {e.lineno}, column {e.colno}); {redo}") from None
+    if not isinstance(results, dict) or not isinstance(results.get("runs"), list) \
+            or not isinstance(results.get("experiment"), dict):
+        raise ConfigError(f"{path}: not an archlab results file (needs 'experiment' and 'runs'); {redo}")
+    return results
+
+
 def rebuild(out_dir: str | Path) -> dict[str, Path]:
     """``archlab report DIR``: recompute ``variants`` from ``DIR/results.json``, rewrite it and the report.
 
@@ -393,10 +417,8 @@ def rebuild(out_dir: str | Path) -> dict[str, Path]:
     rebuild leaves the old file intact. Returns the paths written, ``results`` included.
     """
     out = Path(out_dir)
+    results = load_results(out)
     path = out / "results.json"
-    if not path.exists():
-        raise FileNotFoundError(f"{path}: no results.json (run `archlab compare EXPERIMENT --out {out}` first)")
-    results = json.loads(path.read_text())
     results["variants"] = summarize(results)
     results["also"] = {m: summarize(results, metric=m) for m in results.get("experiment", {}).get("also", [])}
     # allow_nan: a diverged run's NaN metric stays as the runner wrote it (summaries hold None).
