@@ -11,6 +11,11 @@ from archlab.config import Config, ConfigError, apply_overrides, load_config, pa
 from archlab.registry import POSITION
 
 
+def load(*sets: str, path=None):
+    """``load_config`` with a budget first (a config must have one; later items may replace it)."""
+    return load_config(path, ["train.steps=10", *sets])
+
+
 def config_error(*sets: str, path=None, tiny=True) -> str:
     """The message of the ConfigError that loading with these ``--set`` items raises."""
     base = ["model.dim=32", "model.depth=2", "model.heads=4", "train.seq_len=32", "train.batch=4",
@@ -78,7 +83,7 @@ def test_heads_must_divide_dim():
     msg = config_error("model.heads=5")
     assert "model.heads" in msg and "32" in msg
     # an explicit head_dim lifts the restriction
-    assert load_config(None, ["model.dim=32", "model.heads=5", "model.head_dim=8"]).model.heads == 5
+    assert load("model.dim=32", "model.heads=5", "model.head_dim=8").model.heads == 5
 
 
 def test_kv_heads_must_divide_heads():
@@ -99,7 +104,7 @@ def test_grad_accum_must_divide_batch():
 def test_learned_position_needs_table_for_seq_len():
     msg = config_error("model.position.kind=learned", "model.max_seq_len=16")
     assert msg.startswith("model.position") and "max_seq_len" in msg and "seq_len" in msg
-    assert load_config(None, ["model.position.kind=learned", "model.max_seq_len=32", "train.seq_len=32"])
+    assert load("model.position.kind=learned", "model.max_seq_len=32", "train.seq_len=32")
 
 
 @pytest.mark.parametrize("kind", ["learned", "sinusoidal"])
@@ -152,7 +157,7 @@ def test_missing_file(tmp_path):
 
 def test_kind_change_resets_params(tmp_path):
     p = tmp_path / "rope.yaml"
-    p.write_text("model:\n  position: {kind: rope, base: 500, fraction: 0.5}\n")
+    p.write_text("model:\n  position: {kind: rope, base: 500, fraction: 0.5}\ntrain: {steps: 10}\n")
     assert load_config(p).model.position == RopeConfig(kind="rope", base=500.0, fraction=0.5)
     cfg = load_config(p, ["model.position.kind=alibi"])
     assert cfg.model.position == AlibiConfig(kind="alibi")
@@ -167,10 +172,10 @@ def test_kind_change_resets_params(tmp_path):
 
 def test_partial_part_refines_default_kind():
     """``--set model.position.base=500`` on the defaults sets rope's base, it is not an error."""
-    assert load_config(None, ["model.position.base=500"]).model.position == RopeConfig("rope", 500.0, 1.0)
-    ffn = load_config(None, ["model.layers.default.ffn.mult=2"]).model.layers.default.ffn
+    assert load("model.position.base=500").model.position == RopeConfig("rope", 500.0, 1.0)
+    ffn = load("model.layers.default.ffn.mult=2").model.layers.default.ffn
     assert ffn == SwiGLUConfig(kind="swiglu", mult=2.0)
-    norm = load_config(None, ["model.layers.default.norm.placement=post"]).model.layers.default.norm
+    norm = load("model.layers.default.norm.placement=post").model.layers.default.norm
     assert norm == NormConfig(kind="rms", placement="post")
     # a key the default kind does not have is still refused, naming the kind
     msg = config_error("model.position.num_buckets=8")
@@ -178,7 +183,7 @@ def test_partial_part_refines_default_kind():
 
 
 def test_overrides_parse_yaml_values():
-    cfg = load_config(None, ["train.lr=3e-3", "train.tokens=2e6", "model.dim=64", "model.bias=true",
+    cfg = load_config(None, ["train.steps=10", "train.lr=3e-3", "train.tokens=2e6", "model.dim=64", "model.bias=true",
                              "model.tie_embeddings=false", "train.weight_decay=0", "train.steps=null",
                              "model.init_std=.05", "train.warmup=1_000"])
     assert cfg.train.lr == 0.003 and isinstance(cfg.train.lr, float)
@@ -194,7 +199,7 @@ def test_overrides_parse_yaml_values():
 
 def test_per_layer_selectors_resolve():
     cfg = load_config(None, [
-        "model.depth=4",
+        "train.steps=10", "model.depth=4",
         "model.layers.overrides={'0,2': {ffn: {mult: 2}}, '1-3': {norm: {kind: layer}}, "
         "'-1': {position: {kind: alibi}}}",
     ])
@@ -206,7 +211,7 @@ def test_per_layer_selectors_resolve():
     assert [lc.position for lc in layers[:3]] == [None, None, None]
     assert layers[3].position == AlibiConfig("alibi")
     # selectors may overlap; later entries merge over earlier ones, and spaces are fine
-    cfg = load_config(None, ["model.depth=3",
+    cfg = load_config(None, ["train.steps=10", "model.depth=3",
                              "model.layers.overrides={'0, 1': {ffn: {mult: 2}}, '1': {ffn: {kind: gelu}}}"])
     layers = cfg.model.layer_configs()
     assert layers[0].ffn == SwiGLUConfig("swiglu", 2.0)
@@ -215,11 +220,26 @@ def test_per_layer_selectors_resolve():
 
 
 def test_defaults_validate_and_fill_in():
-    cfg = load_config()
+    cfg = load_config(None, ["train.steps=10"])
     assert isinstance(cfg, Config)
     assert cfg.model.vocab_size == 256  # from the byte tokenizer
-    assert cfg.train.steps is not None  # a default budget
     assert cfg.model.position == RopeConfig("rope")
+
+
+def test_no_budget_is_refused_unless_only_the_model_is_described():
+    """The README promises exactly one budget; a silent 1000 steps was nobody's choice."""
+    msg = config_error(tiny=False)
+    assert msg.startswith("train: no budget") and "train.steps" in msg and "train.seconds" in msg
+    # other mistakes are reported first: the budget is not the only thing wrong
+    assert config_error("model.dim=-1", tiny=False).startswith("model.dim")
+    cfg = load_config(None, require_budget=False)  # `archlab info`: the model alone
+    assert (cfg.train.steps, cfg.train.tokens, cfg.train.seconds) == (None, None, None)
+    assert parse_config({}, require_budget=False).model.dim == cfg.model.dim
+    with pytest.raises(ConfigError, match="no budget"):
+        parse_config({})
+    # require_budget=False only waives the budget, nothing else
+    with pytest.raises(ConfigError, match="model.kv_heads"):
+        load_config(None, ["model.kv_heads=0"], require_budget=False)
 
 
 @pytest.mark.parametrize(
@@ -233,7 +253,7 @@ def test_defaults_validate_and_fill_in():
     ],
 )
 def test_round_trip(sets, tmp_path):
-    cfg = load_config(None, sets)
+    cfg = load_config(None, ["train.steps=10", *sets])
     again = parse_config(cfg.to_dict())
     assert again == cfg
     assert again.model.layer_configs() == cfg.model.layer_configs()

@@ -11,6 +11,7 @@ kind starts from its own defaults plus whatever the override itself gives.
 
 from __future__ import annotations
 
+import collections.abc
 import copy
 import dataclasses
 import math
@@ -26,7 +27,7 @@ from archlab.registry import FAMILY, TASK, ConfigError, PartConfig, from_dict, p
 
 __all__ = [
     "Config", "ModelConfig", "LayerConfig", "LayersConfig", "DataConfig", "TrainConfig",
-    "ConfigError", "load_config", "parse_config", "apply_overrides", "deep_merge",
+    "ConfigError", "load_config", "parse_config", "apply_overrides", "override_items", "deep_merge",
 ]
 
 
@@ -75,17 +76,22 @@ class ModelConfig:
         return FAMILY.parse({**self.family_options, "kind": self.family}, "model.family_options")
 
     def resolved_head_dim(self) -> int:
-        return self.head_dim or self.dim // self.heads
+        return self.head_dim if self.head_dim is not None else self.dim // self.heads
 
     def resolved_kv_heads(self) -> int:
-        return self.kv_heads or self.heads
+        return self.kv_heads if self.kv_heads is not None else self.heads
 
     def layer_configs(self) -> list[LayerConfig]:
         """The per-layer configs after applying ``layers.overrides`` to ``layers.default``."""
         base = to_dict(self.layers.default)
         raw = [copy.deepcopy(base) for _ in range(self.depth)]
         for key, over in self.layers.overrides.items():
-            for i in _layer_indices(str(key), self.depth, f"model.layers.overrides.{key}"):
+            where = f"model.layers.overrides.{key}"
+            if not isinstance(over, dict):
+                # merged over a layer, null or a scalar would silently replace the whole layer
+                raise ConfigError(f"{where}: expected a mapping of layer settings (mixer, ffn, norm, position), "
+                                  f"got {'null' if over is None else repr(over)}")
+            for i in _layer_indices(str(key), self.depth, where):
                 raw[i] = deep_merge(raw[i], over)
         return [
             from_dict(LayerConfig, r, f"model.layers[{i}]") for i, r in enumerate(raw)
@@ -184,23 +190,41 @@ def _dotted(key: str, value: Any) -> dict:
     return out
 
 
-def apply_overrides(raw: dict, overrides: list[str] | dict[str, Any] | None) -> dict:
-    """Apply ``["a.b=c", ...]`` (values parsed as YAML) or ``{"a.b": c}`` to a raw config dict."""
+def override_items(overrides: list[str] | dict[str, Any] | None) -> list[tuple[str, Any]]:
+    """``["a.b=c", ...]`` (values parsed as YAML) or ``{"a.b": c}`` -> ``[(key, value), ...]``."""
     if not overrides:
-        return raw
-    items: list[tuple[str, Any]]
+        return []
     if isinstance(overrides, dict):
         items = list(overrides.items())
-    else:
+    elif isinstance(overrides, (list, tuple)):
         items = []
         for o in overrides:
-            if "=" not in o:
+            if not isinstance(o, str) or "=" not in o:
                 raise ConfigError(f"--set {o}: expected KEY=VALUE, e.g. model.position.kind=alibi")
             k, v = o.split("=", 1)
-            items.append((k.strip(), yaml.safe_load(v) if v.strip() else None))
+            k = k.strip()
+            try:
+                items.append((k, _load_text(v) if v.strip() else None))
+            except (ConfigError, yaml.YAMLError) as e:
+                why = str(e) if isinstance(e, ConfigError) else f"not valid YAML{_yaml_problem(e)}"
+                raise ConfigError(f"--set {k}: value {v!r}: {why}") from None
+    else:
+        raise ConfigError(f"overrides: expected a mapping of dotted keys or a list of KEY=VALUE, got {overrides!r}")
+    for k, _ in items:
+        if not isinstance(k, str):
+            raise ConfigError(f"overrides: key {k!r} is not a dotted name such as model.dim")
+    return items
+
+
+def _apply_items(raw: dict, items: list[tuple[str, Any]]) -> dict:
     for k, v in items:
         raw = deep_merge(raw, _dotted(k, v))
     return raw
+
+
+def apply_overrides(raw: dict, overrides: list[str] | dict[str, Any] | None) -> dict:
+    """Apply ``["a.b=c", ...]`` (values parsed as YAML) or ``{"a.b": c}`` to a raw config dict."""
+    return _apply_items(raw, override_items(overrides))
 
 
 def _layer_indices(key: str, depth: int, where: str) -> list[int]:
@@ -211,6 +235,8 @@ def _layer_indices(key: str, depth: int, where: str) -> list[int]:
         if single:
             idx = [int(tok)]
         elif span:
+            if int(span[1]) > int(span[2]):
+                raise ConfigError(f"{where}: range '{tok}' selects no layer; write ranges low-high, e.g. 1-3")
             idx = list(range(int(span[1]), int(span[2]) + 1))
         else:
             raise ConfigError(
@@ -227,21 +253,63 @@ def _layer_indices(key: str, depth: int, where: str) -> list[int]:
 # ----------------------------------------------------------------------------- validation
 
 
-def _validate(cfg: Config) -> Config:
-    import archlab.models  # noqa: F401  (registers the model families)
+BUDGET_KEYS = ("steps", "tokens", "seconds")
+DEVICE = re.compile(r"auto|cpu|mps|cuda(:\d+)?")
 
-    m, t, d = cfg.model, cfg.train, cfg.data
+# (key, lowest allowed, whether the lowest itself is allowed, highest or None, whether it is allowed, why)
+_TRAIN_RANGES = [
+    ("batch", 1, True, None, False, ""),
+    ("seq_len", 1, True, None, False, ""),
+    ("grad_accum", 1, True, None, False, ""),
+    ("eval_every", 1, True, None, False, ""),
+    ("log_every", 1, True, None, False, ""),
+    ("ckpt_every", 1, True, None, False, ""),
+    ("lr", 0.0, False, None, False, ""),
+    ("warmup", 0, True, None, False, ""),
+    ("min_lr_ratio", 0.0, True, 1.0, True, " (the share of lr the cosine decays to)"),
+    ("weight_decay", 0.0, True, None, False, ""),
+    ("beta1", 0.0, True, 1.0, False, ""),
+    ("beta2", 0.0, True, 1.0, False, ""),
+    ("grad_clip", 0.0, True, None, False, " (0 disables clipping)"),
+    ("seed", 0, True, None, False, ""),
+    ("eval_tokens", 0, True, None, False, " (0: the whole split)"),
+    ("max_bad_steps", 1, True, None, False, " (1: stop at the first non-finite loss)"),
+]
+
+
+def _check_range(value: float, where: str, lo: float, lo_ok: bool, hi: float | None, hi_ok: bool, why: str) -> None:
+    low_bad = value < lo or (value == lo and not lo_ok)
+    high_bad = hi is not None and (value > hi or (value == hi and not hi_ok))
+    if low_bad or high_bad:
+        left = "[" if lo_ok else "("
+        if hi is None:
+            allowed = f">= {lo}" if lo_ok else f"> {lo}"
+        else:
+            allowed = f"{left}{lo}, {hi}{']' if hi_ok else ')'}"
+        raise ConfigError(f"{where}: must be {allowed}{why}, got {value}")
+
+
+def _validate_model(m: ModelConfig) -> None:
     if m.family not in FAMILY:
         raise ConfigError(f"model.family: unknown family '{m.family}'; allowed: {', '.join(FAMILY.kinds())}")
     for name in ("dim", "depth", "heads", "max_seq_len"):
         if getattr(m, name) <= 0:
             raise ConfigError(f"model.{name}: must be positive, got {getattr(m, name)}")
+    for name in ("kv_heads", "head_dim", "vocab_size"):
+        v = getattr(m, name)
+        if v is not None and v <= 0:
+            raise ConfigError(f"model.{name}: must be positive (or null for the default), got {v}")
     if m.head_dim is None and m.dim % m.heads:
         raise ConfigError(f"model.heads: {m.heads} does not divide model.dim {m.dim}; set model.head_dim or change heads")
     if m.heads % m.resolved_kv_heads():
         raise ConfigError(f"model.kv_heads: {m.kv_heads} must divide model.heads {m.heads}")
     if not 0.0 <= m.dropout < 1.0:
         raise ConfigError(f"model.dropout: must be in [0, 1), got {m.dropout}")
+    if m.init_std <= 0:
+        raise ConfigError(f"model.init_std: must be positive (the std of the initial weights), got {m.init_std}")
+
+
+def _validate_data(d: DataConfig, m: ModelConfig) -> None:
     tok_vocab = 256 if d.tokenizer == "bytes" else d.bpe_vocab
     if d.corpus == "task":
         if d.task is None:
@@ -253,7 +321,11 @@ def _validate(cfg: Config) -> Config:
         tok_vocab = len(d.task.vocabulary())
     elif d.task is not None:
         raise ConfigError(f"data.task: only used with data.corpus: task (corpus is '{d.corpus}')")
-    if d.tokenizer == "bpe" and not 257 <= d.bpe_vocab <= 65536:
+    if d.corpus == "stdlib" and d.path is not None:
+        raise ConfigError("data.path: not used with corpus 'stdlib' (the embedded standard library); "
+                          "remove it, or set data.corpus: path to train on that file")
+    # checked whatever the tokenizer, so a wrong value never waits for the day bpe is switched on
+    if not 257 <= d.bpe_vocab <= 65536:
         raise ConfigError(f"data.bpe_vocab: must be in 257..65536, got {d.bpe_vocab}")
     if m.vocab_size is None:
         m.vocab_size = tok_vocab
@@ -261,21 +333,38 @@ def _validate(cfg: Config) -> Config:
         raise ConfigError(f"model.vocab_size: {m.vocab_size} is smaller than the tokenizer's {tok_vocab}")
     if d.corpus in ("path", "enwik8") and not d.path:
         raise ConfigError(f"data.path: required for corpus '{d.corpus}' (a local file or folder)")
-    budgets = [k for k in ("steps", "tokens", "seconds") if getattr(t, k) is not None]
-    if not budgets:
-        t.steps = 1000
-    elif len(budgets) > 1:
+
+
+def _validate_train(t: TrainConfig) -> None:
+    budgets = [k for k in BUDGET_KEYS if getattr(t, k) is not None]
+    if len(budgets) > 1:
         raise ConfigError(f"train: give exactly one budget (steps, tokens or seconds), got {', '.join(budgets)}")
     for k in budgets:
         if getattr(t, k) <= 0:
             raise ConfigError(f"train.{k}: the budget must be positive, got {getattr(t, k)}")
-    for name in ("batch", "seq_len", "grad_accum", "eval_every", "log_every", "ckpt_every"):
-        if getattr(t, name) <= 0:
-            raise ConfigError(f"train.{name}: must be positive, got {getattr(t, name)}")
+    for name, *bounds in _TRAIN_RANGES:
+        _check_range(getattr(t, name), f"train.{name}", *bounds)
     if t.batch % t.grad_accum:
         raise ConfigError(f"train.grad_accum: {t.grad_accum} must divide train.batch {t.batch}")
-    if t.lr <= 0 or t.warmup < 0:
-        raise ConfigError("train.lr must be positive and train.warmup non-negative")
+    # Whether CUDA or MPS is present is the trainer's question; the spelling is settled here.
+    if not DEVICE.fullmatch(t.device):
+        raise ConfigError(f"train.device: '{t.device}' is not a device; allowed: auto, cpu, cuda, cuda:N, mps")
+
+
+def _require_budget(t: TrainConfig) -> None:
+    """A silent default budget (it used to be 1000 steps) trains for a length nobody chose."""
+    if all(getattr(t, k) is None for k in BUDGET_KEYS):
+        raise ConfigError("train: no budget; set exactly one of train.steps, train.tokens or train.seconds, "
+                          "e.g. --set train.steps=1000")
+
+
+def _validate(cfg: Config, require_budget: bool = True) -> Config:
+    import archlab.models  # noqa: F401  (registers the model families)
+
+    m, t, d = cfg.model, cfg.train, cfg.data
+    _validate_model(m)
+    _validate_data(d, m)
+    _validate_train(t)
     if t.dynamics:
         from archlab.train.dynamics import parse_dynamics  # the controller registry lives with the trainer
 
@@ -299,6 +388,8 @@ def _validate(cfg: Config) -> Config:
     family_cfg = m.family_config()
     if hasattr(family_cfg, "check"):
         family_cfg.check(ctx, "model.family_options")
+    if require_budget:  # last, so that any other mistake in a budget-less config is reported first
+        _require_budget(t)
     return cfg
 
 
@@ -311,6 +402,8 @@ def _construct_mapping(loader: _StrictLoader, node: yaml.MappingNode, deep: bool
     seen = set()
     for key_node, _ in node.value:
         key = loader.construct_object(key_node, deep=deep)
+        if not isinstance(key, collections.abc.Hashable):
+            raise ConfigError(f"a key must be a name, got {key!r} (line {key_node.start_mark.line + 1})")
         if key in seen:
             raise ConfigError(f"duplicate key '{key}' (line {key_node.start_mark.line + 1})")
         seen.add(key)
@@ -320,35 +413,83 @@ def _construct_mapping(loader: _StrictLoader, node: yaml.MappingNode, deep: bool
 _StrictLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
 
 
+def _yaml_problem(e: yaml.YAMLError) -> str:
+    """``(line N): problem`` of a YAML error, on one line."""
+    line = getattr(getattr(e, "problem_mark", None), "line", None)
+    at = f" (line {line + 1})" if line is not None else ""
+    problem = getattr(e, "problem", None) or ""
+    return f"{at}: {problem.splitlines()[0]}" if problem.strip() else at
+
+
+def _load_text(text: str) -> Any:
+    try:
+        return yaml.load(text, Loader=_StrictLoader)
+    except RecursionError:
+        raise ConfigError("nested too deeply") from None
+
+
 def load_yaml(path: str | Path, what: str = "file") -> dict:
-    """Read a YAML mapping with one-line errors (missing file, bad YAML, duplicate keys)."""
+    """Read a YAML mapping with one-line errors (missing, unreadable, not UTF-8, bad YAML,
+    duplicate keys, empty, not a mapping)."""
     p = Path(path)
     if not p.is_file():
         raise ConfigError(f"{what} not found: {p}")
     try:
-        raw = yaml.load(p.read_text(), Loader=_StrictLoader) or {}
+        text = p.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"{p}: not UTF-8 text (byte {e.start}); save the {what} as UTF-8") from None
+    except OSError as e:
+        raise ConfigError(f"{p}: cannot read the {what} ({e.strerror or type(e).__name__})") from None
+    try:
+        raw = _load_text(text)
     except ConfigError as e:
         raise ConfigError(f"{p}: {e}") from None
-    except yaml.YAMLError as e:
-        line = getattr(getattr(e, "problem_mark", None), "line", None)
-        at = f" (line {line + 1})" if line is not None else ""
-        raise ConfigError(f"{p}: not valid YAML{at}") from None
+    except yaml.YAMLError as e:  # includes the ConstructorError of tags such as !!python/object
+        raise ConfigError(f"{p}: not valid YAML{_yaml_problem(e)}") from None
+    if raw is None:
+        # An empty file used to mean "the full default model": almost always the wrong file.
+        raise ConfigError(f"{what} {p} is empty (or only comments); expected a mapping such as 'train: {{steps: 1000}}'")
     if not isinstance(raw, dict):
-        raise ConfigError(f"{p}: expected a mapping at the top level")
+        raise ConfigError(f"{p}: expected a mapping at the top level, got {type(raw).__name__}")
     return raw
 
 
-def parse_config(raw: dict | None) -> Config:
-    """Typed, validated Config from a plain dict (as read from YAML)."""
+def parse_config(raw: dict | None, require_budget: bool = True) -> Config:
+    """Typed, validated Config from a plain dict (as read from YAML).
+
+    ``require_budget=False`` is for callers that only describe the model (``archlab info``):
+    a config without train.steps/tokens/seconds is then accepted and its budget left unset."""
+    if raw is not None and not isinstance(raw, dict):
+        raise ConfigError(f"config: expected a mapping at the top level, got {type(raw).__name__}")
     cfg = from_dict(Config, raw or {}, "")
-    return _validate(cfg)
+    return _validate(cfg, require_budget=require_budget)
 
 
-def load_config(path: str | Path | None = None, overrides: list[str] | dict | None = None) -> Config:
-    """Read a YAML config (or start from defaults), apply ``--set`` overrides, validate."""
+def _budgets_set(items: list[tuple[str, Any]]) -> set[str]:
+    """The budget keys that ``--set`` items give a value (``train.steps=200``, ``train={steps: 200}``)."""
+    out = set()
+    for key, value in items:
+        if key in (f"train.{k}" for k in BUDGET_KEYS) and value is not None:
+            out.add(key.split(".", 1)[1])
+        elif key == "train" and isinstance(value, dict):
+            out |= {k for k in BUDGET_KEYS if value.get(k) is not None}
+    return out
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | dict | None = None,
+                require_budget: bool = True) -> Config:
+    """Read a YAML config (or start from defaults), apply ``--set`` overrides, validate.
+
+    A budget given by an override replaces the file's budget (``--set train.steps=200`` on a
+    file with ``train.tokens``): there is exactly one budget, so naming one is choosing it.
+    ``require_budget=False``: see :func:`parse_config`."""
     raw = load_yaml(path, "config file") if path is not None else {}
-    raw = apply_overrides(raw, overrides)
-    return parse_config(raw)
+    items = override_items(overrides)
+    chosen = _budgets_set(items)
+    if chosen and isinstance(raw.get("train"), dict):
+        raw = {**raw, "train": {k: v for k, v in raw["train"].items() if k not in BUDGET_KEYS or k in chosen}}
+    raw = _apply_items(raw, items)
+    return parse_config(raw, require_budget=require_budget)
 
 
 def replace(cfg: Config, **sections: Any) -> Config:

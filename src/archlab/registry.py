@@ -12,6 +12,7 @@ This module knows nothing about ``torch``; builders are plain callables.
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -79,7 +80,9 @@ class Registry:
         if isinstance(value, str):
             value = {"kind": value}
         if not isinstance(value, dict):
-            raise ConfigError(f"{where}: expected a mapping with a 'kind' key, got {type(value).__name__}")
+            got = "null" if value is None else type(value).__name__
+            raise ConfigError(f"{where}: expected a mapping with a 'kind' key, got {got}; "
+                              f"allowed kinds: {', '.join(self.kinds())}")
         if "kind" not in value:
             raise ConfigError(f"{where}: missing 'kind'; allowed: {', '.join(self.kinds())}")
         entry = self.entry(str(value["kind"]), where)
@@ -118,28 +121,58 @@ def _type_name(tp: Any) -> str:
     return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
 
 
-def coerce(value: Any, tp: Any, where: str) -> Any:
-    """Check/convert ``value`` to the annotated type ``tp`` or raise a one-line ConfigError."""
+# Integers must fit a signed 64-bit word: numpy and torch (seeds, sizes) refuse anything wider, and
+# a value that large is a typo in any field of a config.
+INT_LIMIT = 2**63
+
+
+def _union_label(args: tuple) -> str:
+    names = ["null" if a is type(None) else _type_name(a) for a in args]
+    return " or ".join(names)
+
+
+def _refuse_wild_numbers(value: Any, where: str) -> None:
+    """NaN compares false with everything, so a range check downstream would let it through;
+    refuse it, and integers past 64 bits, wherever they hide in a loosely typed (``Any``)
+    value. (±inf stays: a normalised ``train.dynamics`` item carries ``max: inf``.)"""
+    if isinstance(value, float) and math.isnan(value):
+        raise ConfigError(f"{where}: expected a finite number, got nan")
+    if isinstance(value, int) and not isinstance(value, bool) and not -INT_LIMIT < value < INT_LIMIT:
+        raise ConfigError(f"{where}: {value} is out of range; allowed: integers of magnitude below 2**63")
+    if isinstance(value, dict):
+        for k, v in value.items():
+            _refuse_wild_numbers(v, f"{where}.{k}")
+    elif isinstance(value, (list, tuple)):
+        for i, v in enumerate(value):
+            _refuse_wild_numbers(v, f"{where}[{i}]")
+
+
+def coerce(value: Any, tp: Any, where: str, *, allow_inf: bool = False) -> Any:
+    """Check/convert ``value`` to the annotated type ``tp`` or raise a one-line ConfigError.
+
+    Numbers must be finite: ``.nan`` or ``.inf`` would make a budget endless and slip through
+    every ``<=`` range check. ``allow_inf`` admits ±inf for fields whose default is infinite
+    (there it means "no limit")."""
     origin = typing.get_origin(tp)
     if tp is Any:
+        _refuse_wild_numbers(value, where)
         return value
     if origin in (Union, types.UnionType):
         args = typing.get_args(tp)
         if value is None and type(None) in args:
             return None
-        errors = []
-        for arg in args:
-            if arg is type(None):
-                continue
+        real = [a for a in args if a is not type(None)]
+        if len(real) == 1:  # ``X | None``: X's own message says more than "expected X or null"
+            return coerce(value, real[0], where, allow_inf=allow_inf)
+        for arg in real:
             try:
-                return coerce(value, arg, where)
-            except ConfigError as e:
-                errors.append(str(e))
-        allowed = " or ".join(_type_name(a) for a in args)
-        raise ConfigError(f"{where}: expected {allowed}, got {value!r}")
+                return coerce(value, arg, where, allow_inf=allow_inf)
+            except ConfigError:
+                pass
+        raise ConfigError(f"{where}: expected {_union_label(args)}, got {value!r}")
     if origin is typing.Literal:
         args = typing.get_args(tp)
-        if value not in args:
+        if isinstance(value, (bool, dict, list)) or value not in args:
             raise ConfigError(f"{where}: {value!r} is not allowed; allowed: {', '.join(map(str, args))}")
         return value
     if origin in (tuple, list):
@@ -149,9 +182,10 @@ def coerce(value: Any, tp: Any, where: str) -> Any:
         if origin is tuple and args and args[-1] is not Ellipsis:
             if len(args) != len(value):
                 raise ConfigError(f"{where}: expected {len(args)} values, got {len(value)}")
-            return tuple(coerce(v, a, f"{where}[{i}]") for i, (v, a) in enumerate(zip(value, args)))
+            return tuple(coerce(v, a, f"{where}[{i}]", allow_inf=allow_inf)
+                         for i, (v, a) in enumerate(zip(value, args)))
         inner = args[0] if args else Any
-        out = [coerce(v, inner, f"{where}[{i}]") for i, v in enumerate(value)]
+        out = [coerce(v, inner, f"{where}[{i}]", allow_inf=allow_inf) for i, v in enumerate(value)]
         return tuple(out) if origin is tuple else out
     if origin is dict:
         if not isinstance(value, dict):
@@ -167,43 +201,72 @@ def coerce(value: Any, tp: Any, where: str) -> Any:
             return value
         raise ConfigError(f"{where}: expected true or false, got {value!r}")
     if tp is int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            # YAML reads 2_000_000 as int, but 2e6 as a string/float: accept whole floats.
-            if isinstance(value, (float, str)) and not isinstance(value, bool):
-                try:
-                    f = float(value)
-                except ValueError:
-                    raise ConfigError(f"{where}: expected an integer, got {value!r}") from None
-                if f.is_integer():
-                    return int(f)
-            raise ConfigError(f"{where}: expected an integer, got {value!r}")
-        return value
+        return _coerce_int(value, where)
     if tp is float:
-        if isinstance(value, bool):
-            raise ConfigError(f"{where}: expected a number, got {value!r}")
-        if isinstance(value, (int, float)):
-            return float(value)
-        if isinstance(value, str):  # PyYAML reads "3e-3" as a string
-            try:
-                return float(value)
-            except ValueError:
-                pass
-        raise ConfigError(f"{where}: expected a number, got {value!r}")
+        return _coerce_float(value, where, allow_inf)
     if tp is str:
         if not isinstance(value, str):
             raise ConfigError(f"{where}: expected a string, got {value!r}")
+        if not value.strip():
+            raise ConfigError(f"{where}: empty string; give a value (or leave the key out)")
         return value
     return value
+
+
+def _coerce_int(value: Any, where: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+        raise ConfigError(f"{where}: expected an integer, got {value!r}")
+    if not isinstance(value, int):
+        # YAML reads 2_000_000 as int, but 2e6 as a string/float: accept whole floats.
+        try:
+            f = float(value)
+        except ValueError:
+            raise ConfigError(f"{where}: expected an integer, got {value!r}") from None
+        if not f.is_integer():
+            raise ConfigError(f"{where}: expected an integer, got {value!r}")
+        value = int(f)
+    if not -INT_LIMIT < value < INT_LIMIT:
+        raise ConfigError(f"{where}: {value} is out of range; allowed: integers of magnitude below 2**63")
+    return value
+
+
+def _coerce_float(value: Any, where: str, allow_inf: bool) -> float:
+    if isinstance(value, bool):
+        raise ConfigError(f"{where}: expected a number, got {value!r}")
+    if isinstance(value, int):
+        try:
+            return float(value)
+        except OverflowError:
+            raise ConfigError(f"{where}: {value} is out of range for a number") from None
+    if isinstance(value, float):
+        f = value
+    elif isinstance(value, str):  # PyYAML reads "3e-3" as a string
+        try:
+            f = float(value)
+        except ValueError:
+            raise ConfigError(f"{where}: expected a number, got {value!r}") from None
+    else:
+        raise ConfigError(f"{where}: expected a number, got {value!r}")
+    if math.isnan(f) or (math.isinf(f) and not allow_inf):
+        raise ConfigError(f"{where}: expected a finite number, got {value!r}")
+    return f
+
+
+def _infinite_default(f: dataclasses.Field) -> bool:
+    return isinstance(f.default, float) and math.isinf(f.default)
 
 
 def from_dict(cls: type, data: Any, where: str) -> Any:
     """Build dataclass ``cls`` from a mapping, validating every key and type."""
     if isinstance(data, cls):
         return data
+    label = where or "config"
     if data is None:
-        data = {}
+        # ``train: null`` reads as "defaults" to the loader but almost never to the writer (an
+        # experiment variant with ``train: null`` once escaped the equal-compute check).
+        raise ConfigError(f"{label}: expected a mapping, got null; leave the key out for the defaults")
     if not isinstance(data, dict):
-        raise ConfigError(f"{where}: expected a mapping, got {data!r}")
+        raise ConfigError(f"{label}: expected a mapping, got {data!r}")
     hints = typing.get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls)}
     kwargs = {}
@@ -211,7 +274,7 @@ def from_dict(cls: type, data: Any, where: str) -> Any:
         if key not in fields:
             kind = f" for kind '{data['kind']}'" if "kind" in data and "kind" in fields else ""
             allowed = ", ".join(sorted(fields))
-            path = f"{where}.{key}" if where else key
+            path = f"{where}.{key}" if where else str(key)
             raise ConfigError(f"{path}: unknown key{kind}; allowed: {allowed}")
         f = fields[key]
         sub = f"{where}.{key}" if where else key
@@ -225,7 +288,7 @@ def from_dict(cls: type, data: Any, where: str) -> Any:
                     value = {**to_dict(f.default_factory()), **value}
                 kwargs[key] = REGISTRIES[group].parse(value, sub)
         else:
-            kwargs[key] = coerce(value, hints[key], sub)
+            kwargs[key] = coerce(value, hints[key], sub, allow_inf=_infinite_default(f))
     return cls(**kwargs)
 
 

@@ -41,6 +41,11 @@ class FFNConfig(PartConfig):
 class SwiGLUConfig(FFNConfig):
     multiple_of: int = 8  # hidden width rounded up to this (matmul-friendly)
 
+    def validate(self, where: str) -> None:
+        super().validate(where)
+        if self.multiple_of < 1:
+            raise ConfigError(f"{where}.multiple_of: must be ≥ 1 (1: no rounding), got {self.multiple_of}")
+
 
 @FFN.register("gelu", FFNConfig, "GELU MLP, hidden = mult·dim")
 def _gelu(cfg: FFNConfig, ctx: BuildContext):
@@ -61,6 +66,11 @@ def _swiglu(cfg: SwiGLUConfig, ctx: BuildContext):
 class NormConfig(PartConfig):
     placement: Literal["pre", "post"] = "pre"
     eps: float = 1e-5
+
+    def validate(self, where: str) -> None:
+        # eps keeps the division by the norm finite; 0 or less brings back the NaN it guards against
+        if self.eps <= 0:
+            raise ConfigError(f"{where}.eps: must be positive, got {self.eps}")
 
 
 @dataclass

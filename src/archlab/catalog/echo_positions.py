@@ -104,8 +104,9 @@ class DynamicConfig(PartConfig):
     depth: int = 2  # hidden layers
 
     def validate(self, where: str) -> None:
-        if self.hidden < 1 or self.depth < 1:
-            raise ConfigError(f"{where}: hidden and depth must be ≥ 1, got hidden={self.hidden}, depth={self.depth}")
+        for name in ("hidden", "depth"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{where}.{name}: must be ≥ 1, got {getattr(self, name)}")
 
 
 @dataclass

@@ -33,6 +33,12 @@ class SinusoidalConfig(PartConfig):
     base: float = 10000.0
     scale: float = 1.0
 
+    def validate(self, where: str) -> None:
+        if self.base <= 1.0:  # as for rope: wavelengths grow as base^(2i/dim), so base ≤ 1 collapses them
+            raise ConfigError(f"{where}.base: must be > 1, got {self.base}")
+        if self.scale <= 0:
+            raise ConfigError(f"{where}.scale: must be positive (kind 'none' is no position signal), got {self.scale}")
+
 
 @dataclass
 class RopeConfig(PartConfig):
@@ -74,8 +80,12 @@ class T5Config(PartConfig):
     max_distance: int = 128
 
     def validate(self, where: str) -> None:
-        if self.num_buckets < 4 or self.max_distance <= self.num_buckets // 2:
-            raise ConfigError(f"{where}: need num_buckets ≥ 4 and max_distance > num_buckets/2")
+        if self.num_buckets < 4:
+            raise ConfigError(f"{where}.num_buckets: must be ≥ 4, got {self.num_buckets}")
+        if self.max_distance <= self.num_buckets // 2:
+            # half the buckets are exact distances; the log-spaced rest need room above them
+            raise ConfigError(f"{where}.max_distance: must exceed num_buckets/2 = {self.num_buckets // 2}, "
+                              f"got {self.max_distance}")
 
 
 @POSITION.register("none", NoneConfig, "NoPE: no positional signal")

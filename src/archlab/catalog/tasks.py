@@ -104,6 +104,8 @@ class TaskConfig(PartConfig):
         return {"train": (self.train, params), "validation": (self.validation, params), "test": (self.test, params)}
 
     def validate(self, where: str) -> None:
+        if self.seed < 0:
+            raise ConfigError(f"{where}.seed: must be ≥ 0 (a numpy seed), got {self.seed}")
         for name in ("train", "validation", "test"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{where}.{name}: the split needs at least one example, got {getattr(self, name)}")
@@ -116,6 +118,18 @@ def _positive(where: str, **values: int | None) -> None:
     for k, v in values.items():
         if v is not None and v <= 0:
             raise ConfigError(f"{where}.{k}: must be positive, got {v}")
+
+
+# A task's words become the model's vocabulary; the config builds that list to size the
+# embedding, so an absurd knob (max_value: 1e15) must be refused before the list is built.
+MAX_WORDS = 65536
+
+
+def _vocabulary_fits(where: str, **counts: int) -> None:
+    total = sum(counts.values())
+    if total > MAX_WORDS:
+        names = " + ".join(counts)
+        raise ConfigError(f"{where}.{next(iter(counts))}: {names} = {total} task words; allowed: at most {MAX_WORDS}")
 
 
 # ------------------------------------------------------------------------------------- counting
@@ -222,6 +236,7 @@ class CountingConfig(TaskConfig):
     def validate(self, where: str) -> None:
         super().validate(where)
         _positive(where, vars=self.vars, names=self.names, min_steps=self.min_steps, max_value=self.max_value)
+        _vocabulary_fits(where, max_value=self.max_value)
         if self.pool() > 26:
             raise ConfigError(f"{where}.names: at most 26 variable names (a..z), got {self.pool()}")
         if self.vars > self.pool():
@@ -266,6 +281,7 @@ class SelectiveCopyConfig(TaskConfig):
     def validate(self, where: str) -> None:
         super().validate(where)
         _positive(where, symbols=self.symbols, tokens=self.tokens)
+        _vocabulary_fits(where, symbols=self.symbols)
         for name in ("blanks", "ood_dense", "ood_sparse"):
             v = getattr(self, name)
             if v is not None and v < 0:
@@ -336,6 +352,7 @@ class AssocRecallConfig(TaskConfig):
     def validate(self, where: str) -> None:
         super().validate(where)
         _positive(where, pairs=self.pairs, keys=self.keys, values=self.values)
+        _vocabulary_fits(where, keys=self.keys, values=self.values)
         if self.pairs > self.keys:
             raise ConfigError(f"{where}.pairs: keys are distinct, so at most keys={self.keys} pairs, got {self.pairs}")
         if self.ood_pairs is not None and not self.pairs < self.ood_pairs <= self.keys:

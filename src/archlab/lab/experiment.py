@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from archlab.config import Config, apply_overrides, load_yaml, parse_config
-from archlab.registry import ConfigError
+from archlab.registry import INT_LIMIT, ConfigError
 
 EXPERIMENT_KEYS = {"name", "description", "base", "overrides", "budget", "seeds", "baseline", "eval", "variants",
                    "metric", "also"}
@@ -88,37 +88,68 @@ def _flatten(d: dict, prefix: str = "") -> dict[str, Any]:
     return out
 
 
+def _touches_fixed(key: str) -> bool:
+    """Whether overriding ``key`` can change a FIXED_KEYS value: the key itself, a key inside it,
+    or a section above it (``train: null`` or ``data: {...}`` replaces them all)."""
+    for f in FIXED_KEYS:
+        stem = f.rstrip(".")
+        if key == stem or key.startswith(stem + ".") or stem.startswith(key + "."):
+            return True
+    return False
+
+
+def _is_count(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
 def load_experiment(path: str | Path) -> Experiment:
+    """Read and check an experiment file; every variant's config is built and validated, so
+    nothing trains before every mistake in the file has been refused."""
     path = Path(path)
     raw = load_yaml(path, "experiment file")
-    unknown = sorted(set(raw) - EXPERIMENT_KEYS)
+    unknown = sorted(map(str, set(raw) - EXPERIMENT_KEYS))
     if unknown:
         raise ConfigError(f"{path}: unknown key '{unknown[0]}'; allowed: {', '.join(sorted(EXPERIMENT_KEYS))}")
 
     base: dict = {}
-    if raw.get("base"):
+    if raw.get("base") is not None:
+        if not isinstance(raw["base"], str) or not raw["base"].strip():
+            raise ConfigError(f"{path}: base: expected the path of a config file, got {raw['base']!r}")
         base = load_yaml((path.parent / raw["base"]).resolve(), f"{path}: base config")
-    base = apply_overrides(base, raw.get("overrides") or {})
+    exp_overrides = raw.get("overrides") or {}
+    if not isinstance(exp_overrides, dict):
+        raise ConfigError(f"{path}: overrides: expected a mapping of dotted keys, e.g. {{model.dim: 128}}")
+    try:
+        base = apply_overrides(base, exp_overrides)
+    except ConfigError as e:
+        raise ConfigError(f"{path}: overrides: {e}") from None
 
     budget = raw.get("budget")
     if not isinstance(budget, dict) or len(budget) != 1 or next(iter(budget)) not in BUDGET_KEYS:
         raise ConfigError(f"{path}: budget: give exactly one of {', '.join(BUDGET_KEYS)}, e.g. budget: {{tokens: 1000000}}")
     (bkey, bval), = budget.items()
+    if bval is None:
+        raise ConfigError(f"{path}: budget.{bkey}: give a positive value, e.g. budget: {{{bkey}: 1000}}")
     base = apply_overrides(base, {"train.steps": None, "train.tokens": None, "train.seconds": None,
                                   f"train.{bkey}": bval})
 
     seeds = raw.get("seeds", [0, 1, 2])
-    if not isinstance(seeds, list) or not seeds or not all(isinstance(s, int) for s in seeds):
-        raise ConfigError(f"{path}: seeds: expected a non-empty list of integers, got {seeds!r}")
+    if not isinstance(seeds, list) or not seeds or not all(_is_count(s) and 0 <= s < INT_LIMIT for s in seeds):
+        raise ConfigError(f"{path}: seeds: expected a non-empty list of non-negative integers, got {seeds!r}")
     if len(set(seeds)) != len(seeds):
         raise ConfigError(f"{path}: seeds: duplicate seeds in {seeds}")
 
     variants_raw = raw.get("variants")
     if not isinstance(variants_raw, dict) or not variants_raw:
         raise ConfigError(f"{path}: variants: expected a mapping of name -> overrides")
+    named = {str(k): v for k, v in variants_raw.items()}
+    if len(named) != len(variants_raw):
+        raise ConfigError(f"{path}: variants: two variants share a name once written as text")
+    variants_raw = named
     baseline = raw.get("baseline", next(iter(variants_raw)))
-    if baseline not in variants_raw:
+    if not isinstance(baseline, (str, int)) or isinstance(baseline, bool) or str(baseline) not in variants_raw:
         raise ConfigError(f"{path}: baseline '{baseline}' is not a variant; variants: {', '.join(variants_raw)}")
+    baseline = str(baseline)
 
     configs: dict[str, Config] = {}
     overrides: dict[str, dict] = {}
@@ -126,11 +157,11 @@ def load_experiment(path: str | Path) -> Experiment:
         name = str(name)
         if not NAME.match(name):
             raise ConfigError(f"{path}: variant name '{name}' may only use letters, digits and _ . + -")
-        over = over or {}
+        over = {} if over is None else over
         if not isinstance(over, dict):
             raise ConfigError(f"{path}: variants.{name}: expected a mapping of overrides")
         for key in _flatten(over):
-            if any(key == f or (f.endswith(".") and key.startswith(f)) for f in FIXED_KEYS):
+            if _touches_fixed(key):
                 raise ConfigError(
                     f"{path}: variants.{name}: '{key}' would change the budget, batch shape, seed or data; "
                     "these are set once for the whole experiment (budget:, seeds:, overrides:)"
@@ -145,10 +176,14 @@ def load_experiment(path: str | Path) -> Experiment:
     if not isinstance(ev, dict) or set(ev) - {"split", "max_tokens", "seq_lens"}:
         raise ConfigError(f"{path}: eval: allowed keys: split, max_tokens, seq_lens")
     split = ev.get("split", "validation")
-    if split not in ("validation", "val", "test"):
-        raise ConfigError(f"{path}: eval.split: '{split}'; allowed: validation, test")
+    if not isinstance(split, str) or split not in ("validation", "val", "test"):
+        raise ConfigError(f"{path}: eval.split: {split!r}; allowed: validation, test")
+    max_tokens = ev.get("max_tokens", 131072)
+    if max_tokens is not None and not (_is_count(max_tokens) and max_tokens > 0):
+        raise ConfigError(f"{path}: eval.max_tokens: expected a positive integer (or null: the whole split), "
+                          f"got {max_tokens!r}")
     seq_lens = ev.get("seq_lens") or []
-    if not isinstance(seq_lens, list) or not all(isinstance(n, int) and n > 0 for n in seq_lens):
+    if not isinstance(seq_lens, list) or not all(_is_count(n) and n > 0 for n in seq_lens):
         raise ConfigError(f"{path}: eval.seq_lens: expected a list of positive integers, got {seq_lens!r}")
     for name, cfg in configs.items():
         too_long = [n for n in seq_lens if n > cfg.model.max_seq_len]
@@ -156,9 +191,9 @@ def load_experiment(path: str | Path) -> Experiment:
             raise ConfigError(f"{path}: eval.seq_lens: {too_long[0]} exceeds variant {name}'s model.max_seq_len "
                               f"{cfg.model.max_seq_len}; raise model.max_seq_len in overrides")
     exp = Experiment(
-        name=str(raw.get("name", path.stem)), path=path, baseline=str(baseline), seeds=seeds,
-        budget={bkey: bval}, eval_split="validation" if split == "val" else split,
-        eval_max_tokens=ev.get("max_tokens", 131072), variants=configs, overrides=overrides,
+        name=str(raw.get("name", path.stem)), path=path, baseline=baseline, seeds=seeds,
+        budget={bkey: getattr(configs[baseline].train, bkey)}, eval_split="validation" if split == "val" else split,
+        eval_max_tokens=max_tokens, variants=configs, overrides=overrides,
         description=str(raw.get("description", "")), eval_seq_lens=list(seq_lens),
     )
     if exp.task is not None:
@@ -166,7 +201,7 @@ def load_experiment(path: str | Path) -> Experiment:
     known = exp.metric_names()
     exp.metric = str(raw.get("metric", known[0]))
     also = raw.get("also") or []
-    if not isinstance(also, list):
+    if not isinstance(also, list) or not all(isinstance(m, str) for m in also):
         raise ConfigError(f"{path}: also: expected a list of metric names, e.g. [bpb@512]")
     exp.also = [str(m) for m in also]
     for key, m in [("metric", exp.metric), *(("also", m) for m in exp.also)]:
