@@ -54,8 +54,9 @@ class ArgumentParser(argparse.ArgumentParser):
 
 
 def plain(doc: str) -> str:
-    """A module docstring's first paragraph as help text: without its reST markup
-    (````x````, ``:func:`x```) and without a leading ````archlab bench X````: title."""
+    """A module docstring's first paragraph as help text: a benchmark's page then says what
+    its module says, without the reST markup (double backquotes, roles such as :func:) and
+    the leading "archlab bench X:" title that make sense only in the source."""
     text = doc.strip().split("\n\n")[0]
     text = re.sub(r"^``archlab [^`]+``:\s*", "", text)
     text = re.sub(r":\w+:`~?([^`]+)`", r"\1", text)
@@ -403,7 +404,9 @@ def _outcome(e: BaseException) -> tuple[int | None, str]:
 
     if isinstance(e, KeyboardInterrupt):  # Ctrl-C, or the trainer's Interrupted after a checkpoint
         signum = getattr(e, "signum", None)
-        return (128 + signum if isinstance(signum, int) else 130), str(e) or "interrupted"
+        msg = _first_line(e) if str(e).strip() else ""
+        line = msg if msg.startswith("interrupted") else "interrupted" + (f": {msg}" if msg else "")
+        return (128 + signum if isinstance(signum, int) else 130), line
     if isinstance(e, TrainingStopped):
         return 1, f"stopped: {_first_line(e)}"
     if isinstance(e, (RecursionError, NotImplementedError)):  # RuntimeErrors that are bugs
