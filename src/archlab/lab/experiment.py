@@ -102,6 +102,20 @@ def _is_count(v: Any) -> bool:
     return isinstance(v, int) and not isinstance(v, bool)
 
 
+def _given(raw: dict, key: str, default: Any) -> Any:
+    """``raw[key]``, or ``default`` when absent or null -- not when merely falsy (``eval: 0`` is
+    a mistake to refuse, not an empty mapping)."""
+    value = raw.get(key)
+    return default if value is None else value
+
+
+def _text(raw: dict, key: str, default: str, path: Path) -> str:
+    value = _given(raw, key, default)
+    if not isinstance(value, str):
+        raise ConfigError(f"{path}: {key}: expected text, got {value!r} (quote it if it is a number)")
+    return value
+
+
 def load_experiment(path: str | Path) -> Experiment:
     """Read and check an experiment file; every variant's config is built and validated, so
     nothing trains before every mistake in the file has been refused."""
@@ -116,7 +130,7 @@ def load_experiment(path: str | Path) -> Experiment:
         if not isinstance(raw["base"], str) or not raw["base"].strip():
             raise ConfigError(f"{path}: base: expected the path of a config file, got {raw['base']!r}")
         base = load_yaml((path.parent / raw["base"]).resolve(), f"{path}: base config")
-    exp_overrides = raw.get("overrides") or {}
+    exp_overrides = _given(raw, "overrides", {})
     if not isinstance(exp_overrides, dict):
         raise ConfigError(f"{path}: overrides: expected a mapping of dotted keys, e.g. {{model.dim: 128}}")
     try:
@@ -172,18 +186,19 @@ def load_experiment(path: str | Path) -> Experiment:
             raise ConfigError(f"{path}: variants.{name}: {e}") from None
         overrides[name] = over
 
-    ev = raw.get("eval") or {}
+    ev = _given(raw, "eval", {})
     if not isinstance(ev, dict) or set(ev) - {"split", "max_tokens", "seq_lens"}:
-        raise ConfigError(f"{path}: eval: allowed keys: split, max_tokens, seq_lens")
+        got = f"keys {', '.join(map(str, ev))}" if isinstance(ev, dict) else repr(ev)
+        raise ConfigError(f"{path}: eval: expected a mapping with keys split, max_tokens, seq_lens; got {got}")
     split = ev.get("split", "validation")
     if not isinstance(split, str) or split not in ("validation", "val", "test"):
         raise ConfigError(f"{path}: eval.split: {split!r}; allowed: validation, test")
     max_tokens = ev.get("max_tokens", 131072)
-    if max_tokens is not None and not (_is_count(max_tokens) and max_tokens > 0):
+    if max_tokens is not None and not (_is_count(max_tokens) and 0 < max_tokens < INT_LIMIT):
         raise ConfigError(f"{path}: eval.max_tokens: expected a positive integer (or null: the whole split), "
                           f"got {max_tokens!r}")
-    seq_lens = ev.get("seq_lens") or []
-    if not isinstance(seq_lens, list) or not all(_is_count(n) and n > 0 for n in seq_lens):
+    seq_lens = _given(ev, "seq_lens", [])
+    if not isinstance(seq_lens, list) or not all(_is_count(n) and 0 < n < INT_LIMIT for n in seq_lens):
         raise ConfigError(f"{path}: eval.seq_lens: expected a list of positive integers, got {seq_lens!r}")
     for name, cfg in configs.items():
         too_long = [n for n in seq_lens if n > cfg.model.max_seq_len]
@@ -191,16 +206,16 @@ def load_experiment(path: str | Path) -> Experiment:
             raise ConfigError(f"{path}: eval.seq_lens: {too_long[0]} exceeds variant {name}'s model.max_seq_len "
                               f"{cfg.model.max_seq_len}; raise model.max_seq_len in overrides")
     exp = Experiment(
-        name=str(raw.get("name", path.stem)), path=path, baseline=baseline, seeds=seeds,
+        name=_text(raw, "name", path.stem, path), path=path, baseline=baseline, seeds=seeds,
         budget={bkey: getattr(configs[baseline].train, bkey)}, eval_split="validation" if split == "val" else split,
         eval_max_tokens=max_tokens, variants=configs, overrides=overrides,
-        description=str(raw.get("description", "")), eval_seq_lens=list(seq_lens),
+        description=_text(raw, "description", "", path), eval_seq_lens=list(seq_lens),
     )
     if exp.task is not None:
         _check_task_experiment(exp, ev, path)
     known = exp.metric_names()
     exp.metric = str(raw.get("metric", known[0]))
-    also = raw.get("also") or []
+    also = _given(raw, "also", [])
     if not isinstance(also, list) or not all(isinstance(m, str) for m in also):
         raise ConfigError(f"{path}: also: expected a list of metric names, e.g. [bpb@512]")
     exp.also = [str(m) for m in also]

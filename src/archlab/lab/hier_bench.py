@@ -205,7 +205,7 @@ def work_bound(result: dict[str, Any], contenders: list[Contender], shape: Refer
 
 
 def main(argv: list[str] | None = None, mode: str | None = None) -> int:
-    from archlab.cli import ArgumentParser, plain
+    from archlab.argparsing import ArgumentParser, plain
 
     summary, examples = __doc__.split("\n\n")[:2]
     ap = ArgumentParser(prog=f"archlab bench {mode or 'hier'}", description=plain(summary),

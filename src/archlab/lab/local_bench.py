@@ -132,7 +132,7 @@ def run_level(level: str, o: argparse.Namespace, peer) -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None, mode: str = "local") -> int:
-    from archlab.cli import ArgumentParser, plain
+    from archlab.argparsing import ArgumentParser, plain
 
     sp = ArgumentParser(prog=f"archlab bench {mode}", description=plain(__doc__),
                         epilog="examples:\n  archlab bench local\n"

@@ -127,7 +127,7 @@ def plot_scaling(result: dict, path: Path) -> Path:
 
 def main(argv: list[str] | None = None, mode: str = "scaling") -> int:
     """``archlab bench scaling``: time and peak memory of one block per mixer against T."""
-    from archlab.cli import ArgumentParser, plain
+    from archlab.argparsing import ArgumentParser, plain
 
     sp = ArgumentParser(prog=f"archlab bench {mode}", description=plain(__doc__),
                         epilog="examples:\n  archlab bench scaling\n"

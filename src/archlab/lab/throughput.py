@@ -231,7 +231,7 @@ _EXAMPLES = {
 def build_parser(mode: str | None = None) -> argparse.ArgumentParser:
     """The options of ``archlab bench MODE``: only those that mode uses (``mode=None``: the
     standalone script's page, with ``--mode`` and every option)."""
-    from archlab.cli import ArgumentParser
+    from archlab.argparsing import ArgumentParser
 
     which = mode or "all"
     trains, generates = which in ("train", "all"), which in ("generate", "all")

@@ -247,7 +247,7 @@ def _print(result: dict[str, Any]) -> None:
 
 
 def main(argv: list[str] | None = None, mode: str = "variants") -> int:
-    from archlab.cli import ArgumentParser, plain
+    from archlab.argparsing import ArgumentParser, plain
 
     summary, examples = __doc__.split("\n\n")[:2]
     ap = ArgumentParser(prog=f"archlab bench {mode}", description=plain(summary),
