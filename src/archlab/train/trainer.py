@@ -48,7 +48,7 @@ from archlab.train.dynamics import build_controllers
 from archlab.train.evaluate import evaluate
 from archlab.train.taskeval import evaluate_task
 from archlab.train.optim import build_optimizer, lr_at
-from archlab.train.runlock import RESUMABLE_CHANGES, RunLock, check_run_folder, trim_metrics  # noqa: F401
+from archlab.train.runlock import RunLock, check_run_folder, trim_metrics
 from archlab.train.runtime import autocast_factory, peak_memory_mb, pick_device, seed_everything
 
 
@@ -116,8 +116,7 @@ class Trainer:
     ) -> None:
         """``progress``: a bar when stderr is a terminal (else, or when False, plain lines every
         ``train.log_every`` steps). ``quiet``: neither header nor step lines, for callers that
-        show their own progress (``archlab compare``); warnings and the interrupt still go to
-        ``log``. Raises :class:`ConfigError` when another process holds ``out_dir``."""
+        show their own progress (``archlab compare``); warnings still go to ``log``. Raises :class:`ConfigError` when another process holds ``out_dir``."""
         self.cfg = cfg
         self.dir = Path(out_dir)
         self.resume = resume
@@ -485,12 +484,10 @@ class Trainer:
                         post[f"val_{key}"] = f"{last_val[key]:.3f}"
                     self._bar.set_postfix(post, refresh=False)
                     self._bar.update(1)
-                if self._stop_signal is not None:
+                if self._stop_signal is not None:  # the message is the exception's: the CLI prints it
                     name = signal.Signals(self._stop_signal).name
-                    msg = f"{name}: checkpoint saved at step {self.step} in {self.dir / CHECKPOINT}; " \
-                          "continue with --resume"
-                    self._say(f"interrupted by {msg}")
-                    raise Interrupted(self._stop_signal, f"interrupted by {msg}")
+                    raise Interrupted(self._stop_signal, f"interrupted by {name}: checkpoint saved at step "
+                                                         f"{self.step} in {self.dir / CHECKPOINT}; continue with --resume")
         finally:
             if self._bar is not None:
                 self._bar.close()
