@@ -8,13 +8,11 @@ traceback; real bugs (TypeError, KeyError, ...) keep theirs, so they get fixed w
 from __future__ import annotations
 
 import argparse
-import inspect
 import json
 import os
 import re
 import sys
 from pathlib import Path
-from typing import Any
 
 from archlab.argparsing import ArgumentParser
 from archlab.registry import ConfigError
@@ -43,15 +41,10 @@ def unescape(text: str) -> str:
     return re.sub(r"\\([ntr\\])", lambda m: _ESCAPES[m[1]], text)
 
 
-def _accepts(fn: Any, keyword: str) -> bool:
-    return keyword in inspect.signature(fn).parameters
-
-
 def _config(a: argparse.Namespace, *, require_budget: bool = True):
     from archlab.config import load_config
 
-    kw = {} if require_budget or not _accepts(load_config, "require_budget") else {"require_budget": False}
-    return load_config(a.config, a.set, **kw)
+    return load_config(a.config, a.set, require_budget=require_budget)
 
 
 def _cmd_train(a: argparse.Namespace) -> int:
@@ -88,7 +81,7 @@ def _positive(a: argparse.Namespace, *names: str) -> None:
 
 
 def _cmd_eval(a: argparse.Namespace) -> int:
-    from archlab.data import prepare_corpus
+    from archlab.data import check_streams, prepare_corpus
     from archlab.train.evaluate import evaluate
     from archlab.train.run import load_run
 
@@ -101,15 +94,16 @@ def _cmd_eval(a: argparse.Namespace) -> int:
         raise ConfigError(f"--split: '{a.split}'; allowed: train, validation, test")
     streams = prepare_corpus(corpus=d.corpus, path=d.path, tokenizer=run.tokenizer, cache_dir=d.cache_dir)
     split = _split_name(a)
+    check_streams(streams, seq_len=a.seq_len or t.seq_len, splits=(split,))
     res = evaluate(run.model, streams[split], seq_len=a.seq_len or t.seq_len, batch_size=a.batch,
-                   max_tokens=a.max_tokens, **_progress(a, evaluate))
+                   max_tokens=a.max_tokens, **_progress(a))
     return _report_eval(a, {"split": split, "step": run.state.get("step"), **res},
                         "{split}: loss {loss:.4f} nats  bpb {bpb:.4f}  ({tokens} tokens, step {step})")
 
 
-def _progress(a: argparse.Namespace, fn: Any) -> dict:
+def _progress(a: argparse.Namespace) -> dict:
     # a bar on stderr for a person watching; none under --json, whose output a program reads
-    return {"progress": True} if not a.json and _accepts(fn, "progress") else {}
+    return {"progress": not a.json}
 
 
 def _split_name(a: argparse.Namespace) -> str:
@@ -134,7 +128,7 @@ def _eval_task(run, a: argparse.Namespace) -> int:
     if a.max_tokens is not None or a.seq_len is not None:
         raise ConfigError("--max-tokens / --seq-len: not used for a task run (whole splits are scored)")
     res = {"split": split, "step": run.state.get("step"),
-           **evaluate_task(run.model, data.splits[split], batch_size=a.batch, **_progress(a, evaluate_task))}
+           **evaluate_task(run.model, data.splits[split], batch_size=a.batch, **_progress(a))}
     return _report_eval(a, res, "{split}: error {error:.4f}  token error {token_error:.4f}  answer loss "
                                 "{loss:.4f} nats  ({examples} examples, step {step})")
 

@@ -87,7 +87,7 @@ def run_one(exp: Experiment, variant: str, seed: int, run_dir: Path, *, callback
     """Train (or resume) one run, evaluate it on the experiment's split, write result.json."""
     cfg = exp.config_for(variant, seed)
     trainer = Trainer(cfg, run_dir, resume=(run_dir / CHECKPOINT).exists(), progress=False, log=log,
-                      callbacks=list(callbacks))
+                      quiet=True, callbacks=list(callbacks))
     summary = trainer.fit()
     if not trainer.dist.main:  # under torchrun only rank 0 evaluates and writes
         return {"variant": variant, "seed": seed, "status": "done-on-other-rank"}

@@ -37,7 +37,7 @@ import yaml
 
 from archlab.atomic import write_text_atomic
 from archlab.config import Config
-from archlab.data import WindowSampler, iter_texts, load_tokenizer, make_tokenizer, prepare_corpus
+from archlab.data import WindowSampler, check_streams, iter_texts, load_tokenizer, make_tokenizer, prepare_corpus
 from archlab.data.taskdata import TaskSampler, build_task_data, check_task_lengths
 from archlab.models import build_model
 from archlab.models.lm import IGNORE_INDEX, count_parameters
@@ -261,7 +261,9 @@ class Trainer:
         d, t = self.cfg.data, self.cfg.train
         self.task = None
         if d.corpus != "task":
-            return prepare_corpus(corpus=d.corpus, path=d.path, tokenizer=self.tokenizer, cache_dir=d.cache_dir)
+            streams = prepare_corpus(corpus=d.corpus, path=d.path, tokenizer=self.tokenizer, cache_dir=d.cache_dir)
+            check_streams(streams, seq_len=t.seq_len)  # a split too short for one window: one line, now
+            return streams
         self.task = build_task_data(d.task)
         if self.tokenizer.fingerprint() != self.task.tokenizer.fingerprint():
             raise ConfigError(f"data.task: the run's tokenizer.json in {self.dir} is not this task's vocabulary")
