@@ -344,8 +344,6 @@ def test_beam_search_reorders_the_cache():
 # ----------------------------------------------------------------------------- export
 
 
-
-
 @pytest.mark.parametrize("tokenizer", ["bytes", "bpe"])
 def test_export_run(corpus, tmp_path, tokenizer):
     from archlab.config import load_config
@@ -363,8 +361,12 @@ def test_export_run(corpus, tmp_path, tokenizer):
     out = export_run(run_dir, tmp_path / "hf")
 
     names = {p.name for p in out.iterdir()}
-    assert {"config.json", "model.safetensors", "tokenizer.json"} <= names
-    assert (out / "tokenizer.json").read_bytes() == (run_dir / "tokenizer.json").read_bytes()
+    assert {"config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json"} <= names
+    if tokenizer == "bpe":  # already a `tokenizers` file: copied as is
+        assert (out / "tokenizer.json").read_bytes() == (run_dir / "tokenizer.json").read_bytes()
+    else:  # archlab's {"kind": "bytes"} becomes a `tokenizers` file transformers can read
+        assert json.loads((run_dir / "tokenizer.json").read_text()) == {"kind": "bytes"}
+        assert json.loads((out / "tokenizer.json").read_text())["model"]["type"] == "BPE"
     run = load_run(run_dir)
     model = load(out)
     assert model.config.archlab_tokenizer == tokenizer
@@ -378,10 +380,10 @@ def test_export_run(corpus, tmp_path, tokenizer):
     from archlab.data import load_tokenizer
 
     assert load_tokenizer(out).encode("return x") == run.tokenizer.encode("return x")
-    if tokenizer == "bpe":
-        from transformers import AutoTokenizer
+    assert load_tokenizer(out).name == tokenizer
+    from transformers import AutoTokenizer
 
-        hf_tok = AutoTokenizer.from_pretrained(out, local_files_only=True)
-        text = "class y: return self ☕"
-        assert hf_tok(text)["input_ids"] == run.tokenizer.encode(text)
-        assert hf_tok.decode(run.tokenizer.encode(text)) == text
+    hf_tok = AutoTokenizer.from_pretrained(out, local_files_only=True)
+    text = "class y: return self ☕"
+    assert hf_tok(text)["input_ids"] == run.tokenizer.encode(text)
+    assert hf_tok.decode(run.tokenizer.encode(text)) == text

@@ -10,7 +10,11 @@ the evaluator) can treat them alike:
   corpus layer works on raw bytes, so this is the path used for caching;
 * ``fingerprint() -> str`` -- a stable identity used in cache keys;
 * ``save(directory)`` writing ``tokenizer.json``; :func:`load_tokenizer` reads
-  either kind back.
+  either kind back;
+* ``to_json() -> str``: the tokenizer as a Hugging Face ``tokenizers`` JSON, which
+  ``tokenizers.Tokenizer.from_str`` and ``transformers.AutoTokenizer`` load and which
+  gives the same ids (for the byte tokenizer: a byte-level BPE without merges whose ids
+  are the byte values; :func:`load_tokenizer` reads that file back as bytes).
 
 The BPE is *byte level*: text is first mapped to UTF-8 bytes, each byte is shown
 to the BPE model as one printable character, and the decoder maps back. So
@@ -22,7 +26,8 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Iterable, Sequence
+import sys
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any, Union
 
@@ -74,6 +79,23 @@ class ByteTokenizer:
         """Stable identity for cache keys; the byte tokenizer has no parameters."""
         return "bytes-v1"
 
+    def to_json(self) -> str:
+        """The byte tokenizer as a Hugging Face ``tokenizers`` JSON (for exported models).
+
+        A byte-level BPE with no merges whose vocabulary maps each byte's ByteLevel character
+        to the byte's own value, so the ids are exactly ``list(text.encode())`` and decoding
+        is the UTF-8 decoding of those bytes. The pre-tokenizer does not split (no regex):
+        splitting changes nothing without merges, and it marks this file as the byte
+        tokenizer for :func:`load_tokenizer` (a trained BPE always splits).
+        """
+        from tokenizers import Tokenizer as HFTokenizer
+        from tokenizers import decoders, models, pre_tokenizers
+
+        tok = HFTokenizer(models.BPE(vocab={c: b for b, c in enumerate(_BYTE_TO_CHAR)}, merges=[]))
+        tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
+        tok.decoder = decoders.ByteLevel()
+        return tok.to_str(pretty=True)
+
     def save(self, directory: Union[str, Path]) -> Path:
         """Write ``tokenizer.json`` = ``{"kind": "bytes"}`` into ``directory``."""
         d = Path(directory)
@@ -92,6 +114,11 @@ class ByteTokenizer:
 
     def __repr__(self) -> str:
         return "ByteTokenizer(vocab_size=256)"
+
+
+def _log_to_stderr(line: str) -> None:
+    """Default ``log`` of :meth:`BPETokenizer.train`: stderr, flushed, so stdout stays clean."""
+    print(line, file=sys.stderr, flush=True)
 
 
 def _byte_to_char_table() -> list[str]:
@@ -151,17 +178,24 @@ class BPETokenizer:
         ).hexdigest()
 
     @classmethod
-    def train(cls, texts: Iterable[str], vocab_size: int) -> "BPETokenizer":
+    def train(
+        cls, texts: Iterable[str], vocab_size: int, *, log: Callable[[str], None] | None = _log_to_stderr
+    ) -> "BPETokenizer":
         """Train a byte-level BPE on ``texts`` with at most ``vocab_size`` entries.
 
         The 256 single-byte tokens are always present (so any text can be
         encoded); ``vocab_size - 256`` merges are learnt if the text supports
         that many. Training is deterministic for the same input sequence.
+        It takes up to a minute on a large corpus, so one line announces it
+        through ``log`` (default: stderr; ``None``: silent).
         """
         from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
         if vocab_size < 256:
             raise ValueError(f"data.tokenizer: bpe vocab_size must be >= 256, got {vocab_size}")
+        if log is not None:
+            log(f"training a BPE tokenizer of {vocab_size} tokens on the training split "
+                "(once per run; may take a minute on a large corpus) ...")
         tok = Tokenizer(models.BPE())
         # add_prefix_space=False keeps the round trip exact (no invented leading space).
         tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
@@ -263,6 +297,8 @@ def load_tokenizer(directory: Union[str, Path]) -> Tokenizer:
         from .taskdata import WordTokenizer
 
         return WordTokenizer.from_spec(spec, path)
+    if _is_byte_identity(spec):  # ByteTokenizer.to_json(), e.g. in an exported HF folder
+        return ByteTokenizer()
     if isinstance(spec.get("model"), dict) and spec["model"].get("type") == "BPE":
         from tokenizers import Tokenizer as HFTokenizer
 
@@ -273,19 +309,34 @@ def load_tokenizer(directory: Union[str, Path]) -> Tokenizer:
     raise ValueError(f"{path}: unrecognised tokenizer (expected kind 'bytes' or a BPE model)")
 
 
+def _is_byte_identity(spec: dict) -> bool:
+    """Whether a ``tokenizers`` JSON is exactly :meth:`ByteTokenizer.to_json`'s tokenizer:
+    no merges, no added tokens, the 256 byte characters at their byte values, no splitting."""
+    model, pre = spec.get("model"), spec.get("pre_tokenizer")
+    return (isinstance(model, dict) and model.get("type") == "BPE" and model.get("merges") == []
+            and not spec.get("added_tokens") and spec.get("normalizer") is None
+            and isinstance(pre, dict) and pre.get("type") == "ByteLevel" and pre.get("use_regex") is False
+            and model.get("vocab") == {c: b for b, c in enumerate(_BYTE_TO_CHAR)})
+
+
 def make_tokenizer(
-    kind: str, *, vocab_size: int = 1024, train_texts: Iterable[str] | None = None
+    kind: str,
+    *,
+    vocab_size: int = 1024,
+    train_texts: Iterable[str] | None = None,
+    log: Callable[[str], None] | None = _log_to_stderr,
 ) -> Tokenizer:
     """Build a tokenizer by name.
 
     ``"bytes"`` needs nothing. ``"bpe"`` trains on ``train_texts`` (for example
     :func:`archlab.data.corpus.iter_texts` over a training split -- never the
-    validation/test split, or the comparison leaks).
+    validation/test split, or the comparison leaks), announcing it in one line
+    through ``log`` (``None``: silent).
     """
     if kind == "bytes":
         return ByteTokenizer()
     if kind == "bpe":
         if train_texts is None:
             raise ValueError("data.tokenizer: kind 'bpe' needs train_texts to train on")
-        return BPETokenizer.train(train_texts, vocab_size)
+        return BPETokenizer.train(train_texts, vocab_size, log=log)
     raise ValueError(f"data.tokenizer: unknown kind {kind!r}; allowed: {', '.join(TOKENIZER_KINDS)}")

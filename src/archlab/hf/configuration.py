@@ -7,6 +7,12 @@ round-trips it exactly and needs no archlab code to be read. The usual HF attrib
 *derived* from it on every construction, because transformers itself reads some of them
 (``tie_word_embeddings`` decides weight tying on load); editing them has no effect on the
 model: change ``archlab`` instead.
+
+Two more archlab fields, both written by :func:`archlab.hf.export.export_run` and absent (None)
+for a model that was not exported from a run: ``archlab_tokenizer`` (``"bytes"``/``"bpe"``, how
+the model was tokenised) and ``archlab_run``, what ``archlab eval``/``generate`` need beyond the
+model to open the folder as a run (:func:`archlab.train.run.load_run`): the run's ``data`` and
+``train`` config sections as plain dicts, and its progress (``state``: step, tokens).
 """
 
 from __future__ import annotations
@@ -78,6 +84,9 @@ class ArchlabConfig(PreTrainedConfig):
 
     # The archlab ModelConfig, as a plain nested dict (source of truth).
     archlab: dict[str, Any] | None = None
+    # The exported run's tokenizer kind and data/train config + progress (module docstring).
+    archlab_tokenizer: str | None = None
+    archlab_run: dict[str, Any] | None = None
     # Derived mirrors under HF's conventional names (recomputed from `archlab` in __post_init__).
     vocab_size: int | None = None
     hidden_size: int | None = None
@@ -95,6 +104,8 @@ class ArchlabConfig(PreTrainedConfig):
 
     def __post_init__(self, **kwargs: Any) -> None:
         self.archlab = _normalise(self.archlab)
+        if self.archlab_run is not None and not isinstance(self.archlab_run, dict):
+            raise TypeError(f"ArchlabConfig.archlab_run: expected a dict or None, got {type(self.archlab_run).__name__}")
         m = self.archlab
         self.vocab_size = m["vocab_size"]
         self.hidden_size = m["dim"]

@@ -1,12 +1,18 @@
 """``archlab export RUN --hf DIR``: a trained run as a Hugging Face ``transformers`` folder.
 
 The folder holds ``config.json`` (an :class:`~archlab.hf.configuration.ArchlabConfig`),
-``generation_config.json``, ``model.safetensors`` and the run's ``tokenizer.json`` (copied
-byte for byte). With ``import archlab`` done, it loads offline with
-``AutoModelForCausalLM.from_pretrained(DIR)``; ``archlab.data.load_tokenizer(DIR)`` reads the
-tokenizer. A BPE tokenizer file is a Hugging Face ``tokenizers`` file, so for those runs a
-``tokenizer_config.json`` is added and ``AutoTokenizer.from_pretrained(DIR)`` works too; the
-byte tokenizer is archlab's own format (ids are the UTF-8 bytes: ``list(text.encode())``).
+``generation_config.json``, ``model.safetensors``, ``tokenizer.json`` and
+``tokenizer_config.json``. With ``import archlab`` done, it loads offline with
+``AutoModelForCausalLM.from_pretrained(DIR)`` and ``AutoTokenizer.from_pretrained(DIR)``, whose
+ids are archlab's: the BPE file is the run's own ``tokenizers`` JSON copied byte for byte, and
+the byte tokenizer (archlab's run folders store it as ``{"kind": "bytes"}``, which transformers
+cannot read) is written as :meth:`~archlab.data.tokenizer.ByteTokenizer.to_json`'s byte-level
+BPE without merges, ids 0..255 = the bytes. ``archlab.data.load_tokenizer(DIR)`` reads either
+back as archlab's tokenizer. A synthetic task's word vocabulary is copied as is (archlab-only).
+
+``config.json`` also records the run's data and train config and its step
+(``archlab_run``), so ``archlab eval DIR`` / ``archlab generate DIR`` open the folder like the
+run (:func:`archlab.train.run.load_run`).
 """
 
 from __future__ import annotations
@@ -54,24 +60,54 @@ def export_run(run: Any, out_dir: str | Path) -> Path:
     out.mkdir(parents=True, exist_ok=True)
 
     tok_name = getattr(loaded.tokenizer, "name", None)
-    # Wrap the loaded LM in place (no copy); the extra config key tells HF users how the
-    # model was tokenised without needing archlab ("bytes" or "bpe").
-    model = ArchlabForCausalLM(ArchlabConfig.from_archlab(model_cfg, archlab_tokenizer=tok_name), lm=loaded.model)
+    # Wrap the loaded LM in place (no copy); the extra config keys tell HF users how the
+    # model was tokenised without needing archlab ("bytes" or "bpe"), and let archlab open
+    # the folder as a run.
+    config = ArchlabConfig.from_archlab(model_cfg, archlab_tokenizer=tok_name, archlab_run=run_record(loaded))
+    model = ArchlabForCausalLM(config, lm=loaded.model)
     model.train(loaded.model.training)
     model.save_pretrained(out)
+    _write_tokenizer(loaded, out)
+    return out
 
+
+def run_record(loaded: Any) -> dict[str, Any]:
+    """``ArchlabConfig.archlab_run`` of a loaded run: its data and train sections and progress.
+
+    ``train.dynamics`` is recorded empty: the values its controllers adapted are already in the
+    exported model config (see :func:`export_run`), and the folder has no controller state to
+    resume them from, so the exported model is a static one.
+    """
+    from archlab.registry import to_dict
+
+    train = to_dict(loaded.cfg.train)
+    train["dynamics"] = []
+    state = {k: loaded.state[k] for k in ("step", "tokens") if isinstance(loaded.state.get(k), int)}
+    return {"data": to_dict(loaded.cfg.data), "train": train, "state": state}
+
+
+def _write_tokenizer(loaded: Any, out: Path) -> None:
+    """tokenizer.json (+ tokenizer_config.json for AutoTokenizer) from the run's tokenizer."""
+    from archlab.data.tokenizer import ByteTokenizer
+
+    tok = loaded.tokenizer
     src = loaded.path.parent / TOKENIZER_FILE
-    if src.is_file():
+    if isinstance(tok, ByteTokenizer):
+        (out / TOKENIZER_FILE).write_text(tok.to_json(), encoding="utf-8")
+    elif src.is_file():
         shutil.copyfile(src, out / TOKENIZER_FILE)
     else:  # a run folder predating saved tokenizers: write the equivalent file
-        loaded.tokenizer.save(out)
-    if tok_name == "bpe":
-        # The archlab BPE file is a `tokenizers` JSON; this makes AutoTokenizer accept it.
+        tok.save(out)
+    if getattr(tok, "name", None) in ("bytes", "bpe"):
+        # Both files are `tokenizers` JSON; this names the transformers class that reads them
+        # (and keeps decode from "cleaning up" spaces, which would break the round trip).
         (out / "tokenizer_config.json").write_text(
-            json.dumps({"tokenizer_class": "PreTrainedTokenizerFast"}, indent=2) + "\n",
+            json.dumps({"tokenizer_class": "PreTrainedTokenizerFast", "clean_up_tokenization_spaces": False},
+                       indent=2) + "\n",
             encoding="utf-8",
         )
-    return out
+    else:  # a task vocabulary: no transformers class reads it (drop one left by an earlier export)
+        (out / "tokenizer_config.json").unlink(missing_ok=True)
 
 
 def _check_rebuilds(model: Any, model_cfg: Any) -> None:
