@@ -91,7 +91,6 @@ from archlab.models.lm import IGNORE_INDEX, ModelCache
 # The cache's name in transformers' forward/output contract: "cache" from 5.24 on,
 # "past_key_values" before. The installed output class says which one generate reads back.
 CACHE_ARG = "cache" if "cache" in {f.name for f in dataclasses.fields(CausalLMOutputWithPast)} else "past_key_values"
-_CACHE_ALIASES = ("cache", "past_key_values")
 
 
 class ArchlabCache(Cache):
@@ -259,6 +258,9 @@ class ArchlabForCausalLM(PreTrainedModel, GenerationMixin):
     # The cache cannot be rolled back: makes transformers refuse assisted decoding clearly.
     _is_stateful = True
     supports_gradient_checkpointing = False
+    # The loss is archlab's mean over counted targets; forward takes no num_items_in_batch
+    # (it refuses unknown keywords), so transformers' Trainer must not pass one.
+    accepts_loss_kwargs = False
 
     def __init__(self, config: ArchlabConfig, *, lm: nn.Module | None = None) -> None:
         super().__init__(config)
