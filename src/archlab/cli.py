@@ -268,7 +268,7 @@ def build_parser() -> ArgumentParser:
                  "archlab eval runs/lm                      # test split, whole",
                  "archlab eval runs/lm --split validation --max-tokens 100000 --json",
                  "archlab eval runs/counting --split ood_long   # a task run's out-of-distribution split")
-    sp.add_argument("run", help="run folder or checkpoint file")
+    sp.add_argument("run", help="run folder, checkpoint file, or a folder written by archlab export --hf")
     sp.add_argument("--split", default="test",
                     help="train, validation (val) or test; a task run also takes its OOD splits (ood_*)")
     sp.add_argument("--max-tokens", type=int, default=None, help="score only the first N targets (default: all)")
@@ -280,7 +280,7 @@ def build_parser() -> ArgumentParser:
     sp = command("generate", "sample text from a run (KV-cached)",
                  'archlab generate runs/lm --prompt "def " --temperature 0.8 --top-p 0.95 --stop "\\n\\n"',
                  'archlab generate runs/lm --prompt "import " --temperature 0 --max-new-tokens 50   # greedy')
-    sp.add_argument("run", help="run folder or checkpoint file")
+    sp.add_argument("run", help="run folder, checkpoint file, or a folder written by archlab export --hf")
     sp.add_argument("--prompt", required=True,
                     help=r"text to continue; \n, \t, \r and \\ stand for newline, tab, return, backslash")
     sp.add_argument("--max-new-tokens", type=int, default=200,

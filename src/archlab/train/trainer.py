@@ -85,9 +85,9 @@ class Callback(Protocol):
     def load_state_dict(self, state: dict) -> None: ...
 
 
-def setup_tokenizer(cfg: Config, run_dir: Path):
+def setup_tokenizer(cfg: Config, run_dir: Path, *, log: Callable[[str], None] | None = None):
     """The run's tokenizer: bytes, a BPE trained on the train split, or a synthetic task's word
-    vocabulary; saved with the run."""
+    vocabulary; saved with the run. ``log`` announces a BPE training (None: silent)."""
     saved = run_dir / "tokenizer.json"
     if saved.exists():
         return load_tokenizer(run_dir)
@@ -97,7 +97,7 @@ def setup_tokenizer(cfg: Config, run_dir: Path):
         tok = make_tokenizer("bytes")
     else:
         texts = iter_texts(cfg.data.corpus, "train", path=cfg.data.path)
-        tok = make_tokenizer("bpe", vocab_size=cfg.data.bpe_vocab, train_texts=texts)
+        tok = make_tokenizer("bpe", vocab_size=cfg.data.bpe_vocab, train_texts=texts, log=log)
     tok.save(run_dir)
     return tok
 
@@ -176,7 +176,7 @@ class Trainer:
         # Rank 0 trains/saves the tokenizer and fills the corpus cache; the others then read them.
         for turn in (True, False):
             if self.dist.main == turn:
-                self.tokenizer = setup_tokenizer(cfg, self.dir)
+                self.tokenizer = setup_tokenizer(cfg, self.dir, log=None if self.quiet else self.log)
                 self.streams = self._prepare_data()
             distributed.barrier(self.dist)
         self.model = build_model(cfg.model).to(self.device)
