@@ -261,3 +261,62 @@ def test_round_trip(sets, tmp_path):
     p = tmp_path / "cfg.yaml"
     p.write_text(yaml.safe_dump(cfg.to_dict()))
     assert load_config(p) == cfg
+
+
+# ----------------------------------------------------------------------------- budgets, devices, files
+
+
+def test_a_set_budget_replaces_the_files_budget(tmp_path):
+    """There is one budget: ``--set train.steps=200`` on a file with ``train.tokens`` chooses
+    steps (it used to be refused as two budgets until one guessed ``train.tokens=null``)."""
+    p = tmp_path / "cfg.yaml"
+    p.write_text("train: {tokens: 2000000, batch: 4}\n")
+    t = load_config(p, ["train.steps=200"]).train
+    assert (t.steps, t.tokens, t.seconds, t.batch) == (200, None, None, 4)
+    t = load_config(p, {"train": {"seconds": 30}}).train
+    assert (t.steps, t.tokens, t.seconds) == (None, None, 30.0)
+    assert load_config(p, ["train.tokens=5000"]).train.tokens == 5000
+    assert load_config(p, ["train.steps=null"]).train.tokens == 2000000  # null chooses nothing
+    # two budgets written together stay a mistake, in the file or on the command line
+    assert "got steps, tokens" in config_error("train.steps=5", "train.tokens=5", tiny=False)
+    p.write_text("train: {tokens: 2000000, steps: 10}\n")
+    assert "exactly one budget" in config_error(path=p, tiny=False)
+
+
+@pytest.mark.parametrize("device", ["auto", "cpu", "cuda", "cuda:0", "cuda:12", "mps"])
+def test_device_spellings_accepted(device):
+    assert load("train.device=" + device).train.device == device
+
+
+@pytest.mark.parametrize("device, needle", [
+    ("gpu", "cuda:N"), ("CUDA", "cuda:N"), ("cuda:0:1", "cuda:N"), ("cuda0", "cuda:N"), ("mps:0", "cuda:N"),
+    ("cuda:-1", "cuda:N"), ("cuda:", "expected a string"), ("''", "empty string"),  # YAML: {cuda: null}
+])
+def test_device_spellings_refused(device, needle):
+    msg = config_error(f"train.device={device}")
+    assert msg.startswith("train.device") and needle in msg
+
+
+def test_a_part_given_by_kind_then_refined():
+    """``position=alibi`` then ``position.max_pos=...``: the keys refine that kind, not the default."""
+    cfg = load("model.position=cope", "model.position.max_pos=16")
+    assert cfg.model.position.kind == "cope" and cfg.model.position.max_pos == 16
+
+
+def test_explicit_heads_and_kv_heads_are_not_replaced_by_defaults():
+    cfg = load("model.dim=32", "model.heads=4", "model.kv_heads=2", "model.head_dim=4")
+    assert (cfg.model.resolved_kv_heads(), cfg.model.resolved_head_dim()) == (2, 4)
+    for key in ("kv_heads", "head_dim"):
+        assert config_error(f"model.{key}=0").startswith(f"model.{key}: must be positive")
+
+
+def test_empty_or_unreadable_files(tmp_path):
+    p = tmp_path / "cfg.yaml"
+    p.write_text("# only a comment\n")
+    msg = config_error(path=p, tiny=False)
+    assert msg.startswith(f"config file {p} is empty")
+    p.write_bytes(b"model: {dim: 32}\n# \xff\xfe\n")
+    assert "not UTF-8" in config_error(path=p, tiny=False)
+    p.write_text("model: !!python/object/apply:os.getcwd []\n")
+    msg = config_error(path=p, tiny=False)
+    assert "not valid YAML (line 1)" in msg and "python/object" in msg

@@ -10,7 +10,8 @@ string, a list, a mapping, null. A case passes when loading either raises a one-
 accepted) fails. Which values are valid is decided by the field's type plus a small explicit
 allow-list (:data:`VALID`), not by what the code happens to do today.
 
-Only config *building* runs here (``load_config`` / ``load_experiment``): no model, no data.
+Only config *building* runs here (``load_config``; experiment files get the same treatment in
+tests/test_experiment_input.py): no model, no data.
 """
 
 from __future__ import annotations
@@ -20,7 +21,6 @@ import dataclasses
 import json
 import math
 import re
-import textwrap
 import types
 import typing
 from dataclasses import dataclass
@@ -30,8 +30,7 @@ import pytest
 
 import archlab.models  # noqa: F401  (registers the model families)
 from archlab.config import Config, DataConfig, LayerConfig, LayersConfig, ModelConfig, TrainConfig, load_config
-from archlab.lab.experiment import load_experiment
-from archlab.registry import REGISTRIES, ConfigError, PartConfig
+from archlab.registry import REGISTRIES, ConfigError
 from archlab.train.dynamics import CONTROLLER
 
 TINY = {"model.dim": 32, "model.depth": 2, "model.heads": 4, "model.max_seq_len": 64, "train.seq_len": 32,
@@ -143,7 +142,7 @@ VALUES: dict[str, Any] = {
     "bool": lambda core: 1 if core == "bool" else True,
     "nan": lambda core: math.nan, "inf": lambda core: math.inf, "-inf": lambda core: -math.inf,
     "negative": lambda core: -1, "zero": lambda core: 0, "huge": lambda core: 10**30,
-    "empty": lambda core: "", "list": lambda core: [1], "dict": lambda core: {"x": 1}, "null": lambda core: None,
+    "empty": lambda core: "", "newline": lambda core: "cpu\nx", "list": lambda core: [1], "dict": lambda core: {"x": 1}, "null": lambda core: None,
 }
 
 # Values that are legitimately valid although the generic rules below would refuse them. Keep
@@ -392,3 +391,38 @@ def test_valid_allow_list_is_live():
     """Every allow-list entry names a real field (a renamed knob must not leave a dead entry)."""
     fields = {(s.name, f.name) for s in SLOTS for f in fields_of(s)}
     assert set(VALID) <= fields, sorted(set(VALID) - fields)
+
+
+# ----------------------------------------------------------------------------- through the CLI
+
+CLI = [  # (id, config file bytes or None, --set items, what the one error line must contain)
+    ("empty_file", b"", [], "is empty"),
+    ("not_utf8", "train: {steps: 1}\n# caf\u00e9\n".encode("latin-1"), [], "not UTF-8"),
+    ("python_tag", b"model: !!python/object:os.system {}\n", [], "not valid YAML"),
+    ("top_level_list", b"- a\n", [], "mapping at the top level"),
+    ("nan_seconds", b"train: {seconds: .nan}\n", [], "train.seconds"),
+    ("override_null", b"train: {steps: 1}\nmodel: {layers: {overrides: {'0': null}}}\n", [],
+     "model.layers.overrides.0"),
+    ("set_bad_yaml", None, ["model.dim=["], "--set model.dim"),
+    ("set_inf_lr", None, ["train.lr=.inf"], "train.lr"),
+    ("set_kv_heads_zero", None, ["model.kv_heads=0"], "model.kv_heads"),
+    ("set_device", None, ["train.device=tpu"], "train.device"),
+]
+
+
+@pytest.mark.parametrize("data, sets, needle", [c[1:] for c in CLI], ids=[c[0] for c in CLI])
+def test_cli_info_prints_one_line_and_exits_2(tmp_path, capsys, data, sets, needle):
+    """What the user sees: ``archlab info`` turns each refusal into one line and exit status 2
+    (info describes a model, so a budget-less config is fine there)."""
+    from archlab.cli import main
+
+    argv = ["info"]
+    if data is not None:
+        p = tmp_path / "cfg.yaml"
+        p.write_bytes(data)
+        argv.append(str(p))
+    for s in sets:
+        argv += ["--set", s]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and err.startswith("archlab: error: ") and needle in err, err

@@ -170,6 +170,9 @@ def deep_merge(base: Any, over: Any) -> Any:
         if isinstance(base, dict) and "kind" in base and isinstance(over, str):
             return deep_merge(base, {"kind": over})
         return copy.deepcopy(over)
+    if isinstance(base, str):
+        # a part written as its bare kind (``position: alibi``) refined by keys (``position.slopes``)
+        return deep_merge({"kind": base}, over)
     if not isinstance(base, dict):
         return copy.deepcopy(over)
     if "kind" in over and "kind" in base and over["kind"] != base["kind"]:
@@ -256,37 +259,22 @@ def _layer_indices(key: str, depth: int, where: str) -> list[int]:
 BUDGET_KEYS = ("steps", "tokens", "seconds")
 DEVICE = re.compile(r"auto|cpu|mps|cuda(:\d+)?")
 
-# (key, lowest allowed, whether the lowest itself is allowed, highest or None, whether it is allowed, why)
-_TRAIN_RANGES = [
-    ("batch", 1, True, None, False, ""),
-    ("seq_len", 1, True, None, False, ""),
-    ("grad_accum", 1, True, None, False, ""),
-    ("eval_every", 1, True, None, False, ""),
-    ("log_every", 1, True, None, False, ""),
-    ("ckpt_every", 1, True, None, False, ""),
-    ("lr", 0.0, False, None, False, ""),
-    ("warmup", 0, True, None, False, ""),
-    ("min_lr_ratio", 0.0, True, 1.0, True, " (the share of lr the cosine decays to)"),
-    ("weight_decay", 0.0, True, None, False, ""),
-    ("beta1", 0.0, True, 1.0, False, ""),
-    ("beta2", 0.0, True, 1.0, False, ""),
-    ("grad_clip", 0.0, True, None, False, " (0 disables clipping)"),
-    ("seed", 0, True, None, False, ""),
-    ("eval_tokens", 0, True, None, False, " (0: the whole split)"),
-    ("max_bad_steps", 1, True, None, False, " (1: stop at the first non-finite loss)"),
-]
+# train knob -> (allowed interval, why); the interval is written as in the error message
+_TRAIN_RANGES = {
+    **dict.fromkeys(("batch", "seq_len", "grad_accum", "eval_every", "log_every", "ckpt_every"), ("[1, inf)", "")),
+    "lr": ("(0, inf)", ""), "warmup": ("[0, inf)", ""), "weight_decay": ("[0, inf)", ""),
+    "min_lr_ratio": ("[0, 1]", " (the share of lr the cosine decays to)"),
+    "beta1": ("[0, 1)", ""), "beta2": ("[0, 1)", ""), "seed": ("[0, inf)", ""),
+    "grad_clip": ("[0, inf)", " (0 disables clipping)"), "eval_tokens": ("[0, inf)", " (0: the whole split)"),
+    "max_bad_steps": ("[1, inf)", " (1: stop at the first non-finite loss)"),
+}
 
 
-def _check_range(value: float, where: str, lo: float, lo_ok: bool, hi: float | None, hi_ok: bool, why: str) -> None:
-    low_bad = value < lo or (value == lo and not lo_ok)
-    high_bad = hi is not None and (value > hi or (value == hi and not hi_ok))
-    if low_bad or high_bad:
-        left = "[" if lo_ok else "("
-        if hi is None:
-            allowed = f">= {lo}" if lo_ok else f"> {lo}"
-        else:
-            allowed = f"{left}{lo}, {hi}{']' if hi_ok else ')'}"
-        raise ConfigError(f"{where}: must be {allowed}{why}, got {value}")
+def _check_range(value: float, where: str, interval: str, why: str) -> None:
+    left, lo, hi, right = re.fullmatch(r"([\[(])(\S+), (\S+)([\])])", interval).groups()
+    lo_f, hi_f = float(lo), float(hi)
+    if value < lo_f or value > hi_f or (value == lo_f and left == "(") or (value == hi_f and right == ")"):
+        raise ConfigError(f"{where}: must be in {interval}{why}, got {value}")
 
 
 def _validate_model(m: ModelConfig) -> None:
@@ -342,8 +330,8 @@ def _validate_train(t: TrainConfig) -> None:
     for k in budgets:
         if getattr(t, k) <= 0:
             raise ConfigError(f"train.{k}: the budget must be positive, got {getattr(t, k)}")
-    for name, *bounds in _TRAIN_RANGES:
-        _check_range(getattr(t, name), f"train.{name}", *bounds)
+    for name, (interval, why) in _TRAIN_RANGES.items():
+        _check_range(getattr(t, name), f"train.{name}", interval, why)
     if t.batch % t.grad_accum:
         raise ConfigError(f"train.grad_accum: {t.grad_accum} must divide train.batch {t.batch}")
     # Whether CUDA or MPS is present is the trainer's question; the spelling is settled here.

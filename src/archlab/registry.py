@@ -20,7 +20,13 @@ from typing import Any, Callable, Union
 
 
 class ConfigError(ValueError):
-    """A configuration mistake, described in one line (key, problem, what is allowed)."""
+    """A configuration mistake, described in one line (key, problem, what is allowed).
+
+    The line may quote what the user wrote; a pasted newline in it would split the CLI's one
+    error line, so line breaks are kept visible as ``\\n`` instead."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(str(message).replace("\r", "\\r").replace("\n", "\\n"))
 
 
 @dataclass
@@ -126,6 +132,12 @@ def _type_name(tp: Any) -> str:
 INT_LIMIT = 2**63
 
 
+def _show(value: Any, limit: int = 80) -> str:
+    """``repr`` cut to ``limit`` characters: an error stays one readable line whatever was pasted."""
+    r = repr(value)
+    return r if len(r) <= limit else r[: limit - 3] + "..."
+
+
 def _union_label(args: tuple) -> str:
     names = ["null" if a is type(None) else _type_name(a) for a in args]
     return " or ".join(names)
@@ -169,15 +181,15 @@ def coerce(value: Any, tp: Any, where: str, *, allow_inf: bool = False) -> Any:
                 return coerce(value, arg, where, allow_inf=allow_inf)
             except ConfigError:
                 pass
-        raise ConfigError(f"{where}: expected {_union_label(args)}, got {value!r}")
+        raise ConfigError(f"{where}: expected {_union_label(args)}, got {_show(value)}")
     if origin is typing.Literal:
         args = typing.get_args(tp)
         if isinstance(value, (bool, dict, list)) or value not in args:
-            raise ConfigError(f"{where}: {value!r} is not allowed; allowed: {', '.join(map(str, args))}")
+            raise ConfigError(f"{where}: {_show(value)} is not allowed; allowed: {', '.join(map(str, args))}")
         return value
     if origin in (tuple, list):
         if isinstance(value, str) or not isinstance(value, (list, tuple)):
-            raise ConfigError(f"{where}: expected a list, got {value!r}")
+            raise ConfigError(f"{where}: expected a list, got {_show(value)}")
         args = typing.get_args(tp)
         if origin is tuple and args and args[-1] is not Ellipsis:
             if len(args) != len(value):
@@ -189,7 +201,7 @@ def coerce(value: Any, tp: Any, where: str, *, allow_inf: bool = False) -> Any:
         return tuple(out) if origin is tuple else out
     if origin is dict:
         if not isinstance(value, dict):
-            raise ConfigError(f"{where}: expected a mapping, got {value!r}")
+            raise ConfigError(f"{where}: expected a mapping, got {_show(value)}")
         kt, vt = typing.get_args(tp) or (Any, Any)
         return {coerce(k, kt, where): coerce(v, vt, f"{where}.{k}") for k, v in value.items()}
     if dataclasses.is_dataclass(tp):
@@ -199,31 +211,33 @@ def coerce(value: Any, tp: Any, where: str, *, allow_inf: bool = False) -> Any:
     if tp is bool:
         if isinstance(value, bool):
             return value
-        raise ConfigError(f"{where}: expected true or false, got {value!r}")
+        raise ConfigError(f"{where}: expected true or false, got {_show(value)}")
     if tp is int:
         return _coerce_int(value, where)
     if tp is float:
         return _coerce_float(value, where, allow_inf)
     if tp is str:
         if not isinstance(value, str):
-            raise ConfigError(f"{where}: expected a string, got {value!r}")
+            raise ConfigError(f"{where}: expected a string, got {_show(value)}")
         if not value.strip():
             raise ConfigError(f"{where}: empty string; give a value (or leave the key out)")
+        if any(ord(c) < 32 or ord(c) == 127 for c in value):  # no kind, device or path holds one
+            raise ConfigError(f"{where}: {_show(value)} contains a control character (a line break or tab)")
         return value
     return value
 
 
 def _coerce_int(value: Any, where: str) -> int:
     if isinstance(value, bool) or not isinstance(value, (int, float, str)):
-        raise ConfigError(f"{where}: expected an integer, got {value!r}")
+        raise ConfigError(f"{where}: expected an integer, got {_show(value)}")
     if not isinstance(value, int):
         # YAML reads 2_000_000 as int, but 2e6 as a string/float: accept whole floats.
         try:
             f = float(value)
         except ValueError:
-            raise ConfigError(f"{where}: expected an integer, got {value!r}") from None
+            raise ConfigError(f"{where}: expected an integer, got {_show(value)}") from None
         if not f.is_integer():
-            raise ConfigError(f"{where}: expected an integer, got {value!r}")
+            raise ConfigError(f"{where}: expected an integer, got {_show(value)}")
         value = int(f)
     if not -INT_LIMIT < value < INT_LIMIT:
         raise ConfigError(f"{where}: {value} is out of range; allowed: integers of magnitude below 2**63")
@@ -232,7 +246,7 @@ def _coerce_int(value: Any, where: str) -> int:
 
 def _coerce_float(value: Any, where: str, allow_inf: bool) -> float:
     if isinstance(value, bool):
-        raise ConfigError(f"{where}: expected a number, got {value!r}")
+        raise ConfigError(f"{where}: expected a number, got {_show(value)}")
     if isinstance(value, int):
         try:
             return float(value)
@@ -244,11 +258,11 @@ def _coerce_float(value: Any, where: str, allow_inf: bool) -> float:
         try:
             f = float(value)
         except ValueError:
-            raise ConfigError(f"{where}: expected a number, got {value!r}") from None
+            raise ConfigError(f"{where}: expected a number, got {_show(value)}") from None
     else:
-        raise ConfigError(f"{where}: expected a number, got {value!r}")
+        raise ConfigError(f"{where}: expected a number, got {_show(value)}")
     if math.isnan(f) or (math.isinf(f) and not allow_inf):
-        raise ConfigError(f"{where}: expected a finite number, got {value!r}")
+        raise ConfigError(f"{where}: expected a finite number, got {_show(value)}")
     return f
 
 
@@ -266,7 +280,7 @@ def from_dict(cls: type, data: Any, where: str) -> Any:
         # experiment variant with ``train: null`` once escaped the equal-compute check).
         raise ConfigError(f"{label}: expected a mapping, got null; leave the key out for the defaults")
     if not isinstance(data, dict):
-        raise ConfigError(f"{label}: expected a mapping, got {data!r}")
+        raise ConfigError(f"{label}: expected a mapping, got {_show(data)}")
     hints = typing.get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls)}
     kwargs = {}

@@ -27,8 +27,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from archlab.config import Config, apply_overrides, load_yaml, parse_config
-from archlab.registry import INT_LIMIT, ConfigError
+from archlab.config import Config, TrainConfig, apply_overrides, load_yaml, parse_config
+from archlab.registry import INT_LIMIT, ConfigError, from_dict
 
 EXPERIMENT_KEYS = {"name", "description", "base", "overrides", "budget", "seeds", "baseline", "eval", "variants",
                    "metric", "also"}
@@ -109,9 +109,9 @@ def _given(raw: dict, key: str, default: Any) -> Any:
     return default if value is None else value
 
 
-def _text(raw: dict, key: str, default: str, path: Path) -> str:
+def _text(raw: dict, key: str, default: str, path: Path, empty_ok: bool = True) -> str:
     value = _given(raw, key, default)
-    if not isinstance(value, str):
+    if not isinstance(value, str) or not (empty_ok or value.strip()):
         raise ConfigError(f"{path}: {key}: expected text, got {value!r} (quote it if it is a number)")
     return value
 
@@ -134,9 +134,16 @@ def load_experiment(path: str | Path) -> Experiment:
     if not isinstance(exp_overrides, dict):
         raise ConfigError(f"{path}: overrides: expected a mapping of dotted keys, e.g. {{model.dim: 128}}")
     try:
-        base = apply_overrides(base, exp_overrides)
+        merged = apply_overrides(base, exp_overrides)
+        from_dict(Config, merged, "")  # keys and types only: the variants are validated in full below
     except ConfigError as e:
-        raise ConfigError(f"{path}: overrides: {e}") from None
+        try:
+            from_dict(Config, base, "")
+            blame = "overrides"
+        except ConfigError:
+            blame = "base"
+        raise ConfigError(f"{path}: {blame}: {e}") from None
+    base = merged
 
     budget = raw.get("budget")
     if not isinstance(budget, dict) or len(budget) != 1 or next(iter(budget)) not in BUDGET_KEYS:
@@ -144,6 +151,12 @@ def load_experiment(path: str | Path) -> Experiment:
     (bkey, bval), = budget.items()
     if bval is None:
         raise ConfigError(f"{path}: budget.{bkey}: give a positive value, e.g. budget: {{{bkey}: 1000}}")
+    try:
+        parsed = getattr(from_dict(TrainConfig, {bkey: bval}, "budget"), bkey)
+    except ConfigError as e:
+        raise ConfigError(f"{path}: {e}") from None
+    if parsed <= 0:
+        raise ConfigError(f"{path}: budget.{bkey}: must be positive, got {bval!r}")
     base = apply_overrides(base, {"train.steps": None, "train.tokens": None, "train.seconds": None,
                                   f"train.{bkey}": bval})
 
@@ -206,7 +219,7 @@ def load_experiment(path: str | Path) -> Experiment:
             raise ConfigError(f"{path}: eval.seq_lens: {too_long[0]} exceeds variant {name}'s model.max_seq_len "
                               f"{cfg.model.max_seq_len}; raise model.max_seq_len in overrides")
     exp = Experiment(
-        name=_text(raw, "name", path.stem, path), path=path, baseline=baseline, seeds=seeds,
+        name=_text(raw, "name", path.stem, path, empty_ok=False), path=path, baseline=baseline, seeds=seeds,
         budget={bkey: getattr(configs[baseline].train, bkey)}, eval_split="validation" if split == "val" else split,
         eval_max_tokens=max_tokens, variants=configs, overrides=overrides,
         description=_text(raw, "description", "", path), eval_seq_lens=list(seq_lens),
