@@ -290,10 +290,10 @@ def test_controller_without_its_target_is_refused_at_build(corpus, tmp_path):
 
 
 def test_config_normalises_specs():
-    cfg = load_config(None, ["train.dynamics=[rope_base, {kind: dropout, every: 5}]", "model.dropout=0.1"])
+    cfg = load_config(None, ["train.dynamics=[rope_base, {kind: dropout, every: 5}]", "model.dropout=0.1", "train.steps=1"])
     assert cfg.train.dynamics[0]["kind"] == "rope_base" and cfg.train.dynamics[0]["factor"] == 2.0
     assert cfg.train.dynamics[1] == {**cfg.train.dynamics[1], "kind": "dropout", "every": 5, "factor": 0.5}
-    again = load_config(None, {"train.dynamics": cfg.train.dynamics, "model.dropout": 0.1})
+    again = load_config(None, {"train.dynamics": cfg.train.dynamics, "model.dropout": 0.1, "train.steps": 1})
     assert again.train.dynamics == cfg.train.dynamics
 
 

@@ -335,8 +335,6 @@ def classify(case: Case, tmp_path: Any) -> tuple[str, str]:
 # Holes the fuzz found in files outside the config's own (reported to their owners). Strict:
 # when one is fixed its case starts passing, the xfail fails, and the entry must go.
 KNOWN_GAPS = {
-    "family:hierarchical.seq_len=zero": "models/hierarchical.py: `opts.seq_len or m.max_seq_len` reads 0 as unset",
-    "family:hierarchical.seq_len=negative": "models/hierarchical.py: seq_len is not checked for being positive",
 }
 
 

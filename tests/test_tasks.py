@@ -40,7 +40,7 @@ from tests.test_train import straight_and_resumed
 def task(kind: str, **knobs):
     """A validated task config through the normal config path."""
     spec = json.dumps({"kind": kind, **knobs})
-    return load_config(None, ["data.corpus=task", f"data.task={spec}"]).data.task
+    return load_config(None, ["data.corpus=task", f"data.task={spec}"], require_budget=False).data.task
 
 
 def fresh(cfg):

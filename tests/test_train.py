@@ -198,7 +198,7 @@ def test_cli_train_eval_generate(corpus, tmp_path, capsys):
     (["train", "configs/lm.yaml", "--out", "/tmp/x", "--set", "model.dim=abc"], "model.dim: expected an integer"),
     (["train", "configs/lm.yaml", "--out", "/tmp/x", "--set", "model.position.kind=nope"], "allowed: alibi"),
     (["train", "nonexistent.yaml", "--out", "/tmp/x"], "config file not found"),
-    (["info", "configs/lm.yaml", "--set", "train.steps=5"], "exactly one budget"),
+    (["info", "configs/lm.yaml", "--set", "train.steps=5", "--set", "train.tokens=5"], "exactly one budget"),
     (["eval", "/nonexistent/run"], "no checkpoint at"),
 ])
 def test_cli_errors_are_one_line(argv, needle, capsys):

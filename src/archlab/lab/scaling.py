@@ -35,7 +35,8 @@ def _measure(mixer: str, T: int, dim: int, heads: int, repeats: int, device: str
     try:
         torch.manual_seed(0)
         cfg = load_config(None, [f"model.dim={dim}", f"model.heads={heads}", "model.depth=1",
-                                 f"model.layers.default.mixer.kind={mixer}", f"model.max_seq_len={max(T, 4096)}"])
+                                 f"model.layers.default.mixer.kind={mixer}", f"model.max_seq_len={max(T, 4096)}"],
+                          require_budget=False)  # blocks only: nothing is trained
         from archlab.models.lm import context_for
 
         pos = POSITION.build(cfg.model.position, context_for(cfg.model))

@@ -22,6 +22,7 @@ and auxiliary terms are named and weighted separately.
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -95,8 +96,8 @@ def resolve_levels(*, hierarchies: Any, dim: Any, heads: Any, dim_head: Any, ff_
             dh = d // h
         dh = _int(f"{name('dim_head')}[{i}]", dh, 1)
         fm = per["ff_mult"][i]
-        if isinstance(fm, bool) or not isinstance(fm, (int, float)) or fm <= 0:
-            raise ConfigError(f"{name('ff_mult')}[{i}]: expected a positive number, got {fm!r}")
+        if isinstance(fm, bool) or not isinstance(fm, (int, float)) or not 0 < fm < math.inf:
+            raise ConfigError(f"{name('ff_mult')}[{i}]: expected a positive finite number, got {fm!r}")
         s = _int(f"{name('hierarchical_stride')}[{i}]", per["hierarchical_stride"][i], 1)
         if c % s or (i == 0 and s != 1):
             raise ConfigError(f"{name('hierarchical_stride')}[{i}]: stride {s} must divide the compression factor {c}"
@@ -416,8 +417,10 @@ def model_kwargs(m: Any, opts: HierarchicalConfig, where: str = "model.family_op
     def name(k: str) -> str:
         return model_keys.get(k) or f"{where}.{'dims' if k == 'dim' else k}"
 
+    if opts.seq_len is not None:
+        _int(f"{where}.seq_len", opts.seq_len, 1)
     kw = dict(
-        num_tokens=m.vocab_size, depth=m.depth, seq_len=opts.seq_len or m.max_seq_len,
+        num_tokens=m.vocab_size, depth=m.depth, seq_len=opts.seq_len if opts.seq_len is not None else m.max_seq_len,
         dim=opts.dims if opts.dims is not None else m.dim,
         heads=opts.heads if opts.heads is not None else m.heads,
         dim_head=opts.dim_head if opts.dim_head is not None else m.head_dim,

@@ -102,7 +102,8 @@ def load_hf_folder(path: str | Path, *, device: str | torch.device = "cpu") -> L
         raise CheckpointError(f"{cfg_file}: no archlab_run record (the run's data/train config); "
                               "write the folder with `archlab export RUN --hf DIR`")
     try:
-        cfg = parse_config({"model": raw["archlab"], "data": run.get("data", {}), "train": run.get("train", {})})
+        cfg = parse_config({"model": raw["archlab"], "data": run.get("data", {}), "train": run.get("train", {})},
+                           require_budget=False)
     except ConfigError as e:
         raise CheckpointError(f"{cfg_file}: {e}") from None
     model = build_model(cfg.model)
