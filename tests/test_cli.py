@@ -436,3 +436,14 @@ def test_unknown_task_word_names_it_and_a_few_allowed():
     small = WordTokenizer(["a", "b"], task="t")
     with pytest.raises(ConfigError, match="allowed: a b$"):
         small.encode("c")
+
+
+def test_argparse_mistakes_are_one_line(capsys):
+    """argparse's own errors (bad type, missing flag, unknown option, unknown command) come
+    out in the house format: one ``archlab: error:`` line and exit 2, not a usage block."""
+    for argv in (["generate", "run", "--prompt", "x", "--top-k", "abc"], ["generate", "run"],
+                 ["eval", "run", "--bogus"], ["nonsense"], ["bench", "train", "--rounds", "x"]):
+        with pytest.raises(SystemExit) as e:
+            main(argv)
+        err = capsys.readouterr().err.strip().splitlines()
+        assert e.value.code == 2 and len(err) == 1 and err[0].startswith("archlab: error:"), (argv, err)

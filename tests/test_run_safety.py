@@ -386,3 +386,22 @@ def test_pick_device_refusals(name, needle, monkeypatch):
         pick_device(name)
     assert "allowed" in one_line(e)
     assert pick_device("cuda:1") == torch.device("cuda", 1)
+
+
+def test_a_replaced_tokenizer_is_refused_by_eval_and_resume(corpus, tmp_path):
+    """A BPE run whose tokenizer.json was swapped for the byte tokenizer: loading it for eval or
+    generate, and resuming it, is one line, not bits per byte over the wrong units."""
+    from archlab.train.run import load_run
+
+    out = tmp_path / "run"
+    cfg = tiny(corpus, tmp_path, "data.tokenizer=bpe", "data.bpe_vocab=300", "train.steps=2")
+    Trainer(cfg, out, **QUIET).fit()
+    load_run(out)  # intact: loads
+    (out / "tokenizer.json").write_text(json.dumps({"kind": "bytes"}))
+    with pytest.raises(ValueError) as e:
+        load_run(out)
+    assert "tokenizer" in one_line(e) and "'bpe'" in str(e.value)
+    with pytest.raises(ValueError) as e:
+        Trainer(tiny(corpus, tmp_path, "data.tokenizer=bpe", "data.bpe_vocab=300", "train.steps=4"), out,
+                resume=True, **QUIET)
+    assert "tokenizer" in one_line(e)

@@ -20,6 +20,14 @@ class ArgumentParser(argparse.ArgumentParser):
         kwargs.setdefault("formatter_class", argparse.RawDescriptionHelpFormatter)
         super().__init__(*args, **kwargs)
 
+    def error(self, message: str) -> None:  # type: ignore[override]
+        """argparse's own mistakes (a missing flag, ``--top-k abc``, an unknown option) in the
+        house format: one line, exit 2, instead of a usage block followed by the message."""
+        command = self.prog.removeprefix("archlab").strip()
+        where = f"{command}: " if command else ""
+        hint = f"; see '{self.prog} --help'"
+        self.exit(2, f"archlab: error: {where}{message}{hint}\n")
+
     def add_argument(self, *names: Any, **kwargs: Any) -> argparse.Action:
         text, default = kwargs.get("help"), kwargs.get("default")
         # None / False / []: "not given" (said in the help text where it matters), not a value

@@ -92,6 +92,12 @@ def _cmd_eval(a: argparse.Namespace) -> int:
         return _eval_task(run, a)
     if a.split not in ("train", "validation", "val", "test"):
         raise ConfigError(f"--split: '{a.split}'; allowed: train, validation, test")
+    from archlab.models.generation import context_limit
+
+    limit = context_limit(run.model)
+    if a.seq_len is not None and limit is not None and a.seq_len > limit:
+        raise ConfigError(f"--seq-len: {a.seq_len} is longer than the model's learned position table "
+                          f"(model.max_seq_len {limit}); allowed: 1..{limit}")
     streams = prepare_corpus(corpus=d.corpus, path=d.path, tokenizer=run.tokenizer, cache_dir=d.cache_dir)
     split = _split_name(a)
     check_streams(streams, seq_len=a.seq_len or t.seq_len, splits=(split,))

@@ -319,6 +319,23 @@ def _is_byte_identity(spec: dict) -> bool:
             and model.get("vocab") == {c: b for b, c in enumerate(_BYTE_TO_CHAR)})
 
 
+def check_tokenizer(tok: Tokenizer, *, kind: str, model_vocab: int | None, where: str) -> Tokenizer:
+    """Refuse a saved tokenizer that is not the one the run's config describes (``kind``:
+    ``bytes``, ``bpe`` or ``task``; ``model_vocab``: the model's vocabulary), in one line
+    naming ``where``. A replaced or stale ``tokenizer.json`` would otherwise give wrong ids
+    silently: bits per byte computed over the wrong units, garbage text from generation."""
+    name = getattr(tok, "name", type(tok).__name__)
+    expected = {"bytes": "bytes", "bpe": "bpe", "task": "task_vocab"}.get(kind, kind)
+    if name != expected:
+        raise ValueError(f"{where}: a '{name}' tokenizer, but the run's config says data.tokenizer "
+                         f"'{kind}'; restore the run's own tokenizer.json")
+    size = int(getattr(tok, "vocab_size", 0) or 0)
+    if model_vocab is not None and size > model_vocab:
+        raise ValueError(f"{where}: {size} tokens, more than the model's vocabulary of {model_vocab}; "
+                         "restore the run's own tokenizer.json")
+    return tok
+
+
 def make_tokenizer(
     kind: str,
     *,

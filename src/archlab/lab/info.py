@@ -23,7 +23,7 @@ def budget_line(t: TrainConfig) -> str:
     """The training budget in words; a config read without one (``archlab info``) says so."""
     steps = t.total_steps()
     if steps is not None:
-        return f"budget: {steps} steps × {t.batch} × {t.seq_len} = {steps * t.batch * t.seq_len:,} tokens"
+        return f"budget: {steps} step{'s' if steps != 1 else ''} × {t.batch} × {t.seq_len} = {steps * t.batch * t.seq_len:,} tokens"
     if t.seconds is not None:
         return f"budget: {t.seconds:g} s of training"
     return "budget: none set (train needs one of train.steps, train.tokens, train.seconds)"

@@ -391,6 +391,9 @@ def load_results(out_dir: str | Path) -> dict:
     foreign file is one line naming it (a crash mid-write of an older version, a wrong folder)."""
     out = Path(out_dir)
     path = out / "results.json"
+    if not path.is_file() and (out / "checkpoint.safetensors").is_file():
+        raise ConfigError(f"{out}: a training run folder, not an experiment folder; `archlab report` takes the "
+                          "--out folder of `archlab compare` (for a run: `archlab eval`)")
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no results.json (run `archlab compare EXPERIMENT --out {out}` first)")
     redo = f"re-run `archlab compare EXPERIMENT --out {out}` (finished runs are kept)"

@@ -18,6 +18,7 @@ from torch import nn
 
 from archlab.config import Config, parse_config
 from archlab.data import ByteTokenizer, load_tokenizer
+from archlab.data.tokenizer import check_tokenizer
 from archlab.models import build_model
 from archlab.registry import ConfigError
 from archlab.train.checkpoint import CHECKPOINT, CheckpointError, load_checkpoint, read_checkpoint
@@ -153,7 +154,9 @@ def _load_hf_weights(folder: Path, model: nn.Module) -> Path:
 
 def _tokenizer(folder: Path, cfg: Config) -> object:
     if (folder / "tokenizer.json").exists():
-        return load_tokenizer(folder)
+        kind = "task" if cfg.data.corpus == "task" else cfg.data.tokenizer
+        return check_tokenizer(load_tokenizer(folder), kind=kind, model_vocab=cfg.model.vocab_size,
+                               where=str(folder / "tokenizer.json"))
     if cfg.data.tokenizer == "bytes" and cfg.data.corpus != "task":
         return ByteTokenizer()
     raise CheckpointError(f"{folder}: tokenizer.json is missing (needed for the run's tokenizer)")

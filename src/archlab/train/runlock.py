@@ -25,10 +25,9 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-import yaml
 
 from archlab.atomic import write_text_atomic
-from archlab.config import Config, parse_config
+from archlab.config import Config, load_yaml, parse_config
 from archlab.registry import ConfigError
 from archlab.train.checkpoint import CHECKPOINT
 
@@ -192,7 +191,11 @@ def check_run_folder(folder: Path, cfg: Config, *, resume: bool) -> None:
         # Restarting from step 0 here would append a second history to the old metrics.
         raise ConfigError(f"--resume: {folder} has a config.yaml but no {CHECKPOINT} (the run stopped "
                           "before its first save); start it again without --resume")
-    old = _flat(parse_config(yaml.safe_load(saved_cfg.read_text())).to_dict())
+    try:
+        old = _flat(parse_config(load_yaml(saved_cfg, "the run's config.yaml"), require_budget=False).to_dict())
+    except ConfigError as e:  # load_yaml's lines name the file already; parse_config's do not
+        msg = str(e)
+        raise ConfigError(msg if str(saved_cfg) in msg else f"{saved_cfg}: {msg}") from None
     new = _flat(cfg.to_dict())
     diff = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k) and k not in RESUMABLE_CHANGES)
     if diff:

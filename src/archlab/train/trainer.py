@@ -38,6 +38,7 @@ import yaml
 from archlab.atomic import write_text_atomic
 from archlab.config import Config
 from archlab.data import WindowSampler, check_streams, iter_texts, load_tokenizer, make_tokenizer, prepare_corpus
+from archlab.data.tokenizer import check_tokenizer
 from archlab.data.taskdata import TaskSampler, build_task_data, check_task_lengths
 from archlab.models import build_model
 from archlab.models.lm import IGNORE_INDEX, count_parameters
@@ -90,7 +91,8 @@ def setup_tokenizer(cfg: Config, run_dir: Path, *, log: Callable[[str], None] | 
     vocabulary; saved with the run. ``log`` announces a BPE training (None: silent)."""
     saved = run_dir / "tokenizer.json"
     if saved.exists():
-        return load_tokenizer(run_dir)
+        kind = "task" if cfg.data.corpus == "task" else cfg.data.tokenizer
+        return check_tokenizer(load_tokenizer(run_dir), kind=kind, model_vocab=cfg.model.vocab_size, where=str(saved))
     if cfg.data.corpus == "task":
         tok = build_task_data(cfg.data.task).tokenizer
     elif cfg.data.tokenizer == "bytes":
@@ -365,9 +367,9 @@ class Trainer:
         where = (f"resuming {self.dir} at step {self.resumed_from}" if self.resumed_from is not None
                  else f"new run in {self.dir}")
         if t.steps is not None:
-            budget = f"train.steps={t.steps}: {t.steps:,} steps, {t.steps * per_step:,} tokens"
+            budget = f"train.steps={t.steps}: {t.steps:,} step{'s' if t.steps != 1 else ''}, {t.steps * per_step:,} tokens"
         elif t.tokens is not None:
-            budget = f"train.tokens={t.tokens:,}: {self.total_steps:,} steps ({self.total_steps * per_step:,} tokens)"
+            budget = f"train.tokens={t.tokens:,}: {self.total_steps:,} step{'s' if self.total_steps != 1 else ''} ({self.total_steps * per_step:,} tokens)"
         else:
             budget = (f"train.seconds={t.seconds:g}: as many steps as {t.seconds:g} s of training allow "
                       "(evaluation not counted)")
