@@ -318,7 +318,7 @@ def test_corrupt_cache_is_rebuilt(tmp_path, caplog, damage):
         again = prep()
     assert bytes(again["train"].tokens) == expected
     assert any("rebuilding" in r.getMessage() and "train.bin" in r.getMessage() for r in caplog.records)
-    assert not [p for p in _cache(tmp_path).rglob("*.tmp")]
+    assert not [p for p in _cache(tmp_path).rglob("*.tmp*")]
 
 
 def test_crash_while_rebuilding_keeps_old_files_whole(tmp_path, monkeypatch):
@@ -333,7 +333,7 @@ def test_crash_while_rebuilding_keeps_old_files_whole(tmp_path, monkeypatch):
     with pytest.raises(RuntimeError):
         prep()
     assert bin_path.read_bytes() == expected  # the old .bin, never a partial new one
-    assert not [p for p in _cache(tmp_path).rglob("*.tmp")]
+    assert not [p for p in _cache(tmp_path).rglob("*.tmp*")]
 
 
 def test_cache_dir_is_a_file(tmp_path):

@@ -13,6 +13,19 @@ def _tmp_prefix(path: Path) -> str:
     return f".{path.name}.tmp-"
 
 
+def pid_alive(pid: int) -> bool:
+    """Whether process ``pid`` exists on this host. When the answer is unclear (a process of
+    another user, an unexpected error) it says yes: both callers (stale temp files, a run
+    folder's lock) must never take over from a live writer."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # PermissionError: a live process of another user
+        return True
+    return True
+
+
 def _writer_alive(suffix: str) -> bool:
     pid_text, _, thread_text = suffix.partition("-")
     if not pid_text.isdigit():
@@ -21,13 +34,7 @@ def _writer_alive(suffix: str) -> bool:
     if pid == os.getpid():  # ours: live only if another thread of this process is writing it
         others = {t.ident for t in threading.enumerate()} - {threading.get_ident()}
         return thread_text.isdigit() and int(thread_text) in others
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except OSError:  # PermissionError: a live process of another user
-        return True
-    return True
+    return pid_alive(pid)
 
 
 def remove_stale_temps(path: str | Path) -> list[Path]:

@@ -30,7 +30,6 @@ import hashlib
 import json
 import logging
 import os
-import tempfile
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
@@ -39,6 +38,7 @@ from typing import Any, Optional, Union
 import numpy as np
 import torch
 
+from archlab.atomic import replace_atomically
 from archlab.registry import ConfigError
 
 from .corpus import SPLITS, Corpus, canonical_split, open_corpus, require_text
@@ -227,36 +227,16 @@ def _cache_key(src: Corpus, tokenizer: Tokenizer) -> tuple[str, dict[str, Any]]:
 
 
 def _atomic_write(target: Path, write: Any) -> None:
-    """Call ``write(fileobj)`` on a temp file beside ``target``, fsync, then rename over it.
+    """Call ``write(fileobj)`` on a temp file beside ``target``, then replace ``target`` with it
+    (:func:`archlab.atomic.replace_atomically`: fsync, rename, folder fsync). Readers only ever
+    see the old file or the complete new one: the temp name is hidden and never matches a
+    cache name, and a failed write (Ctrl-C included) leaves no temp file behind."""
 
-    Readers only ever see the old file or the complete new one: the temp name is
-    hidden and never matches a cache name, and ``os.replace`` is atomic within a
-    folder. The folder is fsynced too so the rename itself survives a power cut.
-    """
-    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
+    def to_file(tmp: Path) -> None:
+        with open(tmp, "wb") as f:
             write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, target)
-    except BaseException:
-        # Also on KeyboardInterrupt: never leave a stray temp file behind.
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
-    try:
-        dfd = os.open(target.parent, os.O_RDONLY)
-    except OSError:  # e.g. Windows cannot open a folder; the rename is still atomic
-        return
-    try:
-        os.fsync(dfd)
-    except OSError:
-        pass
-    finally:
-        os.close(dfd)
+
+    replace_atomically(target, to_file)
 
 
 def _load_cached(bin_path: Path, key: str) -> Optional[TokenStream]:

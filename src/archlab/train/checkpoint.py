@@ -141,10 +141,12 @@ def read_checkpoint(path: str | Path) -> tuple[dict[str, torch.Tensor], dict]:
 
 def load_checkpoint(
     path: str | Path, *, model: nn.Module, optimizer: torch.optim.Optimizer | None = None,
-    restore_rng: bool = True,
+    restore_rng: bool = True, read: tuple[dict[str, torch.Tensor], dict] | None = None,
 ) -> dict[str, Any]:
-    """Load weights (and optimiser / RNG state) in place; returns the saved ``state`` dict."""
-    tensors, meta = read_checkpoint(path)
+    """Load weights (and optimiser / RNG state) in place; returns the saved ``state`` dict.
+    ``read``: what :func:`read_checkpoint` already returned for ``path`` (reading and checking
+    the digests of every tensor again would double the cost of opening a large run)."""
+    tensors, meta = read if read is not None else read_checkpoint(path)
     weights = {k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")}
     sd = model.state_dict()
     # load_state_dict would raise a multi-line RuntimeError; say it in one line, with the cause.

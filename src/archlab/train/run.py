@@ -63,13 +63,13 @@ def load_run(path: str | Path, *, device: str | torch.device = "cpu") -> LoadedR
     if is_hf_folder(path):
         return load_hf_folder(path, device=device)
     ckpt = resolve_checkpoint(path)
-    _, meta = read_checkpoint(ckpt)
+    tensors, meta = read_checkpoint(ckpt)
     state = meta.get("state", {})
     if "config" not in state:
         raise CheckpointError(f"checkpoint {ckpt} carries no config")
     cfg = parse_config(state["config"])
     model = build_model(cfg.model)
-    load_checkpoint(ckpt, model=model, restore_rng=False)
+    load_checkpoint(ckpt, model=model, restore_rng=False, read=(tensors, meta))
     if cfg.train.dynamics:  # adapted scalars (rotary base, window, dropout) are not weights
         from archlab.train.dynamics import restore
 

@@ -26,7 +26,7 @@ from types import TracebackType
 from typing import Any
 
 
-from archlab.atomic import write_text_atomic
+from archlab.atomic import pid_alive, write_text_atomic
 from archlab.config import Config, load_yaml, parse_config
 from archlab.registry import ConfigError
 from archlab.train.checkpoint import CHECKPOINT
@@ -37,18 +37,6 @@ except ImportError:  # not POSIX: PID files only
     fcntl = None  # type: ignore[assignment]
 
 LOCK_NAME = ".lock"
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # exists, owned by someone else
-        return True
-    except OSError:
-        return False
-    return True
 
 
 def _describe(text: str) -> str:
@@ -122,7 +110,7 @@ class RunLock:
         parts = self._read(fd).split()
         if len(parts) >= 2 and parts[1] == socket.gethostname() and parts[0].isdigit():
             pid = int(parts[0])
-            return pid == os.getpid() or not _pid_alive(pid)
+            return pid == os.getpid() or not pid_alive(pid)
         # Another host's PID cannot be checked: trust the file only while it names someone.
         return not parts
 
