@@ -405,3 +405,28 @@ def test_a_replaced_tokenizer_is_refused_by_eval_and_resume(corpus, tmp_path):
         Trainer(tiny(corpus, tmp_path, "data.tokenizer=bpe", "data.bpe_vocab=300", "train.steps=4"), out,
                 resume=True, **QUIET)
     assert "tokenizer" in one_line(e)
+
+
+def test_resume_without_the_bpe_tokenizer_is_refused(corpus, tmp_path):
+    """A resumed BPE run whose tokenizer.json is gone is refused, not given a freshly trained one."""
+    out = tmp_path / "run"
+    bpe = ("data.tokenizer=bpe", "data.bpe_vocab=300")
+    Trainer(tiny(corpus, tmp_path, *bpe, "train.steps=2"), out, **QUIET).fit()
+    (out / "tokenizer.json").unlink()
+    with pytest.raises(ConfigError) as e:
+        Trainer(tiny(corpus, tmp_path, *bpe, "train.steps=4"), out, resume=True, **QUIET)
+    assert "tokenizer.json is missing" in one_line(e)
+    assert not (out / "tokenizer.json").exists()
+
+
+def test_resume_drops_undecodable_metrics_lines(corpus, tmp_path):
+    """Bytes a kill left at the end of metrics.jsonl (not even UTF-8) are dropped on resume; the
+    good records before them stay."""
+    out = tmp_path / "run"
+    Trainer(tiny(corpus, tmp_path, "train.steps=10"), out, **QUIET).fit()
+    good = (out / "metrics.jsonl").read_text().splitlines()
+    with open(out / "metrics.jsonl", "ab") as f:
+        f.write(b'{"step": 3, "lo\xff\xfe\x80')
+    Trainer(tiny(corpus, tmp_path, "train.steps=10"), out, resume=True, **QUIET)
+    kept = (out / "metrics.jsonl").read_text().splitlines()
+    assert kept[:len(good)] == good and all(json.loads(line) for line in kept)

@@ -199,7 +199,9 @@ def trim_metrics(path: Path, step: int) -> None:
     if not path.exists():
         return
     keep, changed = [], False
-    for line in path.read_text(encoding="utf-8").splitlines():
+    # A kill mid-write can leave any bytes at the end: undecodable ones become a line that
+    # fails to parse and is dropped, like a cut-short one, instead of refusing the resume.
+    for line in path.read_bytes().decode("utf-8", errors="replace").splitlines():
         try:
             rec = json.loads(line)
             ok = isinstance(rec, dict) and not (isinstance(rec.get("step"), (int, float)) and rec["step"] > step)

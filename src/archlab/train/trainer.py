@@ -86,10 +86,15 @@ class Callback(Protocol):
     def load_state_dict(self, state: dict) -> None: ...
 
 
-def setup_tokenizer(cfg: Config, run_dir: Path, *, log: Callable[[str], None] | None = None):
+def setup_tokenizer(cfg: Config, run_dir: Path, *, log: Callable[[str], None] | None = None,
+                    resume: bool = False):
     """The run's tokenizer: bytes, a BPE trained on the train split, or a synthetic task's word
-    vocabulary; saved with the run. ``log`` announces a BPE training (None: silent)."""
+    vocabulary; saved with the run. ``log`` announces a BPE training (None: silent). A resumed
+    BPE run must find its own: a BPE trained again need not give the ids its weights learnt."""
     saved = run_dir / "tokenizer.json"
+    if resume and not saved.exists() and cfg.data.corpus != "task" and cfg.data.tokenizer == "bpe":
+        raise ConfigError(f"--resume: {saved} is missing; the run's BPE tokenizer cannot be trained again "
+                          "to the same ids, so restore it or start a new run")
     if saved.exists():
         kind = "task" if cfg.data.corpus == "task" else cfg.data.tokenizer
         return check_tokenizer(load_tokenizer(run_dir), kind=kind, model_vocab=cfg.model.vocab_size, where=str(saved))
@@ -178,7 +183,8 @@ class Trainer:
         # Rank 0 trains/saves the tokenizer and fills the corpus cache; the others then read them.
         for turn in (True, False):
             if self.dist.main == turn:
-                self.tokenizer = setup_tokenizer(cfg, self.dir, log=None if self.quiet else self.log)
+                self.tokenizer = setup_tokenizer(cfg, self.dir, log=None if self.quiet else self.log,
+                                                 resume=self.resume)
                 self.streams = self._prepare_data()
             distributed.barrier(self.dist)
         self.model = build_model(cfg.model).to(self.device)
