@@ -34,7 +34,7 @@ def test_uniform_model_scores_eight_bits_per_byte(tiny_config, build, double):
     assert math.isclose(float(out.loss), math.log(256), rel_tol=1e-6)
     assert math.isclose(float(out.nll) / math.log(2), 8.0, rel_tol=1e-6)
     # a trained-looking (non-uniform) model does not land on 8 bits by construction
-    other = build(tiny_config(**{"model.tie_embeddings": False, "model.init_std": 0.5}), double=double)
+    other = build(tiny_config(**{"model.tie_embeddings": False, "model.init": "fixed", "model.init_std": 0.5}), double=double)
     with torch.no_grad():
         assert abs(float(other(ids, targets=targets).nll) / math.log(2) - 8.0) > 1e-3
 
@@ -85,11 +85,19 @@ def test_model_knobs_change_the_model(tiny_config, build):
     wide = build(tiny_config(**{"model.head_dim": 16}))
     assert wide.blocks[0].mixer.qkv.out_features == 3 * 4 * 16 and wide.blocks[0].mixer.out.in_features == 64
 
-    # init_std scales the initial weights and so the logits
-    hot = build(tiny_config(**{"model.init_std": 0.1}), double=True)
-    assert hot.embed.weight.std() > 3 * base.embed.weight.std()
+    # the init rule: the default std 1/sqrt(3 * fan_in) does not depend on init_std, which sets
+    # the std of rule 'fixed'; each changes the initial weights and so the logits
+    assert abs(float(base.embed.weight.detach().std()) - (3 * 32) ** -0.5) < 0.01
+    assert abs(float(base.blocks[0].ffn.up.weight.detach().std()) - (3 * 32) ** -0.5) < 0.01
+    same = build(tiny_config(**{"model.init_std": 0.1}), double=True)
+    assert torch.equal(same.blocks[0].ffn.up.weight, base.blocks[0].ffn.up.weight)
+    fixed = build(tiny_config(**{"model.init": "fixed"}), double=True)
+    assert abs(float(fixed.blocks[0].ffn.up.weight.detach().std()) - 0.02) < 0.003
+    hot = build(tiny_config(**{"model.init": "fixed", "model.init_std": 0.1}), double=True)
+    assert hot.embed.weight.std() > 3 * fixed.embed.weight.std()
     with torch.no_grad():
         assert not torch.allclose(hot(ids).logits, ref)
+        assert not torch.allclose(fixed(ids).logits, ref)
 
     # dropout acts in training mode only
     drop = build(tiny_config(**{"model.dropout": 0.3}), double=True)
@@ -111,7 +119,7 @@ def test_model_knobs_change_the_model(tiny_config, build):
 def lm(tiny_config, build):
     # a larger init makes the next-token distribution peaked enough that sampling and
     # greedy decoding are clearly distinguishable
-    return build(tiny_config(**{"model.init_std": 0.3}), double=True)
+    return build(tiny_config(**{"model.init": "fixed", "model.init_std": 0.3}), double=True)
 
 
 def manual_greedy(model, ids, n):

@@ -64,6 +64,10 @@ class ModelConfig:
     tie_embeddings: bool = True
     bias: bool = False  # biases in linear layers
     dropout: float = 0.0
+    # Weight matrices: 'fan_in' N(0, 1/(3·fan_in)) (PyTorch's nn.Linear variance), 'fixed' N(0, init_std)
+    # (GPT-2); residual outputs ÷√(2·depth) in both (archlab.models.lm.matrix_std). init_std is also
+    # the std of positional tables and kernels under either rule.
+    init: Literal["fan_in", "fixed"] = "fan_in"
     init_std: float = 0.02
     # Knobs of the model family beyond the ones above, parsed by the dataclass registered with
     # the family (e.g. family 'hierarchical': hierarchies, dims, window_sizes; see docs/hierarchical.md).

@@ -86,7 +86,7 @@ from archlab.hf import _hook
 from archlab.hf.configuration import ArchlabConfig
 from archlab.models import build_model
 from archlab.models.generation import filter_logits
-from archlab.models.lm import IGNORE_INDEX, ModelCache
+from archlab.models.lm import IGNORE_INDEX, ModelCache, init_embedding, matrix_std
 
 # The cache's name in transformers' forward/output contract: "cache" from 5.24 on,
 # "past_key_values" before. The installed output class says which one generate reads back.
@@ -327,13 +327,13 @@ class ArchlabForCausalLM(PreTrainedModel, GenerationMixin):
 
     def _init_parameter(self, module: nn.Module, name: str, p: torch.Tensor) -> None:
         cfg = self.model.cfg
-        std = cfg.init_std
+        std, rule = cfg.init_std, getattr(cfg, "init", "fixed")
         if isinstance(module, nn.Linear) and name == "weight":
-            # residual-stream outputs get std/sqrt(2·depth), as archlab.models.lm.init_weights
-            s = std / math.sqrt(2 * cfg.depth) if getattr(module, "residual_out", False) else std
-            nn.init.normal_(p, std=s)
+            # the rule of archlab.models.lm.init_weights (residual outputs scaled by 1/√(2·depth))
+            nn.init.normal_(p, std=matrix_std(module.in_features, rule=rule, std=std, depth=cfg.depth,
+                                              residual_out=getattr(module, "residual_out", False)))
         elif isinstance(module, nn.Embedding):
-            nn.init.normal_(p, std=std)
+            init_embedding(p, std, rule)
         elif name == "bias":
             nn.init.zeros_(p)
         elif name == "weight" and p.dim() == 1:  # norm gains

@@ -31,7 +31,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from archlab.catalog import BuildContext
-from archlab.models.lm import IGNORE_INDEX, ModelOutput, init_weights
+from archlab.models.lm import IGNORE_INDEX, ModelOutput, init_embedding, init_weights
 from archlab.nn.compress import COMPRESSORS, build_compressor, new_groups
 from archlab.nn.hierarchy import HierarchyMerge, StreamAttention, StreamBlock, StreamState
 from archlab.nn.positional.rope import RotaryEmbedding
@@ -133,8 +133,8 @@ class HierarchicalLM(nn.Module):
         window_sizes: Any = AUTO, compressor: str = "conv", merge_all: bool = False, token_shift: bool = True,
         use_flash_attn: bool = True, aux_loss_weight: float = 0.1, dim_embed: int | None = None,
         ffn: Any = "gelu", norm: Any = "rms", rope_base: float | None = 10000.0, rope_fraction: float = 1.0,
-        tie_embeddings: bool = False, dropout: float = 0.0, init_std: float = 0.02, vq_codes: int = 512,
-        vq_dim: int = 32, vq_beta: float = 0.25, vq_weight: float = 1.0, names: Callable[[str], str] = str,
+        tie_embeddings: bool = False, dropout: float = 0.0, init_std: float = 0.02, init: str = "fan_in",
+        vq_codes: int = 512, vq_dim: int = 32, vq_beta: float = 0.25, vq_weight: float = 1.0, names: Callable[[str], str] = str,
     ) -> None:
         super().__init__()
         self.levels = resolve_levels(hierarchies=hierarchies, dim=dim, heads=heads, dim_head=dim_head, ff_mult=ff_mult,
@@ -199,8 +199,8 @@ class HierarchicalLM(nn.Module):
         n_aux = H - 1 if aux_loss_weight > 0 else 0
         self.aux_norms = nn.ModuleList(make_norm(lv.dim) for lv in L[1:1 + n_aux])
         self.aux_heads = nn.ModuleList(nn.Linear(lv.dim, num_tokens, bias=False) for lv in L[1:1 + n_aux])
-        init_weights(self, init_std, depth)
-        nn.init.normal_(self.embed.weight, std=init_std)
+        init_weights(self, init_std, depth, init)
+        init_embedding(self.embed.weight, init_std, init)
         if tie_embeddings:
             if D != L[0].dim:
                 raise ConfigError(f"{names('tie_embeddings')}: the head (width {L[0].dim}) can share the embedding "
@@ -429,7 +429,7 @@ def model_kwargs(m: Any, opts: HierarchicalConfig, where: str = "model.family_op
         compressor=opts.compressor, merge_all=opts.merge_all, token_shift=opts.token_shift,
         use_flash_attn=opts.use_flash_attn, aux_loss_weight=opts.aux_loss_weight, dim_embed=opts.dim_embed,
         ffn=default.ffn, norm=default.norm, rope_base=rope_base, rope_fraction=rope_fraction,
-        tie_embeddings=m.tie_embeddings, dropout=m.dropout, init_std=m.init_std, vq_codes=opts.vq_codes,
+        tie_embeddings=m.tie_embeddings, dropout=m.dropout, init_std=m.init_std, init=m.init, vq_codes=opts.vq_codes,
         vq_dim=opts.vq_dim, vq_beta=opts.vq_beta, vq_weight=opts.vq_weight, names=name,
     )
     levels = resolve_levels(hierarchies=kw["hierarchies"], dim=kw["dim"], heads=kw["heads"], dim_head=kw["dim_head"],

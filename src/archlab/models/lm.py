@@ -64,16 +64,43 @@ def build_blocks(cfg, *, causal: bool, shared_position: nn.Module) -> nn.ModuleL
     return nn.ModuleList(blocks)
 
 
-def init_weights(model: nn.Module, std: float, depth: int) -> None:
-    """N(0, std) for linear layers; outputs that feed the residual stream get std/√(2·depth)
-    (GPT-2) so the stream's variance does not grow with depth. Other parameters (norm gains,
-    positional tables) keep the initialisation their own module chose."""
+#: Initialisation rules for weight matrices (``model.init``).
+INIT_RULES = ("fan_in", "fixed")
+
+
+def matrix_std(fan_in: int, *, rule: str, std: float, depth: int, residual_out: bool = False) -> float:
+    """The std of a weight matrix whose matmul reads ``fan_in`` inputs.
+
+    ``fan_in`` (the default): N(0, 1/(3·fan_in)), the variance of PyTorch's own ``nn.Linear``
+    default (kaiming-uniform with a = √5, i.e. U(±1/√fan_in)) that x-transformers keeps, as a
+    normal; it scales with width, so a wider model starts with proportionally smaller weights
+    and every layer's pre-activations start at the same scale whatever the width.
+    ``fixed``: N(0, std) whatever the width (GPT-2's 0.02).
+    Both divide outputs that feed the residual stream by √(2·depth) (GPT-2), so the stream's
+    variance does not grow with depth."""
+    if rule not in INIT_RULES:
+        raise ValueError(f"model.init: unknown rule {rule!r}; allowed: {', '.join(INIT_RULES)}")
+    s = std if rule == "fixed" else 1.0 / math.sqrt(3.0 * fan_in)
+    return s / math.sqrt(2 * depth) if residual_out else s
+
+
+def init_weights(model: nn.Module, std: float, depth: int, rule: str = "fixed") -> None:
+    """Linear weights by :func:`matrix_std` (``rule``), biases zero. Other parameters (norm
+    gains, positional tables, embeddings) keep the initialisation their own module chose;
+    :func:`init_embedding` sets an embedding table."""
     for mod in model.modules():
         if isinstance(mod, nn.Linear):
-            s = std / math.sqrt(2 * depth) if getattr(mod, "residual_out", False) else std
+            s = matrix_std(mod.in_features, rule=rule, std=std, depth=depth,
+                           residual_out=getattr(mod, "residual_out", False))
             nn.init.normal_(mod.weight, std=s)
             if mod.bias is not None:
                 nn.init.zeros_(mod.bias)
+
+
+def init_embedding(weight: torch.Tensor, std: float, rule: str = "fixed") -> None:
+    """A token-embedding table (V, D): under ``fan_in`` it is treated as the matrix of the LM
+    head it may be tied to, whose fan-in is D; under ``fixed`` N(0, std)."""
+    nn.init.normal_(weight, std=matrix_std(weight.shape[1], rule=rule, std=std, depth=1))
 
 
 class LM(nn.Module):
@@ -90,8 +117,8 @@ class LM(nn.Module):
         self.norm = nn.Identity() if post else NORM.build(default_norm, context_for(cfg))
         self.drop = nn.Dropout(cfg.dropout) if cfg.dropout > 0 else nn.Identity()
         self.head = nn.Linear(D, V, bias=False)
-        init_weights(self, cfg.init_std, cfg.depth)
-        nn.init.normal_(self.embed.weight, std=cfg.init_std)
+        init_weights(self, cfg.init_std, cfg.depth, cfg.init)
+        init_embedding(self.embed.weight, cfg.init_std, cfg.init)
         if cfg.tie_embeddings:
             self.head.weight = self.embed.weight
         # Parts with auxiliary training losses (e.g. an orthogonality penalty), found once so a
