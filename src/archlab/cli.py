@@ -191,6 +191,7 @@ BENCHES: dict[str, tuple[str, str, str]] = {
     "hier": ("archlab.lab.hier_bench", "main", "hierarchical family vs simple-hierarchical-transformer"),
     "local": ("archlab.lab.local_bench", "main", "sliding-window attention vs full attention and local-attention"),
     "variants": ("archlab.lab.variants_bench", "main", "training-step time of config variants against a baseline"),
+    "quality": ("archlab.lab.quality", "main", "validation bpb after equal training, archlab vs x-transformers"),
 }
 
 
