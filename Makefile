@@ -16,7 +16,7 @@ $(VENV)/.installed: $(BIN)/python pyproject.toml $(CONSTRAINTS)
 	touch $@
 
 $(VENV)/.installed-dev: $(VENV)/.installed
-	$(PIP) install -q -c $(CONSTRAINTS) -e '.[dev,report,hf]'
+	$(PIP) install -q -c $(CONSTRAINTS) -e '.[dev,report,hf,peers]'
 	touch $@
 
 install: $(VENV)/.installed
@@ -35,7 +35,7 @@ LATEST := .venv-latest
 test-latest:
 	test -x $(LATEST)/bin/python || $(PY) -m venv $(LATEST)
 	$(LATEST)/bin/pip --disable-pip-version-check install -q --upgrade --upgrade-strategy eager \
-		"$$(grep -E '^torch==' $(CONSTRAINTS) | sed 's/+.*//')" -e '.[dev,report,hf]'
+		"$$(grep -E '^torch==' $(CONSTRAINTS) | sed 's/+.*//')" -e '.[dev,report,hf,peers]'
 	$(LATEST)/bin/pip --disable-pip-version-check list 2>/dev/null | grep -iE '^(torch|transformers|tokenizers|numpy|safetensors) '
 	OMP_NUM_THREADS=1 $(LATEST)/bin/python -m pytest -n 2 tests
 

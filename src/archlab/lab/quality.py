@@ -235,15 +235,15 @@ def byte_lengths(tokenizer, vocab: int) -> np.ndarray:
 @torch.no_grad()
 def evaluate_exact(model: nn.Module, logits_of: Callable, stream, *, seq_len: int, batch_size: int,
                    lengths: np.ndarray, max_tokens: int | None = None) -> dict[str, float]:
-    """Sum of target NLLs (float64) over non-overlapping windows / ln 2 / the targets' bytes."""
+    """Sum of target NLLs (float64) over non-overlapping windows, / ln 2, / the bytes of those targets."""
     from archlab.data.stream import eval_windows
 
     model.eval()
     nats, count, n_bytes = 0.0, 0, 0
     for x, y in eval_windows(stream, seq_len=seq_len, batch_size=batch_size, max_tokens=max_tokens):
-        logits = logits_of(model, x).float()
+        logits = logits_of(model, x).double()  # log-softmax and sums in float64: a uniform model is 8.0 exactly
         nll = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), y.reshape(-1), reduction="none")
-        nats += float(nll.double().sum())
+        nats += float(nll.sum())
         count += y.numel()
         n_bytes += int(lengths[y.numpy()].sum())
     model.train()
