@@ -180,6 +180,24 @@ def test_own_mode_runs_archlabs_trainer(sets, tmp_path):
         assert peer["recipe"] == quality.PEER_RECIPE
 
 
+def test_shared_loop_is_archlabs_own_recipe(sets, tmp_path):
+    """archlab through the shared loop ends where archlab's own trainer ends (same batches,
+    schedule, optimiser groups and clipping), so a peer in the shared loop gets archlab's recipe."""
+    bpb = {}
+    for mode in ("shared", "own"):
+        argv = [f"--set={s}" for s in sets] + ["--tokens", "640", "--seeds", "0", "--eval-tokens", "300",
+                                               "--no-peer", "--mode", mode, "--out", str(tmp_path / mode)]
+        assert quality.main(argv) == 0
+        bpb[mode] = json.loads((tmp_path / mode / "runs" / "archlab-s0.json").read_text())["bpb"]
+    assert bpb["shared"] == pytest.approx(bpb["own"], rel=1e-6)
+    # and it is not a constant: another learning rate ends elsewhere
+    argv = [f"--set={s}" for s in sets] + ["--tokens", "640", "--seeds", "0", "--eval-tokens", "300", "--no-peer",
+                                           "--set=train.lr=1e-4", "--out", str(tmp_path / "slow")]
+    assert quality.main(argv) == 0
+    slow = json.loads((tmp_path / "slow" / "runs" / "archlab-s0.json").read_text())["bpb"]
+    assert abs(slow - bpb["shared"]) > 1e-3
+
+
 def test_peer_is_built_at_the_shared_shape(sets):
     pytest.importorskip("x_transformers")
     base = quality.load_base(quality.DEFAULT_CONFIG, sets + ["model.vocab_size=256"], tokens=64)
