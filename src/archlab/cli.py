@@ -82,7 +82,7 @@ def _positive(a: argparse.Namespace, *names: str) -> None:
 
 def _cmd_eval(a: argparse.Namespace) -> int:
     from archlab.data import check_streams, prepare_corpus
-    from archlab.train.evaluate import evaluate
+    from archlab.train.evaluate import evaluate, token_byte_lengths
     from archlab.train.run import load_run
 
     _positive(a, "batch", "max_tokens", "seq_len")
@@ -102,7 +102,7 @@ def _cmd_eval(a: argparse.Namespace) -> int:
     split = _split_name(a)
     check_streams(streams, seq_len=a.seq_len or t.seq_len, splits=(split,))
     res = evaluate(run.model, streams[split], seq_len=a.seq_len or t.seq_len, batch_size=a.batch,
-                   max_tokens=a.max_tokens, **_progress(a))
+                   max_tokens=a.max_tokens, token_bytes=token_byte_lengths(run.tokenizer), **_progress(a))
     return _report_eval(a, {"split": split, "step": run.state.get("step"), **res},
                         "{split}: loss {loss:.4f} nats  bpb {bpb:.4f}  ({tokens} tokens, step {step})")
 

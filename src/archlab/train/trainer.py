@@ -46,7 +46,7 @@ from archlab.registry import ConfigError
 from archlab.train import distributed
 from archlab.train.checkpoint import CHECKPOINT, load_checkpoint, save_checkpoint
 from archlab.train.dynamics import build_controllers
-from archlab.train.evaluate import evaluate
+from archlab.train.evaluate import evaluate, token_byte_lengths
 from archlab.train.taskeval import evaluate_task
 from archlab.train.optim import build_optimizer, lr_at
 from archlab.train.runlock import RunLock, check_run_folder, trim_metrics
@@ -294,7 +294,8 @@ class Trainer:
             return evaluate_task(self.model, self.streams[split], batch_size=self.micro, max_examples=n,
                                  device=self.device, autocast=self.autocast)
         return evaluate(self.model, self.streams[split], seq_len=t.seq_len, batch_size=self.micro,
-                        max_tokens=limit, device=self.device, autocast=self.autocast)
+                        max_tokens=limit, device=self.device, autocast=self.autocast,
+                        token_bytes=token_byte_lengths(self.tokenizer))  # exact bytes of the scored targets
 
     # ------------------------------------------------------------------ loop
 
