@@ -89,6 +89,8 @@ def test_compare_runs_resumes_and_reports(corpus, tmp_path, monkeypatch):  # noq
     for r in res["runs"]:
         assert r["bpb"] > 0 and r["curve"] and r["parameters"] > 0
     assert set(res["variants"]) == {"a", "b"}
+    assert res["experiment"]["stats"] == partial["experiment"]["stats"] == {"correction": "holm", "level": 0.95}
+    assert res["variants"]["b"]["diff"]["correction"] == "holm"
     assert res["variants"]["a"]["diff"]["verdict"] == "baseline" or res["variants"]["a"].get("verdict") == "baseline"
     for f in ("results.json", "report.md", "report.html"):
         assert (out / f).exists()

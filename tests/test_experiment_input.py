@@ -35,10 +35,11 @@ VALID = {
     "eval.seq_lens": {"list", "null"},  # [1]: also evaluate with 1-token windows
     "seeds": {"list"}, "seeds[]": {"zero"},
     "variants.a": {"null"},  # a variant with no overrides: the base itself
+    "stats": {"null"}, "stats.correction": {"null"}, "stats.level": {"null"},  # null: holm, 0.95
 }
 KEYS = ["name", "description", "base", "overrides", "budget", "budget.steps", "seeds", "seeds[]", "baseline",
         "eval", "eval.split", "eval.max_tokens", "eval.seq_lens", "eval.seq_lens[]", "metric", "also", "also[]",
-        "variants", "variants.a", "variants.b.model"]
+        "variants", "variants.a", "variants.b.model", "stats", "stats.correction", "stats.level"]
 
 
 def with_value(key: str, value) -> dict:
@@ -149,3 +150,25 @@ def test_the_repository_experiments_load():
             continue  # task experiments build their data at load; tests/test_tasks.py covers them
         exp = load_experiment(p)
         assert exp.variants and all(c.train.total_steps() or c.train.seconds for c in exp.variants.values())
+
+
+def test_stats_defaults_and_choices(tmp_path):
+    exp = load_experiment(write(tmp_path, EXPERIMENT))
+    assert (exp.correction, exp.level) == ("holm", 0.95)  # family-wise control by default
+    for correction in ("holm", "bonferroni", "none"):
+        exp = load_experiment(write(tmp_path, with_value("stats", {"correction": correction, "level": 0.9})))
+        assert (exp.correction, exp.level) == (correction, 0.9)
+    assert load_experiment(write(tmp_path, with_value("stats", {"level": 0.99}))).correction == "holm"
+
+
+@pytest.mark.parametrize("stats, needle", [
+    ({"correction": "fdr"}, "stats.correction: 'fdr'; allowed: holm, bonferroni, none"),
+    ({"correction": "Holm"}, "stats.correction"),
+    ({"level": 1.0}, "stats.level: 1.0; allowed: a number strictly between 0 and 1"),
+    ({"level": 0}, "stats.level"), ({"level": 95}, "stats.level"), ({"level": "0.95"}, "stats.level"),
+    ({"alpha": 0.05}, "stats: unknown key 'alpha'; allowed: correction, level"),
+    ([0.95], "stats: expected a mapping"),
+])
+def test_bad_stats_are_refused_at_load(tmp_path, stats, needle):
+    msg = refusal(tmp_path, with_value("stats", stats))
+    assert msg is not None and needle in msg, msg

@@ -104,7 +104,56 @@ def test_summary_table_rows_and_verdicts(written):
     rows = {ln.split(" | ")[0].strip("| "): ln for ln in lines[2:]}
     assert "baseline" in rows["rope"] and "| better |" in rows["alibi"]
     assert "3.23M" in rows["rope"] and "5,205" in rows["alibi"]
-    assert re.search(r"\| -0\.4\d+ \[-0\.4\d+, -0\.4\d+\] \| -1\d\.\d\d% \|", rows["alibi"])
+    header = lines[0].split(" | ")
+    assert header[5:12] == ["Δ vs rope", "raw 95% CI", "holm 97.5% CI", "raw p", "holm p", "Δ %", "verdict"]
+    assert re.search(r"\| -0\.4\d+ \| \[-0\.4\d+, -0\.4\d+\] \| \[-0\.4\d+, -0\.4\d+\] \| <0\.001 \| <0\.001 \| "
+                     r"-1\d\.\d\d% \|", rows["alibi"])
+
+
+def _row(results, name):
+    lines = summary_table_md(results).splitlines()
+    header = [h.strip() for h in lines[0].strip("|").split("|")]
+    rows = {ln.split(" | ")[0].strip("| "): [c.strip() for c in ln.strip("|").split(" | ")] for ln in lines[2:]}
+    return dict(zip(header, rows[name]))
+
+
+def test_verdict_table_follows_the_recorded_correction():
+    # nope is +0.013 with raw p ~ 0.05: Holm (k = 2, the larger p-value times 1) may call it worse
+    # while its Bonferroni interval touches zero; Bonferroni itself does not, and shows the MDE.
+    results = synthetic_results()
+    v = summarize(results)["nope"]["diff"]
+    row = _row(results, "nope")
+    assert row["raw p"] == f"{v['p_value']:.3f}" and row["holm p"] == f"{v['p_adjusted']:.3f}"
+    assert v["p_adjusted"] == pytest.approx(v["p_value"])  # the largest of two: (k-2+1)·p
+    results["experiment"]["stats"] = {"correction": "bonferroni", "level": 0.95}
+    v = summarize(results)["nope"]["diff"]
+    row = _row(results, "nope")
+    assert v["verdict"] == "no detectable difference" and v["p_adjusted"] == pytest.approx(2 * v["p_value"])
+    assert row["verdict"] == f"no detectable difference (could detect ≥ {v['mde']:.3g})"
+    assert v["mde"] > abs(v["mean"])
+    assert row["bonferroni 97.5% CI"] == f"[{v['ci_adjusted'][0]:+.4f}, {v['ci_adjusted'][1]:+.4f}]"
+    assert row["raw 95% CI"] == f"[{v['ci_raw'][0]:+.4f}, {v['ci_raw'][1]:+.4f}]"
+    results["experiment"]["stats"] = {"correction": "none", "level": 0.9}
+    row = _row(results, "nope")
+    assert "raw 90% CI" in row and "none p" not in row and not any("none" in h for h in row)
+
+
+@pytest.mark.parametrize("stats, needles", [
+    (None, ["Holm's step-down correction (the default)", "k = 2 comparison(s)", "at most 5%",
+            "simultaneous 97.5% interval", "conservative for Holm", "nominal 80% power"]),
+    ({"correction": "bonferroni", "level": 0.9}, ["Bonferroni's correction", "at most 10%", "simultaneous 95% interval",
+                                                  "`stats.correction: bonferroni`"]),
+    ({"correction": "none"}, ["No multiple-comparison correction (`stats.correction: none`)", "can reach 10%"]),
+])
+def test_statistics_text_names_the_correction_and_level(tmp_path, stats, needles):
+    results = synthetic_results()
+    if stats:
+        results["experiment"]["stats"] = stats
+    md = write_report(results, tmp_path)["md"].read_text()
+    text = md.split("## Statistics", 1)[1]
+    for needle in needles:
+        assert needle in text, needle
+    assert ("conservative for Holm" in text) == (stats is None)
 
 
 def test_summary_table_without_variants_section():
@@ -128,6 +177,19 @@ def test_rebuild_round_trip(tmp_path):
     first = {k: p.read_bytes() for k, p in paths.items()}
     assert {k: p.read_bytes() for k, p in rebuild(tmp_path).items()} == first  # deterministic
     assert "1 run(s) not finished" in (tmp_path / "report.md").read_text()
+
+
+def test_rebuild_uses_the_recorded_correction(tmp_path):
+    results = synthetic_results()
+    results["experiment"]["stats"] = {"correction": "bonferroni", "level": 0.95}  # as archlab compare records it
+    (tmp_path / "results.json").write_text(json.dumps(results))
+    rebuild(tmp_path)
+    again = json.loads((tmp_path / "results.json").read_text())
+    assert again["experiment"]["stats"] == {"correction": "bonferroni", "level": 0.95}
+    assert again["variants"]["nope"]["diff"]["correction"] == "bonferroni"
+    assert again["variants"]["nope"]["verdict"] == "no detectable difference"
+    assert summarize(synthetic_results())["nope"]["verdict"] == "worse"  # the holm default differs here
+    assert "Bonferroni's correction" in (tmp_path / "report.md").read_text()
 
 
 def test_rebuild_without_results_is_a_clear_error(tmp_path):

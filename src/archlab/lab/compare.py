@@ -161,6 +161,7 @@ def run_compare(
             "versions": versions(), "machine": machine_info(device),
             "created": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
             "description": exp.description,
+            "stats": {"correction": exp.correction, "level": exp.level},  # report rebuilds give the same verdicts
         },
         "runs": [],
     }
@@ -204,8 +205,9 @@ def run_compare(
         return results
     from archlab.lab.stats import summarize
 
-    results["variants"] = summarize(results)
-    results["also"] = {m: summarize(results, metric=m) for m in exp.also}
+    stats = {"correction": exp.correction, "level": exp.level}
+    results["variants"] = summarize(results, **stats)
+    results["also"] = {m: summarize(results, metric=m, **stats) for m in exp.also}  # each metric its own family
     _atomic_json(out / "results.json", results)
     if report:
         from archlab.lab.report import write_report

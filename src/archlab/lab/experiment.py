@@ -9,6 +9,7 @@ budget: {tokens: 1_000_000}       # exactly one of tokens / steps / seconds, equ
 seeds: [0, 1, 2]
 baseline: rope
 eval: {split: validation, max_tokens: 131072}
+stats: {correction: holm, level: 0.95}   # optional; these are the defaults
 variants:
   rope: {}
   alibi: {model.position.kind: alibi}
@@ -28,10 +29,12 @@ from pathlib import Path
 from typing import Any
 
 from archlab.config import Config, TrainConfig, apply_overrides, load_yaml, parse_config
+from archlab.lab.stats import CORRECTIONS, DEFAULT_CORRECTION, DEFAULT_LEVEL
 from archlab.registry import INT_LIMIT, ConfigError, from_dict
 
 EXPERIMENT_KEYS = {"name", "description", "base", "overrides", "budget", "seeds", "baseline", "eval", "variants",
-                   "metric", "also"}
+                   "metric", "also", "stats"}
+STATS_KEYS = ("correction", "level")
 BUDGET_KEYS = ("tokens", "steps", "seconds")
 # What makes compute equal: no variant may change these.
 FIXED_KEYS = ("train.steps", "train.tokens", "train.seconds", "train.batch", "train.seq_len", "train.grad_accum",
@@ -54,6 +57,8 @@ class Experiment:
     metric: str = "bpb"  # primary metric (lower is better): verdicts are given on it
     also: list[str] = field(default_factory=list)  # secondary metrics, tabulated with the same statistics
     eval_seq_lens: list[int] = field(default_factory=list)  # extra held-out evaluations at these lengths
+    correction: str = "holm"  # stats.correction: family-wise correction over the variants (lab/stats.py)
+    level: float = 0.95  # stats.level: confidence level; 1 - level is the family-wise error rate
 
     @property
     def task(self) -> Any:
@@ -232,10 +237,28 @@ def load_experiment(path: str | Path) -> Experiment:
     if not isinstance(also, list) or not all(isinstance(m, str) for m in also):
         raise ConfigError(f"{path}: also: expected a list of metric names, e.g. [bpb@512]")
     exp.also = [str(m) for m in also]
+    exp.correction, exp.level = _stats(raw, path)
     for key, m in [("metric", exp.metric), *(("also", m) for m in exp.also)]:
         if m not in known:
             raise ConfigError(f"{path}: {key}: unknown metric '{m}'; allowed: {', '.join(known)}")
     return exp
+
+
+def _stats(raw: dict, path: Path) -> tuple[str, float]:
+    """``stats: {correction: holm | bonferroni | none, level: 0.95}``, both optional (null: the default)."""
+    st = _given(raw, "stats", {})
+    if not isinstance(st, dict):
+        raise ConfigError(f"{path}: stats: expected a mapping such as {{correction: holm, level: 0.95}}, got {st!r}")
+    unknown = sorted(map(str, set(st) - set(STATS_KEYS)))
+    if unknown:
+        raise ConfigError(f"{path}: stats: unknown key '{unknown[0]}'; allowed: {', '.join(STATS_KEYS)}")
+    correction = _given(st, "correction", DEFAULT_CORRECTION)
+    if not isinstance(correction, str) or correction not in CORRECTIONS:
+        raise ConfigError(f"{path}: stats.correction: {correction!r}; allowed: {', '.join(CORRECTIONS)}")
+    level = _given(st, "level", DEFAULT_LEVEL)
+    if isinstance(level, bool) or not isinstance(level, (int, float)) or not 0.0 < level < 1.0:
+        raise ConfigError(f"{path}: stats.level: {level!r}; allowed: a number strictly between 0 and 1, e.g. 0.95")
+    return correction, float(level)
 
 
 def _check_task_experiment(exp: Experiment, ev: dict, path: Path) -> None:

@@ -70,28 +70,64 @@ def _variants(results: dict) -> dict[str, dict]:
     return results.get("variants") or summarize(results)
 
 
+def _pct(level: Any) -> str:
+    """0.95 -> '95', 0.996154 -> '99.62' (a level as a percentage, trailing zeros dropped)."""
+    v = _num(level)
+    return "?" if v is None else f"{100 * v:.2f}".rstrip("0").rstrip(".")
+
+
+def _p(x: Any) -> str:
+    v = _num(x)
+    return "—" if v is None else "<0.001" if v < 0.001 else f"{v:.3f}"
+
+
+def _family(variants: dict[str, dict]) -> tuple[str, float, float, int]:
+    """``(correction, level, adjusted level, k)`` of the comparisons in one table."""
+    diffs = [v.get("diff", {}) for v in variants.values() if not v.get("is_baseline")]
+    tested = [d for d in diffs if _num(d.get("adjusted_level")) is not None]
+    corr = next((d["correction"] for d in diffs if d.get("correction")), "holm")
+    level = _num(tested[0].get("level")) if tested else None
+    adj = _num(tested[0].get("adjusted_level")) if tested else None
+    k = int(tested[0].get("comparisons") or 0) if tested else 0
+    return corr, 0.95 if level is None else level, adj if adj is not None else (0.95 if level is None else level), k
+
+
+def _verdict_cell(v: dict) -> str:
+    verdict, mde = str(v.get("verdict", "")), _num(v.get("diff", {}).get("mde"))
+    if verdict == "no detectable difference" and mde is not None:
+        return f"{verdict} (could detect ≥ {mde:.3g})"
+    return verdict
+
+
 def summary_rows(results: dict, metric: str | None = None) -> tuple[list[str], list[list[str]]]:
     """Header and rows of the summary table (one row per variant, in variant order), for the
-    primary metric or one of the experiment's secondary (``also``) metrics."""
+    primary metric or one of the experiment's secondary (``also``) metrics. Δ is shown with its
+    raw interval and p-value and, unless the correction is ``none``, the adjusted ones."""
     exp = results.get("experiment", {})
     base = exp.get("baseline", "baseline")
     if metric is None or metric == exp.get("metric", "bpb"):
         metric, variants = exp.get("metric", "bpb"), _variants(results)
     else:
         variants = (results.get("also") or {}).get(metric) or summarize(results, metric=metric)
-    header = ["variant", "n", "params", f"{metric} mean ± std", "95% CI", f"Δ vs {base} [95% CI]", "Δ %",
-              "verdict", "tokens/s"]
+    corr, level, adj, _ = _family(variants)
+    adjusted = corr != "none"
+    header = ["variant", "n", "params", f"{metric} mean ± std", "95% CI", f"Δ vs {base}", f"raw {_pct(level)}% CI",
+              *([f"{corr} {_pct(adj)}% CI"] if adjusted else []), "raw p", *([f"{corr} p"] if adjusted else []),
+              "Δ %", "verdict", "tokens/s"]
     rows = []
     for name, v in variants.items():
         d = v.get("diff", {})
         if v.get("is_baseline"):
-            delta, rel = "—", "—"
+            delta, rel, raw_ci, adj_ci, raw_p, adj_p = "—", "—", "—", "—", "—", "—"
         else:
-            delta = "—" if _num(d.get("mean")) is None else f"{_fmt(d['mean'], sign=True)} {_ci(d.get('ci95'), True)}"
+            delta = _fmt(d.get("mean"), sign=True)
+            raw_ci, adj_ci = _ci(d.get("ci_raw"), True), _ci(d.get("ci_adjusted"), True)
+            raw_p, adj_p = _p(d.get("p_value")), _p(d.get("p_adjusted"))
             rel = "—" if _num(d.get("relative_pct")) is None else f"{d['relative_pct']:+.2f}%"
         spread = f"{_fmt(v.get('mean'))} ± {_fmt(v.get('std'))}"
         rows.append([name, str(v.get("n", 0)), _fmt_params(v.get("parameters")), spread, _ci(v.get("ci95")),
-                     delta, rel, str(v.get("verdict", "")), _fmt0(v.get("tokens_per_s"))])
+                     delta, raw_ci, *([adj_ci] if adjusted else []), raw_p, *([adj_p] if adjusted else []),
+                     rel, _verdict_cell(v), _fmt0(v.get("tokens_per_s"))])
     return header, rows
 
 
@@ -267,12 +303,35 @@ CAPTIONS = {
 }
 
 
+def _correction_note(variants: dict[str, dict]) -> str:
+    corr, level, adj, k = _family(variants)
+    alpha = 1.0 - level
+    a = f"{_pct(alpha)}%"
+    if corr == "none":
+        return (f"No multiple-comparison correction (`stats.correction: none`): each verdict alone has a {a} "
+                f"false-alarm rate, so over {k} comparison(s) the chance of at least one false *better*/*worse* "
+                f"can reach {_pct(min(1.0, k * alpha))}%. The intervals are per-comparison {_pct(level)}% intervals. ")
+    how = ("Holm's step-down correction (the default): with the k raw p-values sorted, p_(1) ≤ … ≤ p_(k), the "
+           "adjusted p-value is p̃_(i) = max over j ≤ i of min(1, (k−j+1)·p_(j))"
+           if corr == "holm" else "Bonferroni's correction: the adjusted p-value is p̃ = min(1, k·p)")
+    note = (f"Multiple comparisons: {how}, over the k = {k} comparison(s) with the baseline (level {_pct(level)}%, "
+            f"`stats.correction: {corr}`). This keeps the chance that any verdict in the table is a false "
+            f"*better*/*worse* at most {a}. The table shows each Δ's raw {_pct(level)}% interval and raw p-value "
+            f"next to the adjusted p-value and the Bonferroni simultaneous {_pct(adj)}% interval "
+            f"(level 1 − {a}/k)")
+    if corr == "holm":
+        note += (", which is conservative for Holm: a verdict can stand while that interval still touches zero "
+                 "(the verdict follows the adjusted p-value)")
+    return note + ". "
+
+
 def _stats_note(results: dict, variants: dict[str, dict]) -> str:
     exp = results.get("experiment", {})
-    metric, k = exp.get("metric", "bpb"), sum(1 for v in variants.values() if not v.get("is_baseline"))
+    metric = exp.get("metric", "bpb")
+    corr, level, _, _ = _family(variants)
     welch = [n for n, v in variants.items() if v.get("diff", {}).get("method") == "welch"]
     dropped = sum(v.get("failed", 0) + v.get("non_finite", 0) for v in variants.values())
-    corr = {v.get("diff", {}).get("correction") for v in variants.values()} - {None}
+    alpha = "α' = α/k" if corr != "none" else "α' = α"
     return (
         f"Each variant's {metric} (held-out, lower is better) is summarised over seeds by its mean, sample "
         "standard deviation and a Student-t 95% interval. Δ is variant − baseline. Runs with the same seed "
@@ -280,11 +339,17 @@ def _stats_note(results: dict, variants: dict[str, dict]) -> str:
         "seed and its interval is a paired Student-t interval (n−1 degrees of freedom); otherwise it is "
         "Welch's interval with Welch–Satterthwaite degrees of freedom"
         + (f" (used here for: {', '.join(welch)})" if welch else " (not needed here)") + ". "
-        "Verdict: *better*/*worse* when the whole interval lies on one side of zero, else *no detectable "
-        "difference* — which is not evidence of equality: with few seeds only large effects are detectable. "
-        + ("Intervals are Bonferroni-corrected over the variants. " if "bonferroni" in corr else
-           f"No multiple-comparison correction is applied: each verdict has a 5% false-alarm rate, so over "
-           f"{k} comparison(s) up to {min(100, 5 * k)}% chance of at least one. ")
+        f"Verdict: *better*/*worse* when the {'adjusted ' if corr != 'none' else ''}two-sided p-value of Δ is "
+        f"below α = 1 − level = "
+        f"{_pct(1.0 - level)}%, the sign of Δ giving the direction; else *no detectable difference* — which is "
+        "not evidence of equality: with few seeds only large effects are detectable. "
+        + _correction_note(variants)
+        + (("Secondary metrics (`also`) are corrected as separate families, each in its own table. ")
+           if exp.get("also") else "")
+        + "Next to *no detectable difference* the table gives the design's minimum detectable difference, "
+        f"*could detect ≥ m* with m = (t_{{1−α'/2, df}} + t_{{0.8, df}})·se and {alpha}: the smallest true |Δ| "
+        "this test detects with nominal 80% power (an approximation: with 3 seeds the actual power at that "
+        "size is lower, about 70–76%). "
         + (f"{dropped} run(s) not finished or with a non-finite metric are excluded (see the runs table)."
            if dropped else "All runs finished and count.")
     )

@@ -14,12 +14,39 @@ Everything here is plain Python (``math`` only; scipy is deliberately not a depe
   seeds (*paired*: runs with one seed share initialisation seed and data order, so that shared
   noise cancels), otherwise with Welch's interval, ``se^2 = s1^2/n1 + s2^2/n2`` and the
   Welch–Satterthwaite ``df = se^4 / ((s1^2/n1)^2/(n1-1) + (s2^2/n2)^2/(n2-1))`` (Welch 1947).
-* Verdict: *better* iff the whole interval of ``variant - baseline`` lies on the improving side
-  of zero, *worse* iff it lies wholly on the other side, else *no detectable difference*.
-* Multiple comparisons: by default (``correction="none"``) every interval is a per-comparison
-  95% interval, so with ``k`` variants the chance that at least one of the verdicts is a false
-  "better"/"worse" can reach ``k × 5%``. ``correction="bonferroni"`` widens each interval to
-  level ``1 - (1 - level)/k``, which bounds that family-wise chance by ``1 - level``.
+* p-values: two-sided t test of zero difference, ``p = 2 P(T_df > |mean| / se)``.
+* Multiple comparisons: an experiment compares ``k`` variants with one baseline (``k`` counts the
+  comparisons that have a p-value; a variant with fewer than two seeds gets none). The
+  correction (``stats.correction`` in the experiment file) controls the chance that *any* of
+  the ``k`` verdicts is a false "better"/"worse" (the family-wise error rate, FWER) at
+  ``alpha = 1 - level``:
+
+  - ``holm`` (default; Holm 1979): sort the p-values ascending, ``p_(1) <= ... <= p_(k)``; the
+    adjusted p-values are ``p~_(i) = max_{j<=i} min(1, (k-j+1) p_(j))``. This is the step-down
+    procedure: ``p_(i)`` is rejected iff ``p_(j) < alpha/(k-j+1)`` for every ``j <= i`` (strict,
+    like the verdict rule below; Holm's paper has ``<=``, which differs only on exact ties).
+  - ``bonferroni``: ``p~ = min(1, k p)``.
+  - ``none``: ``p~ = p`` (each verdict alone has a false-alarm rate ``alpha``; the FWER can reach
+    ``k alpha``).
+
+  The primary metric and each secondary (``also``) metric are separate families.
+* Verdict: *better*/*worse* iff ``p~ < alpha``, the direction given by the sign of the mean
+  difference (and ``lower_is_better``); otherwise *no detectable difference*.
+* Intervals: every comparison carries its raw (uncorrected) interval at ``level`` and an adjusted
+  one. For ``bonferroni`` and ``holm`` the adjusted interval has level ``1 - alpha/k``
+  (Bonferroni's simultaneous intervals: all ``k`` cover their true differences together with
+  probability ``>= level``). Under Holm this is conservative: Holm can reject a comparison whose
+  Bonferroni interval still touches zero (the verdict follows ``p~``). For ``none`` the adjusted
+  interval is the raw one.
+* Power: the minimum detectable difference of the design, ``mde = (t_{1-alpha'/2, df} +
+  t_{power, df}) · se`` with ``alpha' = alpha/k`` (``holm``, ``bonferroni``) or ``alpha``
+  (``none``), ``power = 0.8``, and the comparison's ``se`` and ``df`` (paired: ``s_d/sqrt(n)``,
+  ``n-1``; Welch: its ``se`` and Satterthwaite ``df``). It is the usual approximation of the
+  noncentral-t power (the far tail ignored, the sample ``se`` standing in for the unknown one):
+  with 10 or more seeds a true difference of that size gets a verdict with probability ~0.8;
+  with 3 seeds the probability is lower (simulated with a known spread: ~0.76 for one
+  comparison, ~0.68 at ``alpha/13``), i.e. there the difference detectable with 80% power is
+  somewhat larger than ``mde``.
 """
 
 from __future__ import annotations
@@ -28,8 +55,13 @@ import math
 from functools import lru_cache
 from typing import Any, Sequence
 
+from archlab.registry import ConfigError
+
 VERDICTS = ("better", "worse", "no detectable difference", "baseline", "insufficient seeds")
-CORRECTIONS = ("none", "bonferroni")
+CORRECTIONS = ("holm", "bonferroni", "none")
+DEFAULT_CORRECTION = "holm"
+DEFAULT_LEVEL = 0.95
+POWER = 0.8  # of the minimum detectable difference
 _EPS = 1e-15
 _TINY = 1e-300
 
@@ -164,13 +196,52 @@ def mean_ci(values: Sequence[float], level: float = 0.95) -> tuple[float, float,
     return mean, std, mean - half, mean + half
 
 
-def _verdict(lo: float, hi: float, lower_is_better: bool) -> str:
-    # Strict inequalities: an interval that touches zero (e.g. [0, 0] for identical runs) is no evidence.
-    if hi < 0.0:
-        return "better" if lower_is_better else "worse"
-    if lo > 0.0:
-        return "worse" if lower_is_better else "better"
-    return "no detectable difference"
+def check_stats(correction: Any, level: Any) -> None:
+    """``ValueError`` unless ``correction`` is one of :data:`CORRECTIONS` and ``0 < level < 1``."""
+    if not isinstance(correction, str) or correction not in CORRECTIONS:
+        raise ValueError(f"correction must be one of {', '.join(CORRECTIONS)}, got {correction!r}")
+    if isinstance(level, bool) or not isinstance(level, (int, float)) or not 0.0 < level < 1.0:
+        raise ValueError(f"level must be a number strictly between 0 and 1, got {level!r}")
+
+
+def adjust_p_values(p_values: Sequence[float], correction: str) -> list[float]:
+    """Family-wise adjusted p-values, in the input order (module docstring for the formulas).
+
+    NaN entries (comparisons without a test) stay NaN and are not counted in ``k``. Ties keep
+    their input order, which does not change the adjusted values (``holm`` takes a running max).
+    """
+    check_stats(correction, DEFAULT_LEVEL)
+    ps = [float(p) for p in p_values]
+    tested = [i for i, p in enumerate(ps) if not math.isnan(p)]
+    k = len(tested)
+    out = list(ps)
+    if correction == "bonferroni":
+        for i in tested:
+            out[i] = min(1.0, k * ps[i])
+    elif correction == "holm":
+        running = 0.0
+        for rank, i in enumerate(sorted(tested, key=lambda i: ps[i])):  # rank = j - 1
+            running = max(running, min(1.0, (k - rank) * ps[i]))
+            out[i] = running
+    return out
+
+
+def adjusted_level(level: float, correction: str, comparisons: int) -> float:
+    """Level of the adjusted intervals: ``1 - (1-level)/k`` for holm and bonferroni, else ``level``."""
+    return 1.0 - (1.0 - level) / max(1, comparisons) if correction in ("holm", "bonferroni") else level
+
+
+def min_detectable_difference(se: float, df: float, alpha: float, power: float = POWER) -> float:
+    """``(t_{1-alpha/2, df} + t_{power, df}) · se``: the smallest true difference that a two-sided
+    level-``alpha`` t test with this ``se`` and ``df`` detects with probability about ``power``.
+    NaN when the spread is unknown."""
+    if not (math.isfinite(se) and df > 0):
+        return math.nan
+    return (t_quantile(1.0 - alpha / 2.0, df) + t_quantile(power, df)) * se
+
+
+def _direction(mean: float, lower_is_better: bool) -> str:
+    return "better" if (mean < 0) == lower_is_better else "worse"
 
 
 def _paired(seeds: Sequence[Any] | None, baseline_seeds: Sequence[Any] | None) -> bool:
@@ -180,76 +251,138 @@ def _paired(seeds: Sequence[Any] | None, baseline_seeds: Sequence[Any] | None) -
     return len(set(seeds)) == len(seeds) == len(baseline_seeds) and set(seeds) == set(baseline_seeds)
 
 
-def compare_to_baseline(
-    values: Sequence[float], baseline_values: Sequence[float], *, seeds: Sequence[Any] | None = None,
-    baseline_seeds: Sequence[Any] | None = None, level: float = 0.95, lower_is_better: bool = True,
-    correction: str = "none", comparisons: int = 1,
-) -> dict[str, Any]:
-    """Interval and verdict for ``variant - baseline``.
-
-    Paired (``method="paired"``) when ``seeds`` and ``baseline_seeds`` are given and are the same
-    set without repeats: the interval is :func:`mean_ci` of ``d_s = v_s - b_s`` (df ``n-1``).
-    Otherwise Welch (``method="welch"``): ``se^2 = s_v^2/n_v + s_b^2/n_b``, Welch–Satterthwaite
-    df (module docstring). ``correction="bonferroni"`` uses level ``1 - (1-level)/comparisons``.
-
-    Returns ``mean``, ``ci`` ([lo, hi]), ``level`` (the one used), ``se``, ``df``, ``n`` (pairs,
-    or ``[n_v, n_b]``), ``method``, ``relative_pct`` (``100 · mean / mean(baseline)``),
-    ``p_value`` (two-sided t test of zero difference), ``correction`` and ``verdict`` — one of
-    "better", "worse", "no detectable difference", or "insufficient seeds" when fewer than two
-    values (pairs) leave the spread unknown; then ``ci`` is ``[-inf, inf]`` and ``p_value`` NaN.
-    """
-    if correction not in CORRECTIONS:
-        raise ValueError(f"correction must be one of {CORRECTIONS}, got {correction!r}")
+def _raw_comparison(values: Sequence[float], baseline_values: Sequence[float], seeds: Sequence[Any] | None,
+                    baseline_seeds: Sequence[Any] | None) -> dict[str, Any]:
+    """Mean difference, ``se``, ``df``, method, ``n`` and raw p-value of ``variant - baseline``."""
     v, b = _finite(values), _finite(baseline_values)
     if not v or not b:
         raise ValueError("compare_to_baseline: both samples need at least one value")
     for name, s, xs in (("seeds", seeds, v), ("baseline_seeds", baseline_seeds, b)):
         if s is not None and len(s) != len(xs):
             raise ValueError(f"compare_to_baseline: {len(s)} {name} for {len(xs)} values")
-    eff_level = 1.0 - (1.0 - level) / max(1, comparisons) if correction == "bonferroni" else level
     b_mean = math.fsum(b) / len(b)
-    out: dict[str, Any] = {"level": eff_level, "correction": correction}
-
     if _paired(seeds, baseline_seeds):
         by_seed = dict(zip(baseline_seeds, b))  # type: ignore[arg-type]
         diffs = [x - by_seed[s] for s, x in zip(seeds, v)]  # type: ignore[arg-type]
         n = len(diffs)
-        mean, std, lo, hi = mean_ci(diffs, eff_level)
+        mean, std, _, _ = mean_ci(diffs)
         se = std / math.sqrt(n) if n > 1 else math.nan
-        df: float = n - 1
-        out.update(method="paired", n=n)
+        out: dict[str, Any] = {"method": "paired", "n": n, "df": float(n - 1) if n > 1 else math.nan}
         enough = n >= 2
     else:
         nv, nb = len(v), len(b)
         mv = math.fsum(v) / nv
         mean = mv - b_mean
-        out.update(method="welch", n=[nv, nb])
+        out = {"method": "welch", "n": [nv, nb], "df": math.nan}
         enough = nv >= 2 and nb >= 2
-        se, df, lo, hi = math.nan, math.nan, -math.inf, math.inf
+        se = math.nan
         if enough:
             wv = math.fsum((x - mv) ** 2 for x in v) / (nv - 1) / nv  # s_v^2 / n_v
             wb = math.fsum((x - b_mean) ** 2 for x in b) / (nb - 1) / nb
             se = math.sqrt(wv + wb)
             # Both samples constant: Satterthwaite is 0/0; the interval is the point either way.
-            df = (wv + wb) ** 2 / (wv**2 / (nv - 1) + wb**2 / (nb - 1)) if se > 0 else float(nv + nb - 2)
-            half = t_quantile((1.0 + eff_level) / 2.0, df) * se
-            lo, hi = mean - half, mean + half
-
+            out["df"] = (wv + wb) ** 2 / (wv**2 / (nv - 1) + wb**2 / (nb - 1)) if se > 0 else float(nv + nb - 2)
     if not enough:
-        p_value, verdict = math.nan, "insufficient seeds"
+        p_value = math.nan
+    elif se > 0:
+        p_value = 2.0 * t_sf(abs(mean) / se, out["df"])
     else:
-        if se > 0:
-            p_value = 2.0 * t_sf(abs(mean) / se, df)
-        else:
-            p_value = 1.0 if mean == 0 else 0.0
-        verdict = _verdict(lo, hi, lower_is_better)
-    out.update(mean=mean, ci=[lo, hi], se=se, df=df, p_value=p_value, verdict=verdict,
+        p_value = 1.0 if mean == 0 else 0.0
+    out.update(mean=mean, se=se, p_value=p_value, enough=enough,
                relative_pct=100.0 * mean / b_mean if b_mean != 0 else math.nan)
     return out
 
 
+def _interval(raw: dict[str, Any], level: float) -> list[float]:
+    if not raw["enough"]:
+        return [-math.inf, math.inf]
+    half = t_quantile((1.0 + level) / 2.0, raw["df"]) * raw["se"] if raw["se"] > 0 else 0.0
+    return [raw["mean"] - half, raw["mean"] + half]
+
+
+def _finish(raw: dict[str, Any], p_adjusted: float, *, level: float, correction: str, comparisons: int,
+            lower_is_better: bool) -> dict[str, Any]:
+    """A comparison's intervals, MDE and verdict, given its family-adjusted p-value."""
+    alpha = 1.0 - level
+    adj_level = adjusted_level(level, correction, comparisons)
+    if not raw["enough"]:
+        verdict = "insufficient seeds"
+    elif p_adjusted < alpha:
+        verdict = _direction(raw["mean"], lower_is_better)
+    else:
+        verdict = "no detectable difference"
+    ci_raw = _interval(raw, level)
+    ci = _interval(raw, adj_level)
+    mde = min_detectable_difference(raw["se"], raw["df"], 1.0 - adj_level) if raw["enough"] else math.nan
+    return {"mean": raw["mean"], "ci": ci, "ci_raw": ci_raw, "level": adj_level, "raw_level": level,
+            "se": raw["se"], "df": raw["df"], "n": raw["n"], "method": raw["method"],
+            "relative_pct": raw["relative_pct"], "p_value": raw["p_value"], "p_adjusted": p_adjusted,
+            "correction": correction, "comparisons": comparisons, "mde": mde, "power": POWER, "verdict": verdict}
+
+
+def compare_to_baseline(
+    values: Sequence[float], baseline_values: Sequence[float], *, seeds: Sequence[Any] | None = None,
+    baseline_seeds: Sequence[Any] | None = None, level: float = 0.95, lower_is_better: bool = True,
+    correction: str = "none", comparisons: int = 1, p_adjusted: float | None = None,
+) -> dict[str, Any]:
+    """Interval and verdict for ``variant - baseline``, one comparison of a family of ``comparisons``.
+
+    Paired (``method="paired"``) when ``seeds`` and ``baseline_seeds`` are given and are the same
+    set without repeats: the interval is :func:`mean_ci` of ``d_s = v_s - b_s`` (df ``n-1``).
+    Otherwise Welch (``method="welch"``): ``se^2 = s_v^2/n_v + s_b^2/n_b``, Welch–Satterthwaite
+    df (module docstring).
+
+    Returns ``mean``, ``ci`` (the adjusted interval, at ``level`` = ``1 - (1-level)/comparisons``
+    for holm and bonferroni), ``ci_raw`` (at ``raw_level``, the ``level`` argument), ``se``,
+    ``df``, ``n`` (pairs, or ``[n_v, n_b]``), ``method``, ``relative_pct`` (``100 · mean /
+    mean(baseline)``), ``p_value`` (raw two-sided t test of zero difference), ``p_adjusted``,
+    ``correction``, ``comparisons``, ``mde`` (minimum detectable difference at ``power``) and
+    ``verdict`` — "better", "worse", "no detectable difference", or "insufficient seeds" when
+    fewer than two values (pairs) leave the spread unknown; then the intervals are
+    ``[-inf, inf]`` and the p-values and ``mde`` NaN.
+
+    ``p_adjusted`` is computed for ``none`` (``p``) and ``bonferroni`` (``min(1, k p)``). Holm's
+    depends on the other comparisons' p-values: pass it (:func:`compare_family` does), or the
+    call is refused unless ``comparisons == 1`` (where Holm is no correction).
+    """
+    check_stats(correction, level)
+    k = int(comparisons)
+    if k < 1:
+        raise ValueError(f"comparisons must be >= 1, got {comparisons!r}")
+    raw = _raw_comparison(values, baseline_values, seeds, baseline_seeds)
+    if p_adjusted is None:
+        if correction == "holm" and k > 1:
+            raise ValueError("Holm's adjusted p-value depends on every comparison of the family: "
+                             "pass p_adjusted or use compare_family")
+        p = raw["p_value"]
+        p_adjusted = min(1.0, k * p) if correction == "bonferroni" and not math.isnan(p) else p
+    return _finish(raw, float(p_adjusted), level=level, correction=correction, comparisons=k,
+                   lower_is_better=lower_is_better)
+
+
+def compare_family(
+    samples: dict[str, tuple[Sequence[float], Sequence[Any] | None]], baseline_values: Sequence[float], *,
+    baseline_seeds: Sequence[Any] | None = None, level: float = DEFAULT_LEVEL, lower_is_better: bool = True,
+    correction: str = DEFAULT_CORRECTION,
+) -> dict[str, dict[str, Any]]:
+    """Every variant vs the baseline as one family: ``{name: comparison}`` (see
+    :func:`compare_to_baseline` for the entries). ``samples`` maps a variant to ``(values, seeds)``;
+    ``k`` is the number of comparisons with a p-value, and the p-values are adjusted together."""
+    check_stats(correction, level)
+    raws = {name: _raw_comparison(vals, baseline_values, seeds, baseline_seeds)
+            for name, (vals, seeds) in samples.items()}
+    names = list(raws)
+    adjusted = adjust_p_values([raws[n]["p_value"] for n in names], correction)
+    k = sum(1 for n in names if raws[n]["enough"])
+    return {n: _finish(raws[n], p, level=level, correction=correction, comparisons=max(1, k),
+                       lower_is_better=lower_is_better) for n, p in zip(names, adjusted)}
+
+
 def _clean(x: Any) -> Any:
     """NaN/inf -> None, recursively, so results.json stays strict JSON (``null`` = "unknown")."""
+    t = type(x)
+    if t is int or t is str or t is bool or x is None:  # the common leaves first: summaries are cleaned often
+        return x
     if isinstance(x, float):
         return x if math.isfinite(x) else None
     if isinstance(x, dict):
@@ -274,18 +407,42 @@ def variant_order(results: dict) -> list[str]:
     return order
 
 
-def summarize(results: dict, *, correction: str = "none", metric: str | None = None) -> dict[str, dict]:
+def stats_settings(results: dict, correction: str | None = None, level: float | None = None) -> tuple[str, float]:
+    """The correction and level to use: the arguments, else those ``archlab compare`` recorded in
+    ``results["experiment"]["stats"]`` (from the experiment file's ``stats:``), else holm and 0.95.
+    A recorded value that is not allowed is a one-line ``ConfigError`` naming it."""
+    recorded = results.get("experiment", {}).get("stats") or {}
+    if not isinstance(recorded, dict):
+        raise ConfigError(f"results experiment.stats: expected a mapping, got {recorded!r}")
+    correction = recorded.get("correction", DEFAULT_CORRECTION) if correction is None else correction
+    level = recorded.get("level", DEFAULT_LEVEL) if level is None else level
+    if not isinstance(correction, str) or correction not in CORRECTIONS:
+        raise ConfigError(f"stats.correction: {correction!r}; allowed: {', '.join(CORRECTIONS)}")
+    try:
+        check_stats(correction, level)
+    except ValueError:
+        raise ConfigError(f"stats.level: {level!r}; allowed: a number strictly between 0 and 1, e.g. 0.95") from None
+    return correction, float(level)
+
+
+def summarize(results: dict, *, correction: str | None = None, level: float | None = None,
+              metric: str | None = None) -> dict[str, dict]:
     """Per-variant statistics for ``results.json``'s ``variants`` section, in variant order.
 
     Only runs with ``status == "done"`` and a finite metric count (``non_finite`` counts done runs
     whose metric is NaN/inf — a diverged run — which cannot be averaged and are reported
-    instead). Each entry: ``n``, ``seeds``, ``metric``, ``mean``, ``std``, ``ci95`` ([lo, hi]),
-    ``diff`` (``mean``, ``ci95``, ``relative_pct``, ``verdict``, ``method``, ``df``, ``p_value``,
-    ``level``, ``correction``), ``verdict``, ``is_baseline``, ``parameters``, mean
-    ``tokens_per_s``, ``wall_time``, ``peak_mem_mb``, ``tokens``, and ``failed`` (runs not done).
-    Unknown values (a one-seed interval, a missing baseline) are ``None``. ``metric`` defaults
-    to the experiment's primary metric; the secondary ones (``experiment.also``) use the same code.
+    instead). Each entry: ``n``, ``seeds``, ``metric``, ``mean``, ``std``, ``ci95`` ([lo, hi],
+    the variant's own 95% interval), ``diff`` (``mean``, ``ci_raw``, ``ci_adjusted``,
+    ``relative_pct``, ``p_value`` (raw), ``p_adjusted``, ``level``, ``adjusted_level``,
+    ``correction``, ``comparisons``, ``mde``, ``power``, ``method``, ``df``, ``se``, ``verdict``),
+    ``verdict``, ``is_baseline``, ``parameters``, mean ``tokens_per_s``, ``wall_time``,
+    ``peak_mem_mb``, ``tokens``, and ``failed`` (runs not done). Unknown values (a one-seed
+    interval, a missing baseline) are ``None``. ``metric`` defaults to the experiment's primary
+    metric; the secondary ones (``experiment.also``) use the same code, each its own family.
+    ``correction`` and ``level`` default to :func:`stats_settings` (what the experiment recorded),
+    so a rebuilt report gives the verdicts of the original one.
     """
+    correction, level = stats_settings(results, correction, level)
     exp = results.get("experiment", {})
     metric = metric or exp.get("metric", "bpb")
     lower_is_better = bool(exp.get("lower_is_better", True))
@@ -301,8 +458,12 @@ def summarize(results: dict, *, correction: str = "none", metric: str | None = N
             non_finite[r["variant"]] += 1
         else:
             done[r["variant"]].append(r)
-    comparisons = sum(1 for name in order if name != baseline)
     base_runs = done.get(baseline, [])
+    samples = {name: ([float(r[metric]) for r in done[name]], [r.get("seed") for r in done[name]])
+               for name in order if name != baseline and done[name]}
+    family = compare_family(samples, [float(r[metric]) for r in base_runs],
+                            baseline_seeds=[r.get("seed") for r in base_runs], level=level,
+                            lower_is_better=lower_is_better, correction=correction) if base_runs else {}
 
     out: dict[str, dict] = {}
     for name in order:
@@ -317,18 +478,18 @@ def summarize(results: dict, *, correction: str = "none", metric: str | None = N
         else:
             entry.update(mean=None, std=None, ci95=[None, None])
         if name == baseline:
-            diff: dict[str, Any] = {"mean": 0.0, "ci95": [0.0, 0.0], "relative_pct": 0.0, "verdict": "baseline"}
-        elif vals and base_runs:
-            c = compare_to_baseline(vals, [float(r[metric]) for r in base_runs],
-                                    seeds=[r.get("seed") for r in runs],
-                                    baseline_seeds=[r.get("seed") for r in base_runs],
-                                    lower_is_better=lower_is_better, correction=correction,
-                                    comparisons=comparisons)
-            diff = {"mean": c["mean"], "ci95": c["ci"], "relative_pct": c["relative_pct"],
-                    "verdict": c["verdict"], "method": c["method"], "df": c["df"], "p_value": c["p_value"],
-                    "level": c["level"], "correction": correction}
+            diff: dict[str, Any] = {"mean": 0.0, "ci_raw": [0.0, 0.0], "ci_adjusted": [0.0, 0.0],
+                                    "relative_pct": 0.0, "verdict": "baseline"}
+        elif name in family:
+            c = family[name]
+            diff = {"mean": c["mean"], "ci_raw": c["ci_raw"], "ci_adjusted": c["ci"],
+                    "relative_pct": c["relative_pct"], "p_value": c["p_value"], "p_adjusted": c["p_adjusted"],
+                    "level": c["raw_level"], "adjusted_level": c["level"], "correction": correction,
+                    "comparisons": c["comparisons"], "mde": c["mde"], "power": c["power"],
+                    "method": c["method"], "df": c["df"], "se": c["se"], "verdict": c["verdict"]}
         else:
-            diff = {"mean": None, "ci95": [None, None], "relative_pct": None, "verdict": "insufficient seeds"}
+            diff = {"mean": None, "ci_raw": [None, None], "ci_adjusted": [None, None], "relative_pct": None,
+                    "correction": correction, "verdict": "insufficient seeds"}
         params = [r["parameters"] for r in runs if r.get("parameters") is not None]
         entry.update(diff=diff, verdict=diff["verdict"], parameters=params[0] if params else None,
                      tokens_per_s=_mean_of(runs, "tokens_per_s"), wall_time=_mean_of(runs, "wall_time"),
