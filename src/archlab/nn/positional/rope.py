@@ -179,11 +179,17 @@ class RotaryEmbedding(PositionalScheme):
         # Under torch.compile the graph is traced once and Python-side state would force a
         # recompile, so the memo is only used eagerly. Learnable tables are memoised only when
         # no gradient is wanted, keyed on their versions, so an update is never served stale.
+        # The memo is keyed on the positions tensor's identity *and* its in-place version, so a
+        # caller who rewrites a positions buffer in place (pos.add_(1), pos[:] = …) gets fresh
+        # tables. ``Tensor._version`` is the autograd version counter that every in-place write
+        # bumps; PyTorch has no public API for it (params_key relies on it the same way). An
+        # inference tensor (created under torch.inference_mode) has no version counter, so its
+        # tables are not memoised: an in-place write to it could not be detected.
         eager = not torch.compiler.is_compiling()
         tp = self._table_params()
         need_grad = torch.is_grad_enabled() and any(p.requires_grad for p in tp)
-        use_memo = eager and not need_grad
-        key = params_key(tp) if use_memo else None  # data pointers exist only outside a trace
+        use_memo = eager and not need_grad and not positions.is_inference()
+        key = (positions._version, params_key(tp)) if use_memo else None  # data pointers exist only outside a trace
         memo = self._memo
         if use_memo and memo is not None and memo[0] is positions and memo[1] == (dt, key):
             return memo[2], memo[3]

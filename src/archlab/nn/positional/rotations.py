@@ -14,7 +14,9 @@ Parameterisations (all return an n×n matrix per group, G = 1 shared or one per 
 * :class:`GivensRounds`: K rounds of disjoint channel pairs from a round-robin tournament
   (:func:`round_robin_pairs`); round k is G_k = ∏ over its pairs of a plane rotation by a
   trainable angle, so a round is one vectorised op and K = n − 1 rounds touch every pair once
-  (n(n − 1)/2 angles, the dimension of SO(n)).
+  (n(n − 1)/2 angles). Before RoPE the channels are relabelled (:func:`rope_aware_pairs`) so
+  that no angle of the last round turns a plane RoPE leaves invariant: such an angle would
+  commute with RoPE and cancel in the score (exactly zero gradient).
 * :class:`OrthogonalMatrix`: a full matrix R, either exactly orthogonal, R = R₀·exp(A − Aᵀ)
   (R₀ a fixed random orthogonal matrix, A trainable and zero at init; "trivialisation",
   Lezcano-Casado & Martínez-Rubio, 2019), or unconstrained with the penalty
@@ -24,6 +26,14 @@ The product ∏G_k·R is formed once per forward (Givens matrices built in one s
 multiplied as a balanced tree: ⌈log₂ K⌉ batched matmuls) and applied to q and k with a single
 matmul each. :class:`ConditionalRotary` instead predicts the angles from each token's hidden
 state, so its rotation differs per token and is applied round by round.
+
+What a static rotation (all but :class:`ConditionalRotary`) buys: q·M and k·M with M fixed
+per forward are x·(W_q M) and x·(W_k M), so plain RoPE on reparameterised projections
+computes the same scores (tests/test_rotation_findings.py). The schemes change
+the optimisation of W_q, W_k, not the set of functions the model can represent; and of M
+itself only the part outside the matrices commuting with every R(m) acts (RoPE's own planes,
+any rotation of the channels RoPE leaves alone), so SO(n)'s n(n − 1)/2 dimensions overstate
+the acting ones by r/2 + p(p − 1)/2 (r rotary, p = n − r pass-through channels).
 """
 
 from __future__ import annotations
@@ -51,6 +61,124 @@ def round_robin_pairs(n: int) -> torch.Tensor:
         pairs = [(r, n - 1)] + [((r + i) % m, (r - i) % m) for i in range(1, n // 2)]
         rounds.append(pairs)
     return torch.tensor(rounds, dtype=torch.long)
+
+
+def rope_planes(rot_dim: int) -> set[tuple[int, int]]:
+    """The planes RoPE turns: channel c with c + r/2 for c < r/2 (rotate-half layout)."""
+    half = rot_dim // 2
+    return {(c, c + half) for c in range(half)}
+
+
+def commutes_with_rope(i: int, j: int, rot_dim: int) -> bool:
+    """Whether a rotation in the plane (i, j) commutes with every RoPE rotation R(m): a plane
+    RoPE turns itself (two 2-D rotations of one plane commute), or two channels RoPE leaves
+    unchanged (≥ rot_dim). Such a rotation as the last step before RoPE cancels in the score."""
+    i, j = min(i, j), max(i, j)
+    return (i, j) in rope_planes(rot_dim) or i >= rot_dim
+
+
+def _last_round_matching(n: int, rot_dim: int) -> list[tuple[int, int]]:
+    """A perfect matching of the n channels with as few planes commuting with RoPE as possible:
+    pass-through channel r + i with rotary channel i (i < min(p, r)), the remaining rotary
+    channels as neighbours (c, c + 1) (never a RoPE plane (c, c + r/2) unless r = 2), and only
+    pass-through channels left over (p > r, i.e. rope fraction < ½) with each other."""
+    r = rot_dim
+    p = n - r
+    m = min(p, r)
+    out = [(i, r + i) for i in range(m)]
+    out += [(c, c + 1) for c in range(m, r, 2)]
+    out += [(c, c + 1) for c in range(r + m, n, 2)]
+    return out
+
+
+def _cycles(last: list[tuple[int, int]], prev: list[tuple[int, int]]) -> list[list[int]]:
+    """The union of two perfect matchings is disjoint cycles alternating between them: the
+    indices of ``last``'s edges in the order each cycle meets them."""
+    edge_of = {c: e for e, pair in enumerate(last) for c in pair}
+    partner = {a: b for x, y in prev for a, b in ((x, y), (y, x))}
+    seen, out = set(), []
+    for first in range(len(last)):
+        cycle, e, enter = [], first, last[first][0]
+        while e not in seen:
+            seen.add(e)
+            cycle.append(e)
+            a, b = last[e]
+            leave = b if enter == a else a  # cross the edge, then follow prev to the next edge
+            enter = partner[leave]
+            e = edge_of[enter]
+        if cycle:
+            out.append(cycle)
+    return out
+
+
+def rope_aware_pairs(n: int, rounds: int, rot_dim: int) -> torch.Tensor:
+    """(K, n/2, 2): the first K rounds of :func:`round_robin_pairs` with the channels
+    relabelled so that round K − 1, the one right before RoPE, is :func:`_last_round_matching`.
+    A relabelling keeps the tournament: each round pairs every channel once, K = n − 1 rounds
+    meet every pair once.
+
+    With rotary width r ≥ n/2 (and n > 2) every angle then acts. With r < n/2 the last round
+    must pair (p − r)/2 pass-through planes, which cancel; their edges are spread along the
+    cycles that rounds K − 2 and K − 1 form together, so that (while p ≤ 3r) no pair of round
+    K − 2 falls inside those channels and nothing else is inert. :func:`inert_angles` lists
+    what remains."""
+    K = resolve_rounds(rounds, n)
+    base = round_robin_pairs(n)[:K]
+    if not 2 <= rot_dim <= n or rot_dim % 2:
+        raise ValueError(f"rotary width {rot_dim} must be even and in 2 … {n}")
+    last = [(a, b) for a, b in base[K - 1].tolist()]
+    target = _last_round_matching(n, rot_dim)
+    inert = [t for t in target if t[0] >= rot_dim]  # pass-through planes (only when r < n/2)
+    acting = [t for t in target if t[0] < rot_dim]
+    order = list(range(len(last)))
+    if inert and K >= 2:
+        # non-adjacent slots of every cycle first (every other edge), then the rest
+        spread = [c[i] for c in _cycles(last, [tuple(e) for e in base[K - 2].tolist()])
+                  for i in range(0, len(c) - len(c) % 2, 2)]
+        order = spread + [e for e in order if e not in set(spread)]
+    where = {e: t for e, t in zip(order, inert + acting)}
+    perm = torch.empty(n, dtype=torch.long)
+    for e, (a, b) in enumerate(last):
+        perm[a], perm[b] = where[e]
+    return perm[base]
+
+
+def inert_angles(pairs: torch.Tensor, rot_dim: int) -> torch.Tensor:
+    """(K, n/2) bool: the angles of a Givens chain x·G_0⋯G_{K−1} followed by RoPE that cannot
+    change any score, so their gradient is exactly zero.
+
+    Turning pair (a, b) of round k changes x·M by x·M·X with X = u vᵀ − v uᵀ, u = e_a·S and
+    v = e_b·S for S the rounds after k. The score q M R(n − m) Mᵀ kᵀ moves by q M (X R − R X) Mᵀ
+    kᵀ, zero for all q, k, positions exactly when X commutes with every R: a RoPE plane or a
+    plane of pass-through channels when nothing follows (the last round), or for earlier rounds
+    when the later rounds never mix a or b with a rotary channel (u, v stay in the pass-through
+    block; generic angles otherwise spread them). tests/test_rotation_findings.py checks this
+    list against autograd."""
+    K, h, _ = pairs.shape
+    out = torch.zeros(K, h, dtype=torch.bool)
+    partner = torch.empty(K, 2 * h, dtype=torch.long)
+    for k in range(K):
+        partner[k, pairs[k, :, 0]], partner[k, pairs[k, :, 1]] = pairs[k, :, 1], pairs[k, :, 0]
+    for k in range(K):
+        for slot, (a, b) in enumerate(pairs[k].tolist()):
+            if k == K - 1:
+                out[k, slot] = commutes_with_rope(a, b, rot_dim)
+                continue
+            reach = {a, b}
+            for later in range(k + 1, K):
+                reach |= {int(partner[later, c]) for c in reach}
+            out[k, slot] = min(reach) >= rot_dim
+    return out
+
+
+def _check_pairs(pairs: torch.Tensor, K: int, n: int) -> str | None:
+    """Why ``pairs`` is not K rounds of perfect matchings of n channels (None if it is)."""
+    if pairs.shape != (K, n // 2, 2) or pairs.dtype != torch.long:
+        return f"shape {list(pairs.shape)} {pairs.dtype}, expected {[K, n // 2, 2]} int64"
+    for k in range(K):
+        if sorted(pairs[k].reshape(-1).tolist()) != list(range(n)):
+            return f"round {k} does not pair each of the {n} channels once"
+    return None
 
 
 def resolve_rounds(rounds: int, n: int) -> int:
@@ -99,16 +227,44 @@ class GivensRounds(nn.Module):
 
     A random start is as good as any for a rotation that sits right after the randomly
     initialised q/k projections (W·Q of a Gaussian W is again Gaussian), and it keeps the
-    round count visible from the first step."""
+    round count visible from the first step.
 
-    def __init__(self, *, dim: int, rounds: int, groups: int = 1) -> None:
+    ``rot_dim``: the width of the RoPE that follows; the pairs are then
+    :func:`rope_aware_pairs` (no last-round angle cancels against RoPE), else the plain
+    :func:`round_robin_pairs`. The pairs are saved with the weights (``pairs``), so a
+    checkpoint keeps the planes its angles were trained in; a state dict without them (saved
+    before they were stored) gets the plain round robin it was trained with."""
+
+    def __init__(self, *, dim: int, rounds: int, groups: int = 1, rot_dim: int | None = None) -> None:
         super().__init__()
-        pairs = round_robin_pairs(dim)
         K = resolve_rounds(rounds, dim)
         if not 1 <= K <= dim - 1:
             raise ValueError(f"Givens rounds {rounds}: allowed 1 … {dim - 1} or −1 (all) for dimension {dim}")
-        self.register_buffer("pairs", pairs[:K], persistent=False)
+        self.dim, self.rot_dim = dim, rot_dim
+        pairs = round_robin_pairs(dim)[:K] if rot_dim is None else rope_aware_pairs(dim, K, rot_dim)
+        self.register_buffer("pairs", pairs)
         self.angles = nn.Parameter(torch.empty(groups, K, dim // 2).uniform_(-math.pi, math.pi))
+
+    def inert(self) -> torch.Tensor:
+        """(K, n/2) bool: angles that cannot act through the RoPE that follows (:func:`inert_angles`;
+        none without ``rot_dim``). All False with the default pairs when rot_dim ≥ n/2 and n > 2."""
+        if self.rot_dim is None:
+            return torch.zeros(self.pairs.shape[:2], dtype=torch.bool)
+        return inert_angles(self.pairs.cpu(), self.rot_dim)
+
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
+                              error_msgs):
+        key = prefix + "pairs"
+        if key not in state_dict and prefix + "angles" in state_dict:
+            # saved before the pairs were stored: those angles were trained in the plain round robin
+            state_dict[key] = round_robin_pairs(self.dim)[:self.pairs.shape[0]].to(self.pairs.device)
+        if key in state_dict:
+            why = _check_pairs(state_dict[key].cpu(), self.pairs.shape[0], self.dim)
+            if why is not None:
+                error_msgs.append(f"{key}: not Givens rounds ({why})")
+                return
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
+                                      error_msgs)
 
     def matrix(self) -> torch.Tensor:
         a = self.angles
@@ -173,7 +329,10 @@ class RotatedRotary(RotaryEmbedding):
         if not givens_rounds and not orthogonal:
             raise ValueError("RotatedRotary needs Givens rounds, a full matrix, or both")
         G = self.kv_heads if scope == "head" else 1
-        self.givens = GivensRounds(dim=head_dim, rounds=givens_rounds, groups=G) if givens_rounds else None
+        # Rounds right before RoPE avoid planes that commute with it; followed by the matrix R
+        # instead, no plane cancels and the plain round robin is kept.
+        self.givens = (GivensRounds(dim=head_dim, rounds=givens_rounds, groups=G,
+                                    rot_dim=None if orthogonal else self.rot_dim) if givens_rounds else None)
         self.matrix = OrthogonalMatrix(dim=head_dim, groups=G, penalty=penalty) if orthogonal else None
         self._rot_memo: tuple | None = None
 
