@@ -12,7 +12,6 @@ import sys
 import numpy as np
 import pytest
 import torch
-from torch import nn
 
 from archlab.lab import peers, quality
 from archlab.registry import ConfigError
@@ -92,44 +91,18 @@ def test_schedules():
     assert {const(s) for s in (0, 50, 99)} == {1.0}
 
 
-class Uniform(nn.Module):
-    def __init__(self, vocab: int) -> None:
-        super().__init__()
-        self.vocab = vocab
-        self.w = nn.Parameter(torch.zeros(()))
+def test_evaluation_is_archlabs_exact_evaluation(sets):
+    """The bench scores with archlab's evaluator (tests/test_evaluate_exact.py proves it exact):
+    bytes counted are those of the scored targets, the same for every contender."""
+    base = quality.load_base(quality.DEFAULT_CONFIG, sets, tokens=64)
+    data = quality.prepare_data(base)
+    import dataclasses
 
-    def forward(self, x):
-        return torch.zeros(*x.shape, self.vocab) + 0 * self.w
-
-
-def test_exact_bits_per_byte():
-    """A uniform byte model scores exactly 8 bits per byte (float64 sums); with tokens of two
-    bytes each it scores 4; a cap counts the bytes of the targets actually scored."""
-    stream = np.random.default_rng(0).integers(0, 256, 5000).astype(np.uint16)
-    ones = np.ones(256, dtype=np.int64)
-    ev = quality.evaluate_exact(Uniform(256), quality._logits, stream, seq_len=64, batch_size=8, lengths=ones)
-    assert ev["tokens"] == 4999 and ev["bytes"] == 4999
-    assert ev["bpb"] == pytest.approx(8.0, abs=1e-12)
-    twos = 2 * ones
-    assert quality.evaluate_exact(Uniform(256), quality._logits, stream, seq_len=64, batch_size=8,
-                                  lengths=twos)["bpb"] == pytest.approx(4.0, abs=1e-12)
-    # unequal token lengths with a cap: the divisor is the bytes of the first 1000 targets only
-    lengths = np.arange(256) % 3 + 1
-    ev = quality.evaluate_exact(Uniform(256), quality._logits, stream, seq_len=64, batch_size=8,
-                                lengths=lengths, max_tokens=1000)
-    assert ev["tokens"] == 1000 and ev["bytes"] == int(lengths[stream[1:1001]].sum())
-    assert ev["bpb"] == pytest.approx(1000 * 8 / ev["bytes"], rel=1e-12)
-
-
-def test_byte_lengths_of_a_bpe_tokenizer():
-    from archlab.data.tokenizer import make_tokenizer
-
-    texts = ["the cat sat on the mat and the dog sat on the log " * 20]
-    tok = make_tokenizer("bpe", vocab_size=300, train_texts=texts, log=None)
-    lengths = quality.byte_lengths(tok, tok.vocab_size)
-    ids = tok.encode_bytes(texts[0].encode())
-    assert int(lengths[ids].sum()) == len(texts[0].encode())
-    assert lengths.max() > 1
+    cfg = dataclasses.replace(base, model=data["model"])
+    model, _ = quality.build_archlab(cfg)
+    ev = quality.evaluate_bpb(model, data, seq_len=16, batch_size=4, max_tokens=100)
+    assert ev["tokens"] == 100 and ev["bytes"] == 100  # byte tokenizer: one byte per target
+    assert 7.0 < ev["bpb"] < 9.5  # an untrained model is near the 8-bit uniform
 
 
 def test_paired_gap():

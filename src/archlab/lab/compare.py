@@ -29,7 +29,7 @@ from archlab.lab.contest import cpu_model
 from archlab.lab.experiment import Experiment, load_experiment
 from archlab.train import Trainer
 from archlab.train.checkpoint import CHECKPOINT
-from archlab.train.evaluate import evaluate
+from archlab.train.evaluate import evaluate, token_byte_lengths
 from archlab.train.taskeval import evaluate_task
 
 
@@ -94,13 +94,15 @@ def run_one(exp: Experiment, variant: str, seed: int, run_dir: Path, *, callback
     if exp.task is not None:
         return _task_result(exp, trainer, summary, variant, seed, run_dir)
     t = cfg.train
+    lengths = token_byte_lengths(trainer.tokenizer)  # bytes of exactly the scored targets (exact bpb)
     ev = evaluate(trainer.model, trainer.streams[exp.eval_split], seq_len=t.seq_len, batch_size=trainer.micro,
-                  max_tokens=exp.eval_max_tokens, device=trainer.device, autocast=trainer.autocast)
+                  max_tokens=exp.eval_max_tokens, device=trainer.device, autocast=trainer.autocast,
+                  token_bytes=lengths)
     extra: dict[str, float] = {}
     for n in exp.eval_seq_lens:  # the same held-out tokens in longer windows (length extrapolation)
         ev_n = evaluate(trainer.model, trainer.streams[exp.eval_split], seq_len=n,
                         batch_size=max(1, trainer.micro * t.seq_len // n), max_tokens=exp.eval_max_tokens,
-                        device=trainer.device, autocast=trainer.autocast)
+                        device=trainer.device, autocast=trainer.autocast, token_bytes=lengths)
         extra[f"bpb@{n}"], extra[f"loss@{n}"] = ev_n["bpb"], ev_n["loss"]
     result = {
         "variant": variant, "seed": seed, "dir": str(run_dir.relative_to(run_dir.parents[1])), "status": "done",

@@ -227,32 +227,15 @@ def train_loop(model: nn.Module, forward: Callable, batch: Callable[[int], tuple
     return {"seconds": seconds, "losses": losses}
 
 
-def byte_lengths(tokenizer, vocab: int) -> np.ndarray:
-    """UTF-8 bytes of every token id (each id of a byte-level tokenizer stands for fixed bytes)."""
-    return np.array([len(tokenizer.decode_bytes([i])) for i in range(vocab)], dtype=np.int64)
+def evaluate_bpb(model: nn.Module, data: dict, *, seq_len: int, batch_size: int,
+                 max_tokens: int | None) -> dict[str, float]:
+    """archlab's evaluation (:func:`archlab.train.evaluate.evaluate`): every target of the
+    validation split (or its first ``max_tokens``) in non-overlapping windows, float64 sums,
+    divided by the UTF-8 bytes of exactly the scored targets."""
+    from archlab.train.evaluate import evaluate
 
-
-@torch.no_grad()
-def evaluate_exact(model: nn.Module, logits_of: Callable, stream, *, seq_len: int, batch_size: int,
-                   lengths: np.ndarray, max_tokens: int | None = None) -> dict[str, float]:
-    """Sum of target NLLs (float64) over non-overlapping windows, / ln 2, / the bytes of those targets."""
-    from archlab.data.stream import eval_windows
-
-    model.eval()
-    nats, count, n_bytes = 0.0, 0, 0
-    for x, y in eval_windows(stream, seq_len=seq_len, batch_size=batch_size, max_tokens=max_tokens):
-        logits = logits_of(model, x).double()  # log-softmax and sums in float64: a uniform model is 8.0 exactly
-        nll = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), y.reshape(-1), reduction="none")
-        nats += float(nll.sum())
-        count += y.numel()
-        n_bytes += int(lengths[y.numpy()].sum())
-    model.train()
-    return {"loss": nats / count, "bpb": nats / math.log(2) / n_bytes, "tokens": count, "bytes": n_bytes}
-
-
-def _logits(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    out = model(x)
-    return out if isinstance(out, torch.Tensor) else out.logits
+    return evaluate(model, data["validation"], seq_len=seq_len, batch_size=batch_size, max_tokens=max_tokens,
+                    token_bytes=data["lengths"])
 
 
 # ---------------------------------------------------------------------------------------------
@@ -292,8 +275,7 @@ def run_one(spec: Spec, base, data: dict, *, seed: int, mode: str, eval_tokens: 
                          weight_decay=recipe.get("weight_decay", t.weight_decay), betas=(t.beta1, t.beta2),
                          grad_clip=recipe.get("grad_clip", t.grad_clip), optimizer=recipe.get("optimizer", "adamw"),
                          log=log)
-    ev = evaluate_exact(model, _logits, data["validation"], seq_len=t.seq_len, batch_size=t.batch,
-                        lengths=data["lengths"], max_tokens=eval_tokens)
+    ev = evaluate_bpb(model, data, seq_len=t.seq_len, batch_size=t.batch, max_tokens=eval_tokens)
     return {"bpb": ev["bpb"], "eval": ev, "params": param_count(model), "steps": steps,
             "train_tokens": steps * t.batch * t.seq_len, "train_seconds": trained["seconds"],
             "tokens_per_s": steps * t.batch * t.seq_len / trained["seconds"],
@@ -311,8 +293,7 @@ def _run_own_archlab(cfg, data, *, seed, eval_tokens, log) -> dict[str, Any]:
         trainer = Trainer(dataclasses.replace(cfg, train=t), Path(tmp) / "run", progress=False, quiet=True,
                           log=log or (lambda line: None))
         trainer.fit()
-        ev = evaluate_exact(trainer.model, _logits, data["validation"], seq_len=t.seq_len, batch_size=t.batch,
-                            lengths=data["lengths"], max_tokens=eval_tokens)
+        ev = evaluate_bpb(trainer.model, data, seq_len=t.seq_len, batch_size=t.batch, max_tokens=eval_tokens)
         n, seconds = param_count(trainer.model), trainer.train_time
     steps = t.total_steps()
     return {"bpb": ev["bpb"], "eval": ev, "params": n, "steps": steps, "train_tokens": steps * t.batch * t.seq_len,
@@ -350,6 +331,7 @@ def prepare_data(cfg) -> dict[str, Any]:
     import dataclasses
 
     from archlab.data import check_streams, prepare_corpus
+    from archlab.train.evaluate import token_byte_lengths
     from archlab.train.trainer import setup_tokenizer
 
     d = cfg.data
@@ -361,7 +343,7 @@ def prepare_data(cfg) -> dict[str, Any]:
     vocab = cfg.model.vocab_size or tok.vocab_size
     model = dataclasses.replace(cfg.model, vocab_size=vocab)
     return {"tokenizer": tok, "train": streams["train"], "validation": streams["validation"],
-            "lengths": byte_lengths(tok, vocab), "model": model}
+            "lengths": token_byte_lengths(tok), "model": model}
 
 
 def paired_gap(values: dict[int, float], base: dict[int, float]) -> dict[str, Any]:
