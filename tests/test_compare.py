@@ -119,3 +119,59 @@ def test_length_extrapolation_metrics(corpus, tmp_path):  # noqa: F811
     assert res["also"]["bpb@32"]["a"]["metric"] == "bpb@32"
     md = (tmp_path / "out" / "report.md").read_text()
     assert "Also measured: bpb@32" in md and "loss@64 mean ± std" in md
+
+
+def test_stale_runs_are_refused_then_rerun_on_request(corpus, tmp_path):  # noqa: F811
+    """A finished experiment, then its file edited: re-running into the same folder must not mix
+    old runs into new statistics."""
+    exp_path = write_exp(tmp_path, corpus, variants="  a: {}\n", budget="steps: 2")
+    out = tmp_path / "out"
+    lines: list[str] = []
+    run_compare(exp_path, out, progress=False, log=lines.append, report=False)
+    first = json.loads((out / "a" / "seed0" / "result.json").read_text())
+    assert len(first["fingerprint"]) == 64 and "fingerprint_of" not in json.loads(
+        (out / "results.json").read_text())["runs"][0]
+    # unchanged: both runs reused
+    lines.clear()
+    run_compare(exp_path, out, progress=False, log=lines.append, report=False)
+    assert sum("skipped" in line for line in lines) == 2
+    # a changed budget and width: refused in one line naming the keys, before anything is trained
+    exp_path.write_text(exp_path.read_text().replace("steps: 2", "steps: 3"))
+    (tmp_path / "base.yaml").write_text((tmp_path / "base.yaml").read_text().replace("dim: 32", "dim: 16"))
+    with pytest.raises(ConfigError) as e:
+        run_compare(exp_path, out, progress=False, log=lambda s: None, report=False)
+    msg = str(e.value)
+    assert "\n" not in msg and "2 finished run(s)" in msg and "--rerun-stale" in msg
+    assert "config.model.dim" in msg and "config.train.steps" in msg
+    assert json.loads((out / "a" / "seed0" / "result.json").read_text()) == first  # untouched
+    # --rerun-stale trains them again under the new settings
+    res = run_compare(exp_path, out, progress=False, log=lambda s: None, report=False, rerun_stale=True)
+    assert all(r["steps"] == 3 for r in res["runs"])
+    assert json.loads((out / "a" / "seed1" / "result.json").read_text())["fingerprint"] != first["fingerprint"]
+    # a different evaluation cap is a change too
+    exp_path.write_text(exp_path.read_text().replace("max_tokens: 256", "max_tokens: 128"))
+    with pytest.raises(ConfigError, match="eval.max_tokens"):
+        run_compare(exp_path, out, progress=False, log=lambda s: None, report=False)
+    # a result made before fingerprints is stale as well
+    exp_path.write_text(exp_path.read_text().replace("max_tokens: 128", "max_tokens: 256"))
+    legacy = json.loads((out / "a" / "seed0" / "result.json").read_text())
+    for key in ("fingerprint", "fingerprint_of"):
+        legacy.pop(key)
+    (out / "a" / "seed0" / "result.json").write_text(json.dumps(legacy))
+    with pytest.raises(ConfigError, match="records no fingerprint"):
+        run_compare(exp_path, out, progress=False, log=lambda s: None, report=False)
+
+
+def test_cli_refuses_stale_runs_with_exit_2(corpus, tmp_path):  # noqa: F811
+    import subprocess
+    import sys
+
+    exp_path = write_exp(tmp_path, corpus, variants="  a: {}\n", budget="steps: 1")
+    out = tmp_path / "out"
+    run_compare(exp_path, out, progress=False, log=lambda s: None, report=False)
+    exp_path.write_text(exp_path.read_text().replace("seeds: [0, 1]", "seeds: [0, 1]\noverrides: {train.lr: 0.001}"))
+    proc = subprocess.run([sys.executable, "-m", "archlab", "compare", str(exp_path), "--out", str(out),
+                           "--no-progress", "--no-report"], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().startswith("archlab: error:") and "config.train.lr" in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1

@@ -208,7 +208,7 @@ def _cmd_compare(a: argparse.Namespace) -> int:
 
     command = " ".join(["archlab", *sys.argv[1:]]) if sys.argv and sys.argv[0].endswith("archlab") else None
     results = run_compare(a.experiment, a.out, command=command, progress=not a.no_progress,
-                          report=not a.no_report)
+                          report=not a.no_report, rerun_stale=a.rerun_stale)
     print()
     print(summary_table_md(results))
     if not a.no_report:
@@ -328,6 +328,8 @@ def build_parser() -> ArgumentParser:
     sp.add_argument("--out", required=True, help="experiment folder (re-running skips finished runs and resumes)")
     sp.add_argument("--no-progress", action="store_true", help="no progress bar")
     sp.add_argument("--no-report", action="store_true", help="write results.json only, no report or plots")
+    sp.add_argument("--rerun-stale", action="store_true",
+                    help="train again the finished runs whose settings differ from the experiment's (else refused)")
     sp.set_defaults(func=_cmd_compare)
 
     sp = command("report", "rebuild report.md/.html and plots from DIR/results.json",

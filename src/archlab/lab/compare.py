@@ -7,16 +7,21 @@ checkpoint, summary) plus ``result.json`` once that run is finished and evaluate
 progress is visible); ``DIR/report.md``, ``DIR/report.html`` and ``DIR/plots/`` at the end.
 
 Re-running the same command skips finished runs and resumes an interrupted one from its
-checkpoint; the trainer refuses to resume a run whose config no longer matches. Under
+checkpoint; the trainer refuses to resume a run whose config no longer matches. A finished
+run's ``result.json`` records a fingerprint (resolved config, evaluation settings, archlab and
+torch versions): a re-run whose experiment gives another fingerprint is refused before any
+training, naming the changed keys (``--rerun-stale`` trains those runs again). Under
 ``torchrun`` every rank trains each run (DDP) and rank 0 alone evaluates and writes.
 """
 
 from __future__ import annotations
 
 import datetime as _dt
+import hashlib
 import json
 import os
 import platform
+import shutil
 import time
 from pathlib import Path
 from typing import Any, Callable
@@ -27,6 +32,7 @@ import archlab
 from archlab.atomic import write_text_atomic
 from archlab.lab.contest import cpu_model
 from archlab.lab.experiment import Experiment, load_experiment
+from archlab.registry import ConfigError
 from archlab.train import Trainer
 from archlab.train.checkpoint import CHECKPOINT
 from archlab.train.evaluate import evaluate, token_byte_lengths
@@ -65,6 +71,76 @@ def read_curve(run_dir: Path) -> list[dict[str, float]]:
     return [points[s] for s in sorted(points)]
 
 
+# --------------------------------------------------------------------------- stale runs
+
+
+def run_fingerprint(exp: Experiment, variant: str, seed: int) -> dict[str, Any]:
+    """What a finished run's result depends on: its resolved config, how it is evaluated, and
+    the code that trains it (archlab's version, torch's release)."""
+    return {
+        "config": exp.config_for(variant, seed).to_dict(),
+        "eval": {"split": exp.eval_split, "max_tokens": exp.eval_max_tokens, "seq_lens": list(exp.eval_seq_lens)},
+        "versions": {"archlab": archlab.__version__, "torch": torch.__version__.split("+")[0]},
+    }
+
+
+def fingerprint_digest(fp: dict[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(fp, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def _flat(d: Any, prefix: str = "") -> dict[str, Any]:
+    if not isinstance(d, dict):
+        return {prefix.rstrip("."): d}
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        out.update(_flat(v, f"{prefix}{k}."))
+    return out
+
+
+def changed_keys(old: dict[str, Any] | None, new: dict[str, Any]) -> list[str]:
+    """Dotted keys whose values differ between two fingerprints (all of them when ``old`` is None)."""
+    if not old:
+        return []
+    a, b = _flat(old), _flat(new)
+    return sorted(k for k in a.keys() | b.keys() if a.get(k, "<unset>") != b.get(k, "<unset>"))
+
+
+def stale_runs(exp: Experiment, out: Path) -> list[tuple[Path, list[str]]]:
+    """Finished runs under ``out`` whose recorded fingerprint is not the experiment's now (or
+    that record none: made before fingerprints), with the keys that changed."""
+    stale = []
+    for variant in exp.variants:
+        for seed in exp.seeds:
+            done = out / variant / f"seed{seed}" / "result.json"
+            if not done.exists():
+                continue
+            try:
+                res = json.loads(done.read_text())
+            except (OSError, ValueError):
+                res = {}
+            fp = run_fingerprint(exp, variant, seed)
+            if res.get("fingerprint") != fingerprint_digest(fp):
+                stale.append((done.parent, changed_keys(res.get("fingerprint_of"), fp)))
+    return stale
+
+
+def check_stale(exp: Experiment, out: Path, *, rerun_stale: bool, log: Callable[[str], None]) -> None:
+    """Refuse (one line) to reuse runs finished under other settings; ``rerun_stale`` deletes
+    them so they are trained again."""
+    stale = stale_runs(exp, out)
+    if not stale:
+        return
+    if not rerun_stale:
+        where, keys = stale[0]
+        what = f"changed: {', '.join(keys[:4])}{' …' if len(keys) > 4 else ''}" if keys else \
+            "it records no fingerprint (made by an older archlab)"
+        raise ConfigError(f"{out}: {len(stale)} finished run(s) were made under other settings ({where.relative_to(out)} "
+                          f"{what}); use a new --out, or --rerun-stale to train them again")
+    for where, _ in stale:
+        log(f"{where}: stale (other settings), training it again")
+        shutil.rmtree(where)
+
+
 class _StepBar:
     """Trainer callback advancing the experiment-wide progress bar by one step."""
 
@@ -81,6 +157,12 @@ class _StepBar:
 
     def load_state_dict(self, state: dict) -> None:
         pass
+
+
+def _stamp(result: dict, exp: Experiment, variant: str, seed: int) -> dict:
+    fp = run_fingerprint(exp, variant, seed)
+    result.update(fingerprint=fingerprint_digest(fp), fingerprint_of=fp)
+    return result
 
 
 def run_one(exp: Experiment, variant: str, seed: int, run_dir: Path, *, callbacks=(), log=print) -> dict:
@@ -113,7 +195,7 @@ def run_one(exp: Experiment, variant: str, seed: int, run_dir: Path, *, callback
         "train_time": summary["train_time"], "peak_mem_mb": summary["peak_mem_mb"],
         "curve": read_curve(run_dir), **extra,
     }
-    _atomic_json(run_dir / "result.json", result)
+    _atomic_json(run_dir / "result.json", _stamp(result, exp, variant, seed))
     return result
 
 
@@ -134,19 +216,24 @@ def _task_result(exp: Experiment, trainer: Trainer, summary: dict, variant: str,
         "tokens_per_s": summary["tokens_per_s"], "wall_time": summary["wall_time"],
         "train_time": summary["train_time"], "peak_mem_mb": summary["peak_mem_mb"], "curve": read_curve(run_dir),
     }
-    _atomic_json(run_dir / "result.json", result)
+    _atomic_json(run_dir / "result.json", _stamp(result, exp, variant, seed))
     return result
 
 
 def run_compare(
     experiment: str | Path, out: str | Path, *, command: str | None = None, progress: bool = True,
-    log: Callable[[str], None] = print, report: bool = True,
+    log: Callable[[str], None] = print, report: bool = True, rerun_stale: bool = False,
 ) -> dict:
+    """Train every variant × seed not finished yet, then statistics and the report. Runs
+    finished under other settings (config, evaluation, code version) are refused before any
+    training, or with ``rerun_stale`` trained again."""
     exp = load_experiment(experiment)
     main = int(os.environ.get("RANK", "0")) == 0  # torchrun: every rank trains, rank 0 reports
     if not main:
         progress, report, log = False, False, (lambda s: None)
     out = Path(out)
+    if main or not rerun_stale:  # only rank 0 deletes stale runs
+        check_stale(exp, out, rerun_stale=rerun_stale, log=log)
     out.mkdir(parents=True, exist_ok=True)
     plan = [(v, s) for v in exp.variants for s in exp.seeds]
     steps_each = {v: exp.variants[v].train.total_steps() for v in exp.variants}
@@ -196,7 +283,7 @@ def run_compare(
                               log=(bar.write if bar is not None else log))
                 msg = f"{label}: {exp.metric} {res[exp.metric]:.4f}, {res['tokens_per_s'] or 0:.0f} tokens/s"
                 (bar.write if bar is not None else log)(msg)
-            results["runs"].append(res)
+            results["runs"].append({k: v for k, v in res.items() if k != "fingerprint_of"})  # in result.json
             if main:
                 _atomic_json(out / "results.json", results)
     finally:
