@@ -216,3 +216,19 @@ def test_mean_curve_interpolates_onto_the_common_range():
     assert m[0] == pytest.approx((3.8 + 3.0) / 2) and m[1] == pytest.approx((2.0 + 1.2) / 2)
     assert lo[1] == pytest.approx(1.2) and hi[1] == pytest.approx(2.0)
     assert mean_curve([[], []], "tokens", "val_loss") is None
+
+
+def test_partial_folder_says_which_runs_are_missing(tmp_path, capsys):
+    from archlab.cli import main
+    from archlab.lab.report import missing_runs
+
+    results = synthetic_results()
+    assert missing_runs(results) == []
+    results["runs"] = [r for r in results["runs"] if not (r["variant"] == "nope" and r["seed"] == 2)]
+    results["runs"][0]["status"] = "failed"
+    assert missing_runs(results) == ["rope seed0", "nope seed2"]
+    (tmp_path / "results.json").write_text(json.dumps(results))
+    assert main(["report", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "partial: 2 of 9 planned runs have no result (rope seed0, nope seed2)" in out
+    assert "Partial: 2 of 9 planned runs" in (tmp_path / "report.md").read_text()

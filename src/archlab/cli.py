@@ -217,10 +217,17 @@ def _cmd_compare(a: argparse.Namespace) -> int:
 
 
 def _cmd_report(a: argparse.Namespace) -> int:
-    from archlab.lab.report import rebuild
+    from archlab.lab.report import load_results, missing_runs, rebuild
 
     paths = rebuild(a.dir)
     print("\n".join(f"wrote {p}" for p in paths.values()))
+    results = load_results(a.dir)
+    missing = missing_runs(results)
+    if missing:
+        exp = results.get("experiment", {})
+        planned = len(exp.get("variants") or {}) * len(exp.get("seeds", []))
+        print(f"partial: {len(missing)} of {planned} planned runs have no result ({', '.join(missing[:6])}"
+              f"{' …' if len(missing) > 6 else ''}); re-run archlab compare to finish them")
     return 0
 
 

@@ -23,7 +23,8 @@ PROMPT = "def "
 
 def run_demo(out: str | Path = "runs/quick") -> int:
     out = Path(out)
-    results = run_compare(EXPERIMENT, out, command=f"archlab demo --out {out}")
+    # the demo owns its folder: runs left by another archlab or another experiment file are redone
+    results = run_compare(EXPERIMENT, out, command=f"archlab demo --out {out}", rerun_stale=True)
     print()
     print(summary_table_md(results))
     metric = results["experiment"]["metric"]

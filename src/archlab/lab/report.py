@@ -355,6 +355,13 @@ def _stats_note(results: dict, variants: dict[str, dict]) -> str:
     )
 
 
+def missing_runs(results: dict) -> list[str]:
+    """``variant seedK`` of every planned run (variants × seeds) with no finished result."""
+    exp = results.get("experiment", {})
+    done = {(r.get("variant"), r.get("seed")) for r in results.get("runs", []) if r.get("status") == "done"}
+    return [f"{v} seed{s}" for v in (exp.get("variants") or {}) for s in exp.get("seeds", []) if (v, s) not in done]
+
+
 def report_blocks(results: dict, plot_names: list[str]) -> list[Block]:
     """The report as format-neutral blocks, rendered to Markdown and HTML below."""
     exp, variants = results.get("experiment", {}), _variants(results)
@@ -374,6 +381,11 @@ def report_blocks(results: dict, plot_names: list[str]) -> list[Block]:
                                   f"{exp.get('baseline', 'baseline')} at equal budget")]
     if exp.get("description"):
         blocks.append(("p", str(exp["description"]).strip()))
+    missing = missing_runs(results)
+    if missing:
+        planned = len(exp.get("variants") or {}) * len(exp.get("seeds", []))
+        blocks.append(("p", f"Partial: {len(missing)} of {planned} planned runs have no result "
+                            f"({', '.join(missing[:6])}{' …' if len(missing) > 6 else ''}); the statistics use the rest."))
     blocks += [("h2", "How this was produced"), ("kv", provenance),
                ("h2", "Summary"), ("table", *summary_rows(results)),
                *[b for m in exp.get("also", []) for b in (("h2", f"Also measured: {m}"),
