@@ -72,12 +72,15 @@ def token_dtype(vocab_size: int) -> np.dtype:
 
 
 class TokenStream:
-    """A read-only 1-D array of token ids plus the facts needed to report bits per byte.
+    """A read-only 1-D array of token ids plus the size of the text they came from.
 
     ``tokens`` is an ``np.memmap`` when opened from the cache (or any 1-D array
     when built with :meth:`from_array`). ``n_bytes`` is the raw byte length of
-    the text the tokens came from -- for both tokenizers -- so losses per token
-    convert to bits per byte as ``loss_per_token / ln 2 / bytes_per_token``.
+    the text the tokens came from -- for both tokenizers -- and ``bytes_per_token``
+    the split's average. That average is *not* how evaluation reports bits per byte:
+    a capped evaluation scores a prefix whose bytes per token differ, so
+    :func:`archlab.train.evaluate.evaluate` divides by the bytes of exactly the
+    scored targets (``token_byte_lengths``).
     Pickling a cache-backed stream (e.g. into DataLoader workers) sends the
     path, not the data; the receiver re-opens the memmap.
     """
