@@ -232,3 +232,174 @@ def test_partial_folder_says_which_runs_are_missing(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "partial: 2 of 9 planned runs have no result (rope seed0, nope seed2)" in out
     assert "Partial: 2 of 9 planned runs" in (tmp_path / "report.md").read_text()
+
+
+# ------------------------------------------------------------ plots that show every variant
+
+
+def _many(n=15, disjoint_time=True):
+    """``n`` variants (v00 the baseline); with ``disjoint_time`` seed k's wall clock starts after
+    seed k-1 ended (as on a machine loaded by other work), so no two seeds share a time range."""
+    results = synthetic_results({f"v{i:02d}": 0.01 * i for i in range(n)})
+    results["experiment"]["baseline"] = "v00"
+    if disjoint_time:
+        for r in results["runs"]:
+            for p in r["curve"]:
+                p["elapsed"] += 1000.0 * r["seed"]
+    return results
+
+
+def _labelled(ax):
+    return {ln.get_label(): ln for ln in ax.get_lines() if not ln.get_label().startswith("_")}
+
+
+def test_every_variant_is_drawn_when_seeds_time_ranges_do_not_overlap():
+    from archlab.lab.report import make_figure, mean_curve
+
+    results = _many()
+    names = list(results["experiment"]["variants"])
+    runs = [r for r in results["runs"] if r["variant"] == "v03"]
+    assert mean_curve([r["curve"] for r in runs], "elapsed", "val_bpb") is None  # no common range
+    ax = make_figure(results, "loss_vs_time").axes[0]
+    labelled = _labelled(ax)
+    assert sorted(labelled) == sorted(["v00 (baseline, per seed)", *[f"{n} (per seed)" for n in names[1:]]])
+    for name in names:  # each seed's whole curve, in the variant's colour
+        color = labelled["v00 (baseline, per seed)" if name == "v00" else f"{name} (per seed)"].get_color()
+        seeds = [ln for ln in ax.get_lines() if ln.get_color() == color]
+        assert len(seeds) == 3 and all(len(ln.get_xdata()) == 6 for ln in seeds)
+    ax = make_figure(results, "loss_vs_tokens").axes[0]  # tokens do overlap: a mean line each
+    assert sorted(_labelled(ax)) == sorted(["v00 (baseline)", *names[1:]])
+    ax = make_figure(results, "final_metric").axes[0]
+    assert sorted(_labelled(ax)) == sorted(names) and len(ax.get_yticklabels()) == 15
+    assert make_figure(results, "final_metric").get_figheight() > 5  # rows, not overprinted labels
+    ax = make_figure(results, "throughput").axes[0]
+    assert sorted(p.get_label() for p in ax.patches) == sorted(names)
+
+
+def test_colours_are_distinct_beyond_ten_variants():
+    from matplotlib.colors import to_hex
+
+    from archlab.lab.report import make_figure, variant_colors
+
+    for n in (4, 15, 25):
+        colors = variant_colors(_many(n))
+        assert len(colors) == n and colors["v00"] == "#000000"
+        assert len(set(colors.values())) == n  # all distinct, none black but the baseline
+    results = _many(15)
+    lines = _labelled(make_figure(results, "loss_vs_tokens").axes[0]).values()
+    drawn = [to_hex(ln.get_color()) for ln in lines]
+    assert len(drawn) == 15 and len(set(drawn)) == 15
+    bars = [to_hex(p.get_facecolor()[:3]) for p in make_figure(results, "throughput").axes[0].patches]
+    assert len(set(bars)) == 15
+
+
+def test_a_variant_without_curve_points_is_named_under_the_plot(tmp_path):
+    from archlab.lab.report import make_figure
+
+    results = _many(5)
+    for r in results["runs"]:
+        if r["variant"] == "v02":
+            r["curve"] = []
+    labels = _labelled(make_figure(results, "loss_vs_time").axes[0])
+    assert not any(k.startswith("v02") for k in labels) and len(labels) == 4
+    md = write_report(results, tmp_path)["md"].read_text()
+    assert md.count("Not drawn (no finished run with curve points of val_bpb and") == 2  # under both curve plots
+    assert "Drawn per seed, without a mean (the seeds' wall-clock ranges do not overlap): v00, v01, v03, v04." in md
+    assert "token ranges do not overlap" not in md
+
+
+def test_y_limits_show_a_short_curve_whole():
+    from archlab.lab.report import curve_data, curve_ylim, make_figure
+
+    results = synthetic_results()
+    for r in results["runs"]:  # two evaluations per seed: a steep drop
+        r["curve"] = r["curve"][:2] if r["variant"] != "alibi" else r["curve"]
+    lo, hi = make_figure(results, "loss_vs_tokens").axes[0].get_ylim()
+    for r in results["runs"]:
+        for p in r["curve"]:
+            if r["variant"] != "alibi":
+                assert lo < p["val_bpb"] < hi  # the short curves: every point
+            elif p["step"] > 50:
+                assert lo < p["val_bpb"] < hi  # the long one: all but its steep start
+    long = curve_ylim([curve_data(synthetic_results(), "tokens")["alibi"]])
+    first = [r["curve"][0]["val_bpb"] for r in synthetic_results()["runs"] if r["variant"] == "alibi"]
+    assert long[1] < min(first)  # a 6-point curve's start is left out, so the rest is not squashed
+
+
+def _task_results(errors):
+    results = synthetic_results({"rope": 0.0, "cope": 0.1})
+    results["experiment"].update(metric="error", eval_split="test")
+    for r, e in zip(results["runs"], errors):
+        r.update(error=e, examples=1000, final_val_error=e + 0.01)
+        del r["bpb"], r["final_val_bpb"]
+    return results
+
+
+@pytest.mark.parametrize("errors", [(0.0, 0.002, 0.04, 0.0, 0.0, 0.09), (1.0, 0.97, 0.999, 0.5, 0.52, 0.49)])
+def test_error_rate_intervals_stay_in_0_1(tmp_path, errors):
+    from archlab.lab.report import final_intervals, make_figure
+
+    results = _task_results(errors)
+    variants = summarize(results)
+    plain = [v["ci95"] for v in variants.values()]
+    assert any(lo < 0 or hi > 1 for lo, hi in plain)  # the plain t interval leaves [0, 1] here
+    intervals = final_intervals(results, variants)
+    for name, (lo, hi) in intervals.items():
+        assert 0.0 <= lo <= hi <= 1.0
+        assert lo <= variants[name]["mean"] <= hi  # and still covers the seeds' mean here
+    ax = make_figure(results, "final_metric").axes[0]
+    bars = [ln for ln in ax.get_lines() if ln.get_marker() == "|"]  # the interval bars
+    assert len(bars) == 2 and all(0.0 <= x <= 1.0 for ln in bars for x in ln.get_xdata())
+    md = write_report(results, tmp_path)["md"].read_text()
+    assert "logit scale" in md and "stays within [0, 1]" in md
+
+
+def test_rate_interval_by_hand_and_which_metrics_are_rates():
+    from archlab.lab.report import final_intervals, is_rate, rate_interval
+
+    assert [is_rate(m) for m in ("error", "token_error", "error@ood_long", "token_error@ood_vars")] == [True] * 4
+    assert [is_rate(m) for m in ("bpb", "loss", "bpb@512", "loss@ood_long")] == [False] * 4
+    z = [math.log((0.1 * 200 + 0.5) / (200 - 0.1 * 200 + 0.5)), math.log((0.3 * 200 + 0.5) / (200 - 0.3 * 200 + 0.5))]
+    half = 12.7062047 * abs(z[0] - z[1]) / math.sqrt(2) / math.sqrt(2)  # t_{0.975, 1} · s / sqrt(n)
+    lo, hi = rate_interval([0.1, 0.3], examples=200)
+    assert lo == pytest.approx(1 / (1 + math.exp(-(sum(z) / 2 - half))), rel=1e-6)
+    assert hi == pytest.approx(1 / (1 + math.exp(-(sum(z) / 2 + half))), rel=1e-6)
+    assert rate_interval([0.2]) is None
+    results = synthetic_results()  # bpb: the plot draws the table's interval
+    variants = summarize(results)
+    assert final_intervals(results, variants)["alibi"] == tuple(variants["alibi"]["ci95"])
+
+
+def test_runs_table_names_its_two_bpb_columns(tmp_path):
+    from archlab.lab.report import run_rows
+
+    results = synthetic_results()
+    for r in results["runs"]:
+        r.update(eval_tokens=131072, final_val_bpb=r["bpb"] + 0.05)
+    header, rows = run_rows(results)
+    assert header[3] == "bpb (eval: validation, 131,072 tokens)" and header[4] == "loss (eval)"
+    assert header[5] == "last periodic val bpb (validation, train.eval_tokens)"
+    assert "final val bpb" not in header and "tokens/s (indicative)" in header
+    first = results["runs"][0]
+    assert rows[0][3] == f"{first['bpb']:,.4f}" and rows[0][5] == f"{first['final_val_bpb']:,.4f}"
+    md = write_report(results, tmp_path)["md"].read_text()
+    runs = md.split("## Runs", 1)[1]
+    assert "*last periodic val bpb* is the trainer's last periodic evaluation" in runs
+    assert "the statistics use these" in runs
+    header, _ = run_rows(_task_results([0.1] * 6))
+    assert header[3] == "error (eval: test, 1,000 examples)"
+    assert header[5] == "last periodic val error (validation, train.eval_tokens)"
+
+
+def test_throughput_is_indicative_and_a_seed_spread_is_flagged(tmp_path):
+    results = synthetic_results()
+    md = write_report(results, tmp_path / "quiet")["md"].read_text()
+    assert "Throughput differs" not in md  # seeds within 1.04× of each other
+    assert "tokens/s (indicative)" in summary_table_md(results).splitlines()[0]
+    assert "Training throughput per variant, indicative only" in md
+    for r in results["runs"]:
+        if r["variant"] == "alibi":
+            r["tokens_per_s"] = 1000.0 * (1 + 2 * r["seed"])  # 1000, 3000, 5000: a loaded machine
+    md = write_report(results, tmp_path / "loaded")["md"].read_text()
+    assert "Throughput differs by more than 1.5× between seeds of one variant: alibi 5.00× (1,000–5,000)" in md
+    assert "rope" not in md.split("Throughput differs", 1)[1].split("\n", 1)[0].split("tokens/s")[0]

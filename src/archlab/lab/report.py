@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 
 from archlab.atomic import write_text_atomic
-from archlab.lab.stats import summarize, variant_order
+from archlab.lab.stats import mean_ci, summarize, variant_order
 from archlab.registry import ConfigError
 
 PLOTS = ("loss_vs_tokens", "loss_vs_time", "final_metric", "throughput")
@@ -113,7 +113,7 @@ def summary_rows(results: dict, metric: str | None = None) -> tuple[list[str], l
     adjusted = corr != "none"
     header = ["variant", "n", "params", f"{metric} mean ± std", "95% CI", f"Δ vs {base}", f"raw {_pct(level)}% CI",
               *([f"{corr} {_pct(adj)}% CI"] if adjusted else []), "raw p", *([f"{corr} p"] if adjusted else []),
-              "Δ %", "verdict", "tokens/s"]
+              "Δ %", "verdict", "tokens/s (indicative)"]
     rows = []
     for name, v in variants.items():
         d = v.get("diff", {})
@@ -131,17 +131,56 @@ def summary_rows(results: dict, metric: str | None = None) -> tuple[list[str], l
     return header, rows
 
 
+def _eval_desc(results: dict) -> str:
+    """What the experiment's evaluation scored: ``<split>, N tokens`` (``N examples`` for a task)."""
+    exp = results.get("experiment", {})
+    split = exp.get("eval_split") or "eval split"
+    done = [r for r in results.get("runs", []) if r.get("status") == "done"]
+    for key, unit in (("eval_tokens", "tokens"), ("examples", "examples")):
+        sizes = sorted({float(r[key]) for r in done if _num(r.get(key)) is not None})
+        if sizes:
+            n = _fmt0(sizes[0]) if len(sizes) == 1 else f"{_fmt0(sizes[0])}–{_fmt0(sizes[-1])}"
+            return f"{split}, {n} {unit}"
+    return f"{split}, first {_fmt0(exp['eval_max_tokens'])} tokens" if _num(exp.get("eval_max_tokens")) else split
+
+
+def _periodic_metric(results: dict) -> str:
+    """``bpb`` (language modelling) or ``error`` (a task): what the trainer's ``final_val_*`` records."""
+    runs = results.get("runs", [])
+    return next((k for k in ("bpb", "error") if any(_num(r.get(f"final_val_{k}")) is not None for r in runs)), "bpb")
+
+
 def run_rows(results: dict) -> tuple[list[str], list[list[str]]]:
-    """Header and rows of the per-run table, in the order the runs were made."""
-    metric = results.get("experiment", {}).get("metric", "bpb")
-    also = list(results.get("experiment", {}).get("also", []))
-    header = ["variant", "seed", "status", metric, *also, "loss", "final val bpb", "tokens", "steps", "tokens/s",
-              "wall time (s)", "peak mem (MB)"]
+    """Header and rows of the per-run table, in the order the runs were made. The metric columns
+    are the experiment's evaluation (``result[metric]``, on ``eval.split``); the *last periodic
+    val* column is the trainer's last periodic evaluation (``final_val_*``: validation split,
+    ``train.eval_tokens``), another sample; see :func:`runs_note`."""
+    exp = results.get("experiment", {})
+    metric, also = exp.get("metric", "bpb"), list(exp.get("also", []))
+    loss = [] if metric == "loss" or "loss" in also else ["loss"]
+    periodic = _periodic_metric(results)
+    header = ["variant", "seed", "status", f"{metric} (eval: {_eval_desc(results)})", *also,
+              *[f"{m} (eval)" for m in loss], f"last periodic val {periodic} (validation, train.eval_tokens)",
+              "tokens", "steps", "tokens/s (indicative)", "wall time (s)", "peak mem (MB)"]
     rows = [[str(r.get("variant")), str(r.get("seed")), str(r.get("status")), _fmt(r.get(metric)),
-             *[_fmt(r.get(m)) for m in also], _fmt(r.get("loss")), _fmt(r.get("final_val_bpb")), _fmt0(r.get("tokens")), _fmt0(r.get("steps")),
-             _fmt0(r.get("tokens_per_s")), _fmt(r.get("wall_time"), 1), _fmt(r.get("peak_mem_mb"), 0)]
+             *[_fmt(r.get(m)) for m in also + loss], _fmt(r.get(f"final_val_{periodic}")), _fmt0(r.get("tokens")),
+             _fmt0(r.get("steps")), _fmt0(r.get("tokens_per_s")), _fmt(r.get("wall_time"), 1),
+             _fmt(r.get("peak_mem_mb"), 0)]
             for r in results.get("runs", [])]
     return header, rows
+
+
+def runs_note(results: dict) -> str:
+    """What the runs table's columns measure (the two held-out numbers come from different evaluations)."""
+    exp = results.get("experiment", {})
+    metric, periodic = exp.get("metric", "bpb"), _periodic_metric(results)
+    return (f"*{metric} (eval: {_eval_desc(results)})* and the other metric columns are the experiment's "
+            "evaluation of each final model (on `eval.split`, the same targets for every run; a `@` suffix names "
+            f"another split or window length); the statistics use these. *last periodic val {periodic}* is the "
+            "trainer's last periodic evaluation (validation split, "
+            "first `train.eval_tokens` targets: the curves' last point), another sample of held-out data, so it "
+            "differs from the evaluation column. tokens/s counts training steps only and is indicative: it "
+            "depends on what else the machine ran at the time.")
 
 
 def _md_table(header: list[str], rows: list[list[str]]) -> str:
@@ -161,8 +200,42 @@ def summary_table_md(results: dict) -> str:
 
 # ----------------------------------------------------------------------------------------- plots
 
-def _color(i: int, is_baseline: bool) -> str:  # one colour per variant in every plot; the baseline black
-    return "#000000" if is_baseline else "C" + "012345689"[i % 9]  # not C7: grey, too near the baseline
+RATE_METRICS = ("error", "token_error")  # rates in [0, 1] (also as error@<split>); bpb and loss: unbounded above 0
+SPREAD_LIMIT = 1.5  # tokens/s max/min between the seeds of one variant beyond which the report flags the spread
+
+
+def is_rate(metric: str) -> bool:
+    """``error``, ``token_error`` and their ``@<split>`` forms: bounded metrics, in [0, 1]."""
+    return str(metric).split("@", 1)[0] in RATE_METRICS
+
+
+def _baseline_name(results: dict) -> str | None:  # as summarize picks it
+    order = variant_order(results)
+    return results.get("experiment", {}).get("baseline") or (order[0] if order else None)
+
+
+def variant_colors(results: dict) -> dict[str, str]:
+    """One distinct colour per variant, the same in every plot; the baseline black.
+
+    Up to 9 other variants: tab10 without its grey (too near the baseline); up to 18: tab20
+    without its two greys, the dark shades first; more: the perceptual ``turbo`` colormap
+    sampled evenly (its darkest ends left out)."""
+    from matplotlib import colormaps
+    from matplotlib.colors import to_hex
+
+    order, base = variant_order(results), _baseline_name(results)
+    others = [n for n in order if n != base]
+    if len(others) <= 9:
+        tab10 = colormaps["tab10"].colors
+        palette = [to_hex(tab10[i]) for i in (0, 1, 2, 3, 4, 5, 6, 8, 9)]
+    elif len(others) <= 18:
+        tab20 = colormaps["tab20"].colors
+        palette = [to_hex(tab20[i]) for i in (*range(0, 20, 2), *range(1, 20, 2)) if i not in (14, 15)]
+    else:
+        turbo = colormaps["turbo"]
+        palette = [to_hex(turbo(float(x))) for x in np.linspace(0.05, 0.95, len(others))]
+    colors = dict(zip(others, palette))
+    return {n: "#000000" if n == base else colors[n] for n in order}
 
 
 def _curve_key(results: dict) -> str:
@@ -172,21 +245,18 @@ def _curve_key(results: dict) -> str:
     return f"val_{metric}" if points and all(_num(p.get(f"val_{metric}")) is not None for p in points) else "val_loss"
 
 
-def mean_curve(curves: list[list[dict]], x_key: str, y_key: str) -> tuple[np.ndarray, ...] | None:
-    """Mean and min–max band of several seeds' curves: ``(x, mean, lo, hi)`` or None.
-
-    Seeds are evaluated at the same steps but not at the same tokens/seconds exactly, so every
-    curve is linearly interpolated onto the union of x points inside the range all curves cover
-    (no extrapolation: beyond it some seeds have no data and a "mean" would be a different mix).
-    """
+def _seed_arrays(curves: list[list[dict]], x_key: str, y_key: str) -> list[np.ndarray]:
+    """Each curve's finite ``(x, y)`` points sorted by x, as an (n, 2) array; empty curves dropped."""
     xy = []
     for c in curves:
         pts = sorted((float(p[x_key]), float(p[y_key])) for p in c
                      if _num(p.get(x_key)) is not None and _num(p.get(y_key)) is not None)
         if pts:
             xy.append(np.array(pts))
-    if not xy:
-        return None
+    return xy
+
+
+def _common_band(xy: list[np.ndarray]) -> tuple[np.ndarray, ...] | None:
     start, stop = max(a[0, 0] for a in xy), min(a[-1, 0] for a in xy)
     if start > stop:
         return None
@@ -194,6 +264,46 @@ def mean_curve(curves: list[list[dict]], x_key: str, y_key: str) -> tuple[np.nda
     grid = grid[(grid >= start) & (grid <= stop)]
     ys = np.stack([np.interp(grid, a[:, 0], a[:, 1]) for a in xy])
     return grid, ys.mean(0), ys.min(0), ys.max(0)
+
+
+def mean_curve(curves: list[list[dict]], x_key: str, y_key: str) -> tuple[np.ndarray, ...] | None:
+    """Mean and min–max band of several seeds' curves: ``(x, mean, lo, hi)`` or None.
+
+    Seeds are evaluated at the same steps but not at the same tokens/seconds exactly, so every
+    curve is linearly interpolated onto the union of x points inside the range all curves cover
+    (no extrapolation: beyond it some seeds have no data and a "mean" would be a different mix).
+    None when there are no points or the seeds' ranges do not overlap (see :func:`curve_layers`).
+    """
+    xy = _seed_arrays(curves, x_key, y_key)
+    return _common_band(xy) if xy else None
+
+
+def curve_layers(curves: list[list[dict]], x_key: str, y_key: str) -> dict | None:
+    """What the curve plots draw for one variant: ``{"mean": (x, mean, lo, hi) | None, "seeds": [(x, y)],
+    "evaluations": most points of one seed}``.
+
+    ``mean`` is :func:`mean_curve`, over the range all seeds cover. Every seed's stretch outside
+    that range (before it, after it; joined to the seed's own value at its edge) is in ``seeds``,
+    drawn as that seed's own thin line, so no point is dropped. When the seeds share no range at
+    all (wall-clock ranges of runs slowed down by other load can miss each other) ``mean`` is
+    None and ``seeds`` holds every seed's whole curve. None: no curve point at all.
+    """
+    xy = _seed_arrays(curves, x_key, y_key)
+    if not xy:
+        return None
+    band = _common_band(xy)
+    if band is None:
+        return {"mean": None, "seeds": [(a[:, 0], a[:, 1]) for a in xy], "evaluations": max(map(len, xy))}
+    start, stop = float(band[0][0]), float(band[0][-1])
+    pieces = []
+    for a in xy:
+        x, y = a[:, 0], a[:, 1]
+        before, after = x < start, x > stop
+        if before.any():
+            pieces.append((np.append(x[before], start), np.append(y[before], np.interp(start, x, y))))
+        if after.any():
+            pieces.append((np.insert(x[after], 0, stop), np.insert(y[after], 0, np.interp(stop, x, y))))
+    return {"mean": band, "seeds": pieces, "evaluations": max(map(len, xy))}
 
 
 def _by_variant(results: dict) -> dict[str, list[dict]]:
@@ -204,103 +314,262 @@ def _by_variant(results: dict) -> dict[str, list[dict]]:
     return out
 
 
-def _plot_curves(ax: Any, results: dict, x_key: str, y_key: str) -> None:
-    base = results.get("experiment", {}).get("baseline")
-    tops, lows = [], []
-    for i, (name, runs) in enumerate(_by_variant(results).items()):
-        band = mean_curve([r.get("curve") or [] for r in runs], x_key, y_key)
-        if band is None:
-            continue
-        x, m, lo, hi = band
-        color = _color(i, name == base)
-        ax.plot(x, m, color=color, lw=2 if name == base else 1.5, marker="." if len(x) < 3 else None,
-                label=f"{name} (baseline)" if name == base else name)
-        ax.fill_between(x, lo, hi, color=color, alpha=0.15, lw=0)
-        tops.append(float(np.max(m[x >= x[0] + 0.2 * (x[-1] - x[0])])))  # ignore the steep start
-        lows.append(float(np.min(lo)))
+def curve_data(results: dict, x_key: str, y_key: str | None = None) -> dict[str, dict | None]:
+    """:func:`curve_layers` of every variant (variant order), over its finished runs."""
+    y_key = y_key or _curve_key(results)
+    return {name: curve_layers([r.get("curve") or [] for r in runs], x_key, y_key)
+            for name, runs in _by_variant(results).items()}
+
+
+def curve_ylim(layers: list[dict]) -> tuple[float, float] | None:
+    """Y-limits of a curve plot that show every drawn curve.
+
+    Rule: the bottom is the lowest value drawn (band or seed line) of any curve. The top is the
+    highest value drawn of any curve once its steep start is left out: the part in the first 20%
+    of its own x-range, and only for a curve of 5 or more evaluations per seed. A short curve
+    (2–4 evaluations, where that start is a third of the line or more) counts whole, so no curve
+    is mostly above the plot; only the first ~20% of a longer one can leave it (the early loss of
+    a long run would squash the differences that matter). Padding: 8% of the range below, 16% above.
+    """
+    lows, tops = [], []
+    for lay in layers:
+        parts = list(lay["seeds"])
+        if lay["mean"] is not None:
+            x, _, lo, hi = lay["mean"]
+            parts += [(x, lo), (x, hi)]
+        xs, ys = np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
+        cut = xs.min() + 0.2 * (xs.max() - xs.min())
+        lows.append(float(ys.min()))
+        tops.append(float(ys[xs >= cut].max() if lay["evaluations"] >= 5 else ys.max()))
     if not lows:
-        ax.text(0.5, 0.5, "no validation curve recorded", ha="center", va="center", transform=ax.transAxes)
-        return
+        return None
     bottom, top = min(lows), max(tops)
     pad = 0.08 * (top - bottom) if top > bottom else 0.05 * abs(top) or 0.05
-    ax.set_ylim(bottom - pad, top + 2 * pad)
-    ax.legend(fontsize=8, frameon=False)
+    return bottom - pad, top + 2 * pad
+
+
+def _plot_curves(ax: Any, results: dict, x_key: str, y_key: str, colors: dict[str, str]) -> dict[str, str]:
+    """Every variant with curve points, one legend entry each; returns ``{variant: "mean" |
+    "mean+seeds" | "seeds"}`` (what was drawn; variants without points are absent)."""
+    base = _baseline_name(results)
+    drawn, layers = {}, []
+    for name, lay in curve_data(results, x_key, y_key).items():
+        if lay is None:
+            continue
+        color, label = colors[name], f"{name} (baseline)" if name == base else name
+        if lay["mean"] is not None:
+            x, m, lo, hi = lay["mean"]
+            ax.plot(x, m, color=color, lw=2 if name == base else 1.5, marker="." if len(x) < 3 else None, label=label)
+            ax.fill_between(x, lo, hi, color=color, alpha=0.15, lw=0)
+            label = None
+        else:
+            label = f"{name} (baseline, per seed)" if name == base else f"{name} (per seed)"
+        for sx, sy in lay["seeds"]:
+            ax.plot(sx, sy, color=color, lw=0.9, ls="--", alpha=0.8, marker="." if len(sx) < 3 else None,
+                    label=label or "_nolegend_")
+            label = None
+        drawn[name] = "seeds" if lay["mean"] is None else "mean+seeds" if lay["seeds"] else "mean"
+        layers.append(lay)
+    ylim = curve_ylim(layers)
+    if ylim is None:
+        ax.text(0.5, 0.5, "no validation curve recorded", ha="center", va="center", transform=ax.transAxes)
+        return drawn
+    ax.set_ylim(*ylim)
+    if len(drawn) > 6:  # beside the axes, where it hides no curve
+        ax.legend(fontsize=7, frameon=False, loc="upper left", bbox_to_anchor=(1.01, 1.0),
+                  ncol=2 if len(drawn) > 24 else 1)
+    else:
+        ax.legend(fontsize=8, frameon=False)
     ax.grid(alpha=0.3)
+    return drawn
 
 
-def _plot_final(ax: Any, results: dict, variants: dict[str, dict]) -> None:
+def _expit(z: float) -> float:
+    return 1.0 / (1.0 + math.exp(-z)) if z >= 0 else math.exp(z) / (1.0 + math.exp(z))
+
+
+def rate_interval(values: list[float], level: float = 0.95,
+                  examples: float | None = None) -> tuple[float, float] | None:
+    """An interval for the mean error rate over seeds that stays inside [0, 1]: a Student-t
+    interval (n − 1 df) of the per-seed rates on the logit scale, mapped back with the logistic
+    function. Each rate p enters as the empirical logit log((pN + ½)/(N − pN + ½)), N the examples
+    scored (1000 when unknown), so 0 and 1 stay finite. None with fewer than two values."""
+    vals = [min(1.0, max(0.0, float(v))) for v in values if _num(v) is not None]
+    if len(vals) < 2:
+        return None
+    n = float(examples) if _num(examples) is not None and examples > 0 else 1000.0
+    z = [math.log((p * n + 0.5) / (n - p * n + 0.5)) for p in vals]
+    _, _, lo, hi = mean_ci(z, level)
+    return _expit(lo), _expit(hi)
+
+
+def final_intervals(results: dict, variants: dict[str, dict] | None = None) -> dict[str, tuple[float, float] | None]:
+    """The interval the final-metric plot draws per variant: its 95% Student-t interval
+    (``ci95``), or for an error rate (:func:`is_rate`) :func:`rate_interval` of its seeds."""
     metric = results.get("experiment", {}).get("metric", "bpb")
-    runs = _by_variant(results)
+    variants = variants if variants is not None else _variants(results)
+    runs, out = _by_variant(results), {}
+    count = "examples" + (metric[metric.index("@"):] if "@" in metric else "")
+    for name, v in variants.items():
+        if is_rate(metric):
+            done = [r for r in runs.get(name, []) if _num(r.get(metric)) is not None]
+            sizes = [float(r[count]) for r in done if _num(r.get(count)) is not None]
+            out[name] = rate_interval([r[metric] for r in done], examples=min(sizes) if sizes else None)
+        else:
+            lo, hi = (v.get("ci95") or [None, None])[:2]
+            out[name] = (float(lo), float(hi)) if _num(lo) is not None and _num(hi) is not None else None
+    return out
+
+
+def _row_axis(ax: Any, labels: list[str]) -> None:  # one row per variant, the first on top
+    if labels:
+        ax.set_yticks(range(len(labels)), labels, fontsize=8)
+        ax.set_ylim(len(labels) - 0.5, -0.5)
+
+
+def _plot_final(ax: Any, results: dict, variants: dict[str, dict], colors: dict[str, str]) -> None:
+    metric = results.get("experiment", {}).get("metric", "bpb")
+    runs, intervals = _by_variant(results), final_intervals(results, variants)
     labels = []
     for i, (name, v) in enumerate(variants.items()):
-        color, base = _color(i, bool(v.get("is_baseline"))), bool(v.get("is_baseline"))
+        color, base = colors.get(name, "#000000"), bool(v.get("is_baseline"))
         vals = [float(r[metric]) for r in runs.get(name, []) if _num(r.get(metric)) is not None]
-        jitter = np.linspace(-0.12, 0.12, len(vals)) if len(vals) > 1 else np.zeros(len(vals))
-        ax.scatter(i + 0.25 + jitter, vals, s=12, color=color, alpha=0.5, lw=0)  # the individual seeds
-        mean, (lo, hi) = _num(v.get("mean")), (v.get("ci95") or [None, None])
+        jitter = np.linspace(-0.1, 0.1, len(vals)) if len(vals) > 1 else np.zeros(len(vals))
+        ax.scatter(vals, i + 0.25 + jitter, s=12, color=color, alpha=0.5, lw=0)  # the individual seeds
+        if intervals.get(name) is not None:
+            ax.plot(intervals[name], [i, i], color=color, lw=1.5, marker="|", ms=9, label="_nolegend_")
+        mean = _num(v.get("mean"))
         if mean is not None:
-            yerr = [[mean - lo], [hi - mean]] if _num(lo) is not None and _num(hi) is not None else None
-            ax.errorbar([i], [mean], yerr=yerr, fmt="D" if base else "o", color=color, capsize=4, ms=7 if base else 5)
+            ax.plot([mean], [i], "D" if base else "o", color=color, ms=7 if base else 5, label=name)
             if base:
-                ax.axhline(mean, color=color, ls="--", lw=0.8, alpha=0.6)
-        labels.append(f"{name}\n(baseline)" if base else f"{name}\n{v.get('verdict', '')}")
-    ax.set_xticks(range(len(labels)), labels, fontsize=8)
-    ax.set_ylabel(f"{metric} (lower is better)")
-    ax.grid(axis="y", alpha=0.3)
+                ax.axvline(mean, color=color, ls="--", lw=0.8, alpha=0.6)
+        labels.append(f"{name} (baseline)" if base else f"{name}: {v.get('verdict', '')}")
+    _row_axis(ax, labels)
+    ax.set_xlabel(f"{metric} (lower is better)")
+    ax.grid(axis="x", alpha=0.3)
 
 
-def _plot_throughput(ax: Any, results: dict, variants: dict[str, dict]) -> None:
-    runs = _by_variant(results)
+def throughput_spread(results: dict, limit: float = SPREAD_LIMIT) -> dict[str, tuple[float, float, float]]:
+    """``{variant: (max/min, min, max)}`` of training tokens/s over the variant's finished runs,
+    for the variants whose seeds differ by more than ``limit``× (a machine loaded by other work)."""
+    out = {}
+    for name, runs in _by_variant(results).items():
+        tps = [float(r["tokens_per_s"]) for r in runs if (_num(r.get("tokens_per_s")) or 0) > 0]
+        if len(tps) > 1 and max(tps) / min(tps) > limit:
+            out[name] = (max(tps) / min(tps), min(tps), max(tps))
+    return out
+
+
+def _plot_throughput(ax: Any, results: dict, variants: dict[str, dict], colors: dict[str, str]) -> None:
+    runs, spread = _by_variant(results), throughput_spread(results)
+    labels = []
     for i, (name, v) in enumerate(variants.items()):
-        color = _color(i, bool(v.get("is_baseline")))
-        ax.bar(i, v.get("tokens_per_s") or 0.0, color=color, alpha=0.7 if v.get("is_baseline") else 0.5)
+        bar = ax.barh(i, v.get("tokens_per_s") or 0.0, color=colors.get(name, "#000000"),
+                      alpha=0.7 if v.get("is_baseline") else 0.5)
+        bar.patches[0].set_label(name)
         vals = [float(r["tokens_per_s"]) for r in runs.get(name, []) if _num(r.get("tokens_per_s")) is not None]
-        ax.scatter([i] * len(vals), vals, s=12, color="#333333", zorder=3)
-    ax.set_xticks(range(len(variants)), list(variants), fontsize=8)
-    ax.set_ylabel("training tokens/s (higher is faster)")
-    ax.grid(axis="y", alpha=0.3)
+        ax.scatter(vals, [i] * len(vals), s=14, color="#333333", edgecolors="white", linewidths=0.6, zorder=3)
+        labels.append(f"{name} (seeds {spread[name][0]:.2f}× apart)" if name in spread else name)
+    _row_axis(ax, labels)
+    ax.set_xlabel("training tokens/s (indicative; higher is faster)")
+    ax.grid(axis="x", alpha=0.3)
+
+
+def make_figure(results: dict, name: str) -> Any:
+    """The matplotlib Figure (Agg canvas) of one plot in :data:`PLOTS`; ``results`` needs ``variants``
+    or gets them from ``summarize``. Rows and legend grow with the number of variants."""
+    Figure, Canvas = _matplotlib()
+    from matplotlib.ticker import EngFormatter
+
+    variants, y_key, colors = _variants(results), _curve_key(results), variant_colors(results)
+    ylabel, n = f"validation {y_key.removeprefix('val_')}", len(variants)
+    if name in ("loss_vs_tokens", "loss_vs_time"):
+        size = (7.0 + (2.2 if n > 6 else 0.0), max(4.2, 1.5 + 0.17 * n))
+    else:
+        size = (7.5, max(3.2, 1.2 + 0.36 * n))
+    fig = Figure(figsize=size, dpi=110, layout="constrained")
+    Canvas(fig)
+    ax = fig.add_subplot()
+    if name == "loss_vs_tokens":
+        _plot_curves(ax, results, "tokens", y_key, colors)
+        ax.xaxis.set_major_formatter(EngFormatter())
+        ax.set(xlabel="training tokens", ylabel=ylabel, title=f"{ylabel} vs tokens (mean over seeds, band: min–max)")
+    elif name == "loss_vs_time":
+        _plot_curves(ax, results, "elapsed", y_key, colors)
+        ax.set(xlabel="wall-clock seconds (indicative)", ylabel=ylabel,
+               title=f"{ylabel} vs time (mean over seeds, band: min–max)")
+    elif name == "final_metric":
+        _plot_final(ax, results, variants, colors)
+        kind = "logit-t" if is_rate(results.get("experiment", {}).get("metric", "bpb")) else "t"
+        ax.set_title(f"final held-out metric: mean, 95% {kind} interval (dots: seeds)")
+    elif name == "throughput":
+        _plot_throughput(ax, results, variants, colors)
+        ax.set_title("throughput, indicative: mean over seeds (dots: seeds)")
+    else:
+        raise ValueError(f"unknown plot {name!r}; one of {', '.join(PLOTS)}")
+    return fig
 
 
 def write_plots(results: dict, plots_dir: str | Path) -> dict[str, Path]:
     """The four PNGs; returns ``{name: path}`` in :data:`PLOTS` order."""
-    Figure, Canvas = _matplotlib()
-    from matplotlib.ticker import EngFormatter
-
     plots_dir = Path(plots_dir)
     plots_dir.mkdir(parents=True, exist_ok=True)
-    variants, y_key = _variants(results), _curve_key(results)
-    ylabel = f"validation {y_key.removeprefix('val_')}"
+    results = {**results, "variants": _variants(results)}
     paths = {}
     for name in PLOTS:
-        fig = Figure(figsize=(7.0, 4.2), dpi=110, layout="constrained")
-        Canvas(fig)
-        ax = fig.add_subplot()
-        if name == "loss_vs_tokens":
-            _plot_curves(ax, results, "tokens", y_key)
-            ax.xaxis.set_major_formatter(EngFormatter())
-            ax.set(xlabel="training tokens", ylabel=ylabel, title=f"{ylabel} vs tokens (mean over seeds, band: min–max)")
-        elif name == "loss_vs_time":
-            _plot_curves(ax, results, "elapsed", y_key)
-            ax.set(xlabel="wall-clock seconds", ylabel=ylabel, title=f"{ylabel} vs time (mean over seeds, band: min–max)")
-        elif name == "final_metric":
-            _plot_final(ax, results, variants)
-            ax.set_title("final held-out metric: mean and 95% interval (dots: seeds)")
-        else:
-            _plot_throughput(ax, results, variants)
-            ax.set_title("throughput: mean over seeds (dots: seeds)")
         paths[name] = plots_dir / f"{name}.png"
-        fig.savefig(paths[name], metadata={"Software": None})  # no version stamp: same input, same bytes
+        make_figure(results, name).savefig(paths[name], metadata={"Software": None})  # same input, same bytes
     return paths
 
 
 # ---------------------------------------------------------------------------------------- report
 
-CAPTIONS = {
-    "loss_vs_tokens": "Validation curve against training tokens (the equal budget).",
-    "loss_vs_time": "Validation curve against wall-clock seconds (what the compute actually cost).",
-    "final_metric": "Final held-out metric per variant with 95% intervals; the baseline is black.",
-    "throughput": "Training throughput per variant.",
-}
+def captions(results: dict) -> dict[str, str]:
+    """The caption of every plot (what is drawn and how far to trust it)."""
+    metric = results.get("experiment", {}).get("metric", "bpb")
+    curve = ("Validation curve (the trainer's periodic evaluations: validation split, first `train.eval_tokens` "
+             "targets) against {x}. Solid: mean over seeds with a min–max band, over the range all seeds cover; "
+             "dashed: a seed's own curve outside that range (or every seed, labelled “per seed”, when the seeds "
+             "share no range). Y-limits show every curve; only a long curve's steep start may leave the top.")
+    interval = ("a 95% Student-t interval on the logit scale of the per-seed rates, mapped back, so it stays "
+                "within [0, 1]: an interval for the seeds' typical rate, wider than the summary table's plain t "
+                "interval of the mean when seeds differ a lot near 0 or 1"
+                if is_rate(metric) else "the 95% Student-t interval of the mean over seeds")
+    return {
+        "loss_vs_tokens": curve.format(x="training tokens (the equal budget)"),
+        "loss_vs_time": curve.format(x="wall-clock seconds, evaluation included (what the compute actually cost "
+                                       "on this machine as loaded at the time: indicative)"),
+        "final_metric": f"Final held-out {metric} per variant (the experiment's evaluation): marker the mean, bar "
+                        f"{interval}; dots: seeds; the baseline is black, its mean dashed.",
+        "throughput": "Training throughput per variant, indicative only: wall-clock tokens/s of runs that share "
+                      "the machine with whatever else ran then, not a benchmark (`archlab bench train` times "
+                      "contenders interleaved).",
+    }
+
+
+def plot_notes(results: dict) -> dict[str, str]:
+    """A note under a plot when something is not drawn as the caption says: variants without curve
+    points, variants drawn per seed, a throughput spread between seeds beyond :data:`SPREAD_LIMIT`."""
+    notes, y_key = {}, _curve_key(results)
+    for name, x_key, what in (("loss_vs_tokens", "tokens", "token"), ("loss_vs_time", "elapsed", "wall-clock")):
+        data = curve_data(results, x_key, y_key)
+        missing = [v for v, lay in data.items() if lay is None]
+        per_seed = [v for v, lay in data.items() if lay is not None and lay["mean"] is None]
+        text = []
+        if missing:
+            text.append(f"Not drawn (no finished run with curve points of {y_key} and {x_key}): {', '.join(missing)}.")
+        if per_seed:
+            text.append(f"Drawn per seed, without a mean (the seeds' {what} ranges do not overlap): "
+                        f"{', '.join(per_seed)}.")
+        if text:
+            notes[name] = " ".join(text)
+    spread = throughput_spread(results)
+    if spread:
+        worst = ", ".join(f"{v} {r:.2f}× ({_fmt0(lo)}–{_fmt0(hi)})" for v, (r, lo, hi) in spread.items())
+        notes["throughput"] = (f"Throughput differs by more than {SPREAD_LIMIT:g}× between seeds of one variant: "
+                               f"{worst} tokens/s. The machine was probably loaded by other work during some runs; "
+                               "tokens/s and the wall-clock curve are not comparable between variants here.")
+    return notes
 
 
 def _correction_note(variants: dict[str, dict]) -> str:
@@ -377,6 +646,7 @@ def report_blocks(results: dict, plot_names: list[str]) -> list[Block]:
                   ("date", exp.get("created", "—"), False)]
     if _num(exp.get("total_time")) is not None:
         provenance.append(("total time", f"{exp['total_time']:.0f} s", False))
+    caps, notes = captions(results), plot_notes(results)
     blocks: list[Block] = [("h1", f"{exp.get('name', 'experiment')}: {exp.get('metric', 'bpb')} vs "
                                   f"{exp.get('baseline', 'baseline')} at equal budget")]
     if exp.get("description"):
@@ -390,8 +660,9 @@ def report_blocks(results: dict, plot_names: list[str]) -> list[Block]:
                ("h2", "Summary"), ("table", *summary_rows(results)),
                *[b for m in exp.get("also", []) for b in (("h2", f"Also measured: {m}"),
                                                           ("table", *summary_rows(results, m)))],
-               ("h2", "Plots"), *[("img", n, CAPTIONS[n]) for n in plot_names],
-               ("h2", "Runs"), ("table", *run_rows(results)),
+               ("h2", "Plots"), *[b for n in plot_names for b in (("img", n, caps[n]),
+                                                            *([("p", notes[n])] if n in notes else []))],
+               ("h2", "Runs"), ("table", *run_rows(results)), ("p", runs_note(results)),
                ("h2", "Statistics"), ("p", _stats_note(results, variants))]
     return blocks
 
