@@ -129,6 +129,8 @@ def test_end_to_end_writes_runs_and_reuses_them(sets, tmp_path, capsys):
     rec = json.loads((out / "runs" / "gpt2-s1.json").read_text())
     assert rec["steps"] == 4 and rec["eval"]["tokens"] == 200 and rec["spec"]["schedule"] == "multiplied"
     assert "gap to archlab" in first
+    md = (out / "summary.md").read_text()
+    assert md.count("\n| ") == 3 and "| gpt2 |" in md and "(baseline)" in md
     # the same call reuses every run; a changed setting retrains
     assert quality.main(argv) == 0
     assert capsys.readouterr().out.count("(reused") == 4

@@ -396,6 +396,28 @@ def print_table(rows: dict[str, Any], baseline: str, header: str) -> None:
               f"  {r['tokens_per_s']:6.0f}")
 
 
+def table_md(rows: dict[str, Any], baseline: str, header: str, command: str) -> str:
+    """The summary as Markdown: what was run, then one row per contender."""
+    lines = [f"`{command}`", "", header, "",
+             f"| contender | params | bpb mean ± sd | per seed | gap to {baseline} [95% CI] | ratio | tokens/s |",
+             "|---|---:|---:|---|---:|---:|---:|"]
+    for name, r in rows.items():
+        g = r["gap"]
+        if g is None:
+            gap, ratio = "(baseline)", "1"
+        elif g.get("n", 0) < 2:
+            gap, ratio = f"{g.get('mean', math.nan):+.4f} (one seed)", f"{g.get('ratio', math.nan):.3f}"
+        else:
+            gap, ratio = f"{g['mean']:+.4f} [{g['lo']:+.4f}, {g['hi']:+.4f}]", f"{g['ratio']:.3f}"
+        sd = f" ± {r['std']:.4f}" if r["std"] is not None else ""
+        seeds = ", ".join(f"{v:.4f}" for _, v in sorted(r["bpb"].items()))
+        lines.append(f"| {name} | {r['params']:,} | {r['mean']:.4f}{sd} | {seeds} | {gap} | {ratio} | "
+                     f"{r['tokens_per_s']:,.0f} |")
+    lines += ["", "tokens/s: indicative (measured while other work shared the machine); the bench `train` "
+                  "measures speed."]
+    return "\n".join(lines) + "\n"
+
+
 def run_quality(specs: list[Spec], base, *, seeds: list[int], mode: str, eval_tokens: int | None,
                 out: Path | None, baseline: str, verbose: bool = False) -> dict[str, Any]:
     import dataclasses
@@ -506,7 +528,8 @@ def main(argv: list[str] | None = None, mode: str = "quality") -> int:
                    "versions": _versions(), "wall_s": time.perf_counter() - t0}
     out.mkdir(parents=True, exist_ok=True)
     write_text_atomic(out / "summary.json", json.dumps(summary_doc, indent=1, default=str) + "\n")
-    print(f"\nwrote {out / 'summary.json'}")
+    write_text_atomic(out / "summary.md", table_md(rows, baseline, header, summary_doc["command"]))
+    print(f"\nwrote {out / 'summary.json'} and summary.md")
     return 0
 
 
