@@ -378,19 +378,22 @@ def _fmt(x: float | None, nd: int = 4) -> str:
     return "—" if x is None or not math.isfinite(x) else f"{x:+.{nd}f}" if nd < 0 else f"{x:.{nd}f}"
 
 
+def _gap_cells(g: dict[str, Any] | None, *, baseline: str) -> tuple[str, str]:
+    """(gap with its interval, ratio) as text; ``baseline`` is the ratio shown for the baseline."""
+    if g is None:
+        return "(baseline)", baseline
+    if g.get("n", 0) < 2:
+        return f"{g.get('mean', math.nan):+.4f} (one seed: no interval)", f"{g.get('ratio', math.nan):.3f}"
+    return f"{g['mean']:+.4f} [{g['lo']:+.4f}, {g['hi']:+.4f}]", f"{g['ratio']:.3f}"
+
+
 def print_table(rows: dict[str, Any], baseline: str, header: str) -> None:
     print(f"\n{header}")
     print(f"  {'contender':24s} {'params':>9s}  {'bpb mean':>8s} {'± sd':>7s}  {'per seed':28s} {'gap to ' + baseline:>28s}"
           f"  {'ratio':>6s}  {'tok/s':>6s}")
     for name, r in rows.items():
         seeds = " ".join(f"{v:.4f}" for _, v in sorted(r["bpb"].items()))
-        g = r["gap"]
-        if g is None:
-            gap, ratio = "(baseline)", ""
-        elif g.get("n", 0) < 2:
-            gap, ratio = f"{g.get('mean', math.nan):+.4f} (1 seed: no interval)", f"{g.get('ratio', math.nan):.3f}"
-        else:
-            gap, ratio = f"{g['mean']:+.4f} [{g['lo']:+.4f}, {g['hi']:+.4f}]", f"{g['ratio']:.3f}"
+        gap, ratio = _gap_cells(r["gap"], baseline="")
         sd = f"{r['std']:.4f}" if r["std"] is not None else "—"
         print(f"  {name:24s} {r['params']:9,d}  {r['mean']:8.4f} {sd:>7s}  {seeds:28s} {gap:>28s}  {ratio:>6s}"
               f"  {r['tokens_per_s']:6.0f}")
@@ -402,13 +405,7 @@ def table_md(rows: dict[str, Any], baseline: str, header: str, command: str) -> 
              f"| contender | params | bpb mean ± sd | per seed | gap to {baseline} [95% CI] | ratio | tokens/s |",
              "|---|---:|---:|---|---:|---:|---:|"]
     for name, r in rows.items():
-        g = r["gap"]
-        if g is None:
-            gap, ratio = "(baseline)", "1"
-        elif g.get("n", 0) < 2:
-            gap, ratio = f"{g.get('mean', math.nan):+.4f} (one seed)", f"{g.get('ratio', math.nan):.3f}"
-        else:
-            gap, ratio = f"{g['mean']:+.4f} [{g['lo']:+.4f}, {g['hi']:+.4f}]", f"{g['ratio']:.3f}"
+        gap, ratio = _gap_cells(r["gap"], baseline="1")
         sd = f" ± {r['std']:.4f}" if r["std"] is not None else ""
         seeds = ", ".join(f"{v:.4f}" for _, v in sorted(r["bpb"].items()))
         lines.append(f"| {name} | {r['params']:,} | {r['mean']:.4f}{sd} | {seeds} | {gap} | {ratio} | "
