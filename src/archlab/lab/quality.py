@@ -98,9 +98,10 @@ def parse_specs(variants: list[str], peer_specs: list[str], *, peer: bool) -> li
     replaces that default."""
     from archlab.lab.variants_bench import parse_variant
 
-    archlab, xt = [Spec("archlab", "archlab")], [Spec("xt", "xt")] if peer else []
-    group_default = {"archlab": "archlab", "xt": "xt"}
-    for flag, texts, kind, group in (("--variant", variants, "archlab", archlab), ("--peer", peer_specs, "xt", xt)):
+    groups = {"archlab": [Spec("archlab", "archlab")], "xt": [Spec("xt", "xt")] if peer else []}
+    redefined: set[str] = set()
+    for flag, texts, kind in (("--variant", variants, "archlab"), ("--peer", peer_specs, "xt")):
+        group = groups[kind]
         for text in texts:
             name, over = parse_variant(text)
             rest, schedule, sampler = _split_loop(name, over, flag)
@@ -110,16 +111,14 @@ def parse_specs(variants: list[str], peer_specs: list[str], *, peer: bool) -> li
                     raise ConfigError(f"--variant {name}: '{bad[0]}' is not a model.* or train.* key "
                                       "(the corpus and shape are shared: set them with --set)")
             spec = Spec(name, kind, rest, schedule, sampler)
-            if name == group_default[kind] and group and group[0].name == name and not group[0].overrides:
-                group[0] = spec  # the default contender, redefined
-            elif any(s.name == name for s in archlab + xt):
+            if name == kind and group and name not in redefined:  # the default contender, redefined once
+                group[0] = spec
+                redefined.add(name)
+            elif any(s.name == name for g in groups.values() for s in g):
                 raise ConfigError(f"contender '{name}' is defined twice; give each --variant/--peer its own name")
             else:
                 group.append(spec)
-    specs = archlab + xt
-    clash = {s.name for s in specs if s.kind == "archlab"} & {s.name for s in specs if s.kind == "xt"}
-    if clash:
-        raise ConfigError(f"contender '{sorted(clash)[0]}' is defined twice; give each --variant/--peer its own name")
+    specs = groups["archlab"] + groups["xt"]
     return specs
 
 
