@@ -208,7 +208,7 @@ def _cmd_compare(a: argparse.Namespace) -> int:
 
     command = " ".join(["archlab", *sys.argv[1:]]) if sys.argv and sys.argv[0].endswith("archlab") else None
     results = run_compare(a.experiment, a.out, command=command, progress=not a.no_progress,
-                          report=not a.no_report, rerun_stale=a.rerun_stale)
+                          report=not a.no_report, rerun_stale=a.rerun_stale, jobs=a.jobs)
     print()
     print(summary_table_md(results))
     if not a.no_report:
@@ -330,13 +330,17 @@ def build_parser() -> ArgumentParser:
 
     sp = command("compare", "train variants × seeds at equal budget; statistics and a report",
                  "archlab compare experiments/quick.yaml --out runs/quick",
-                 "archlab compare experiments/positional.yaml --out runs/pos --no-report   # results.json only")
+                 "archlab compare experiments/positional.yaml --out runs/pos --no-report   # results.json only",
+                 "archlab compare experiments/positional.yaml --out runs/pos --jobs 2      # two runs at a time")
     sp.add_argument("experiment", help="experiment YAML (see experiments/)")
     sp.add_argument("--out", required=True, help="experiment folder (re-running skips finished runs and resumes)")
     sp.add_argument("--no-progress", action="store_true", help="no progress bar")
     sp.add_argument("--no-report", action="store_true", help="write results.json only, no report or plots")
     sp.add_argument("--rerun-stale", action="store_true",
                     help="train again the finished runs whose settings differ from the experiment's (else refused)")
+    sp.add_argument("--jobs", type=int, default=1, metavar="N",
+                    help="train N runs at once in worker processes, sharing the cores (one thread each on 2 cores); "
+                         "small models finish sooner this way on a CPU (default: 1, in this process)")
     sp.set_defaults(func=_cmd_compare)
 
     sp = command("report", "rebuild report.md/.html and plots from DIR/results.json",

@@ -222,11 +222,15 @@ def _task_result(exp: Experiment, trainer: Trainer, summary: dict, variant: str,
 
 def run_compare(
     experiment: str | Path, out: str | Path, *, command: str | None = None, progress: bool = True,
-    log: Callable[[str], None] = print, report: bool = True, rerun_stale: bool = False,
+    log: Callable[[str], None] = print, report: bool = True, rerun_stale: bool = False, jobs: int = 1,
 ) -> dict:
     """Train every variant × seed not finished yet, then statistics and the report. Runs
     finished under other settings (config, evaluation, code version) are refused before any
-    training, or with ``rerun_stale`` trained again."""
+    training, or with ``rerun_stale`` trained again. ``jobs`` > 1 trains the unfinished runs in
+    that many worker processes (:mod:`archlab.lab.jobs`), the cores shared among them."""
+    from archlab.lab.jobs import check_jobs
+
+    check_jobs(jobs)
     exp = load_experiment(experiment)
     main = int(os.environ.get("RANK", "0")) == 0  # torchrun: every rank trains, rank 0 reports
     if not main:
@@ -261,6 +265,18 @@ def run_compare(
         total = sum(steps_each[v] or 0 for v, _ in plan) or None
         bar = tqdm(total=total, unit="step", dynamic_ncols=True)
     t0 = time.perf_counter()
+    done_runs: dict[int, dict] = {}
+
+    def record(i: int, res: dict) -> None:  # runs in plan order, whatever order they finish in
+        done_runs[i] = {k: v for k, v in res.items() if k != "fingerprint_of"}  # in result.json
+        results["runs"] = [done_runs[j] for j in sorted(done_runs)]
+        if main:
+            _atomic_json(out / "results.json", results)
+
+    def say(line: str) -> None:
+        (bar.write if bar is not None else log)(line)
+
+    todo = []
     try:
         for i, (variant, seed) in enumerate(plan):
             run_dir = out / variant / f"seed{seed}"
@@ -271,6 +287,9 @@ def run_compare(
                 if bar is not None and steps_each[variant]:
                     bar.update(steps_each[variant])
                 log(f"{label}: finished earlier, skipped")
+                record(i, res)
+            elif jobs > 1:
+                todo.append((i, variant, seed, str(run_dir)))
             else:
                 if bar is not None:
                     bar.set_description(f"{variant} s{seed} ({i + 1}/{len(plan)})")
@@ -279,13 +298,27 @@ def run_compare(
                     from archlab.train.checkpoint import read_checkpoint
 
                     bar.update(int(read_checkpoint(run_dir / CHECKPOINT)[1]["state"]["step"]))
-                res = run_one(exp, variant, seed, run_dir, callbacks=cbs,
-                              log=(bar.write if bar is not None else log))
-                msg = f"{label}: {exp.metric} {res[exp.metric]:.4f}, {res['tokens_per_s'] or 0:.0f} tokens/s"
-                (bar.write if bar is not None else log)(msg)
-            results["runs"].append({k: v for k, v in res.items() if k != "fingerprint_of"})  # in result.json
-            if main:
-                _atomic_json(out / "results.json", results)
+                res = run_one(exp, variant, seed, run_dir, callbacks=cbs, log=say)
+                say(f"{label}: {exp.metric} {res[exp.metric]:.4f}, {res['tokens_per_s'] or 0:.0f} tokens/s")
+                record(i, res)
+        if todo:
+            from archlab.lab.jobs import run_parallel, threads_per_job
+
+            threads = threads_per_job(jobs)
+            say(f"training {len(todo)} runs in {min(jobs, len(todo))} worker processes, "
+                f"{threads} thread{'s' if threads > 1 else ''} each")
+            if bar is not None:
+                bar.set_description(f"{min(jobs, len(todo))} workers")
+
+            def finished(i: int, res: dict) -> None:
+                variant, seed = plan[i]
+                if bar is not None and steps_each[variant]:
+                    bar.update(steps_each[variant])
+                say(f"[{i + 1}/{len(plan)}] {variant} seed {seed}: {exp.metric} {res[exp.metric]:.4f}, "
+                    f"{res['tokens_per_s'] or 0:.0f} tokens/s")
+                record(i, res)
+
+            run_parallel(exp.path, todo, jobs=jobs, on_result=finished, threads=threads)
     finally:
         if bar is not None:
             bar.close()
