@@ -403,3 +403,29 @@ def test_throughput_is_indicative_and_a_seed_spread_is_flagged(tmp_path):
     md = write_report(results, tmp_path / "loaded")["md"].read_text()
     assert "Throughput differs by more than 1.5× between seeds of one variant: alibi 5.00× (1,000–5,000)" in md
     assert "rope" not in md.split("Throughput differs", 1)[1].split("\n", 1)[0].split("tokens/s")[0]
+
+
+def test_first_line_states_the_budget_seeds_and_correction(tmp_path):
+    from archlab.lab.report import budget_phrase, render_md, report_blocks
+
+    results = {"experiment": {"name": "x", "metric": "bpb", "baseline": "a", "budget": {"tokens": 700000},
+                              "seeds": [0, 1, 2, 3, 4], "stats": {"correction": "holm", "level": 0.95}},
+               "runs": [{"variant": v, "seed": s, "status": "done", "bpb": 2.0 + 0.01 * s + (v == "b") * 0.1}
+                        for v in "ab" for s in range(5)]}
+    assert budget_phrase(results) == "700,000 tokens per run, 5 seeds, Holm correction"
+    first = render_md(report_blocks(results, [])).splitlines()[0]
+    assert first == "# x: bpb vs a at equal budget (700,000 tokens per run, 5 seeds, Holm correction)"
+    results["experiment"].update(budget={"steps": 500}, seeds=[0], stats={"correction": "none", "level": 0.95})
+    assert budget_phrase(results) == "500 steps per run, 1 seed, no correction"
+
+
+def test_summary_interval_of_an_error_rate_stays_in_0_1():
+    from archlab.lab.report import summary_rows
+
+    results = {"experiment": {"name": "t", "metric": "error", "baseline": "a", "seeds": [0, 1, 2]},
+               "runs": [{"variant": v, "seed": s, "status": "done", "error": e, "examples": 1000}
+                        for v, errs in (("a", (0.0, 0.0, 0.3)), ("b", (0.5, 0.6, 0.55))) for s, e in enumerate(errs)]}
+    header, rows = summary_rows(results)
+    col = header.index("95% logit-t CI")
+    lo, hi = (float(x) for x in rows[0][col].strip("[]").split(","))
+    assert 0.0 <= lo < 0.1 < hi <= 1.0 and "-" not in rows[0][col]  # plain t of (0, 0, 0.3): [-0.33, 0.53]

@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 
 from archlab.atomic import write_text_atomic
-from archlab.lab.stats import mean_ci, summarize, variant_order
+from archlab.lab.stats import mean_ci, stats_settings, summarize, variant_order
 from archlab.registry import ConfigError
 
 PLOTS = ("loss_vs_tokens", "loss_vs_time", "final_metric", "throughput")
@@ -111,7 +111,9 @@ def summary_rows(results: dict, metric: str | None = None) -> tuple[list[str], l
         variants = (results.get("also") or {}).get(metric) or summarize(results, metric=metric)
     corr, level, adj, _ = _family(variants)
     adjusted = corr != "none"
-    header = ["variant", "n", "params", f"{metric} mean ± std", "95% CI", f"Δ vs {base}", f"raw {_pct(level)}% CI",
+    own = final_intervals(results, variants, metric)  # a rate's interval stays within [0, 1]
+    header = ["variant", "n", "params", f"{metric} mean ± std", "95% logit-t CI" if is_rate(metric) else "95% CI",
+              f"Δ vs {base}", f"raw {_pct(level)}% CI",
               *([f"{corr} {_pct(adj)}% CI"] if adjusted else []), "raw p", *([f"{corr} p"] if adjusted else []),
               "Δ %", "verdict", "tokens/s (indicative)"]
     rows = []
@@ -125,7 +127,7 @@ def summary_rows(results: dict, metric: str | None = None) -> tuple[list[str], l
             raw_p, adj_p = _p(d.get("p_value")), _p(d.get("p_adjusted"))
             rel = "—" if _num(d.get("relative_pct")) is None else f"{d['relative_pct']:+.2f}%"
         spread = f"{_fmt(v.get('mean'))} ± {_fmt(v.get('std'))}"
-        rows.append([name, str(v.get("n", 0)), _fmt_params(v.get("parameters")), spread, _ci(v.get("ci95")),
+        rows.append([name, str(v.get("n", 0)), _fmt_params(v.get("parameters")), spread, _ci(own.get(name)),
                      delta, raw_ci, *([adj_ci] if adjusted else []), raw_p, *([adj_p] if adjusted else []),
                      rel, _verdict_cell(v), _fmt0(v.get("tokens_per_s"))])
     return header, rows
@@ -403,10 +405,12 @@ def rate_interval(values: list[float], level: float = 0.95,
     return _expit(lo), _expit(hi)
 
 
-def final_intervals(results: dict, variants: dict[str, dict] | None = None) -> dict[str, tuple[float, float] | None]:
-    """The interval the final-metric plot draws per variant: its 95% Student-t interval
-    (``ci95``), or for an error rate (:func:`is_rate`) :func:`rate_interval` of its seeds."""
-    metric = results.get("experiment", {}).get("metric", "bpb")
+def final_intervals(results: dict, variants: dict[str, dict] | None = None,
+                    metric: str | None = None) -> dict[str, tuple[float, float] | None]:
+    """Each variant's 95% interval as the summary table and the final-metric plot show it: its
+    Student-t interval (``ci95``), or for an error rate (:func:`is_rate`) :func:`rate_interval` of
+    its seeds. ``metric`` defaults to the experiment's primary metric."""
+    metric = metric or results.get("experiment", {}).get("metric", "bpb")
     variants = variants if variants is not None else _variants(results)
     runs, out = _by_variant(results), {}
     count = "examples" + (metric[metric.index("@"):] if "@" in metric else "")
@@ -532,8 +536,7 @@ def captions(results: dict) -> dict[str, str]:
              "dashed: a seed's own curve outside that range (or every seed, labelled “per seed”, when the seeds "
              "share no range). Y-limits show every curve; only a long curve's steep start may leave the top.")
     interval = ("a 95% Student-t interval on the logit scale of the per-seed rates, mapped back, so it stays "
-                "within [0, 1]: an interval for the seeds' typical rate, wider than the summary table's plain t "
-                "interval of the mean when seeds differ a lot near 0 or 1"
+                "within [0, 1] (the summary table's *logit-t* interval): an interval for the seeds' typical rate"
                 if is_rate(metric) else "the 95% Student-t interval of the mean over seeds")
     return {
         "loss_vs_tokens": curve.format(x="training tokens (the equal budget)"),
@@ -603,7 +606,9 @@ def _stats_note(results: dict, variants: dict[str, dict]) -> str:
     alpha = "α' = α/k" if corr != "none" else "α' = α"
     return (
         f"Each variant's {metric} (held-out, lower is better) is summarised over seeds by its mean, sample "
-        "standard deviation and a Student-t 95% interval. Δ is variant − baseline. Runs with the same seed "
+        "standard deviation and a Student-t 95% interval"
+        + (" on the logit scale of the per-seed rates, mapped back into [0, 1]" if is_rate(metric) else "")
+        + ". Δ is variant − baseline. Runs with the same seed "
         "share initialisation seed and data order, so when a variant ran the baseline's seeds Δ is taken per "
         "seed and its interval is a paired Student-t interval (n−1 degrees of freedom); otherwise it is "
         "Welch's interval with Welch–Satterthwaite degrees of freedom"
@@ -622,6 +627,17 @@ def _stats_note(results: dict, variants: dict[str, dict]) -> str:
         + (f"{dropped} run(s) not finished or with a non-finite metric are excluded (see the runs table)."
            if dropped else "All runs finished and count.")
     )
+
+
+def budget_phrase(results: dict) -> str:
+    """The design in a few words for the report's first line: budget per run, seeds, correction."""
+    exp = results.get("experiment", {})
+    units = {"tokens": "tokens", "steps": "steps", "seconds": "s of training"}
+    parts = [f"{_fmt0(v)} {units.get(k, k)}" for k, v in (exp.get("budget") or {}).items()]
+    per_run = (" and ".join(parts) + " per run") if parts else "budget not recorded"
+    seeds = len(exp.get("seeds") or [])
+    corr = stats_settings(results)[0]
+    return f"{per_run}, {seeds} seed{'s' if seeds != 1 else ''}, {'no' if corr == 'none' else corr.capitalize()} correction"
 
 
 def missing_runs(results: dict) -> list[str]:
@@ -648,7 +664,7 @@ def report_blocks(results: dict, plot_names: list[str]) -> list[Block]:
         provenance.append(("total time", f"{exp['total_time']:.0f} s", False))
     caps, notes = captions(results), plot_notes(results)
     blocks: list[Block] = [("h1", f"{exp.get('name', 'experiment')}: {exp.get('metric', 'bpb')} vs "
-                                  f"{exp.get('baseline', 'baseline')} at equal budget")]
+                                  f"{exp.get('baseline', 'baseline')} at equal budget ({budget_phrase(results)})")]
     if exp.get("description"):
         blocks.append(("p", str(exp["description"]).strip()))
     missing = missing_runs(results)
