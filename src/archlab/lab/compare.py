@@ -318,7 +318,7 @@ def run_compare(
                     f"{res['tokens_per_s'] or 0:.0f} tokens/s")
                 record(i, res)
 
-            run_parallel(exp.path, todo, jobs=jobs, on_result=finished, threads=threads)
+            run_parallel(run_one, exp.path, todo, jobs=jobs, on_result=finished, threads=threads)
     finally:
         if bar is not None:
             bar.close()

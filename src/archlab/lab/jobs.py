@@ -3,7 +3,7 @@
 On a CPU, small models use a second core poorly inside one process (the matmuls are too small
 to split well), so N one-thread processes finish an experiment sooner than one N-thread
 process. Each worker is a fresh ``spawn`` process that loads the experiment file itself, trains
-one run at a time through :func:`archlab.lab.compare.run_one` with
+one run at a time through the ``run_one`` it is given (compare's) with
 ``torch.set_num_threads(threads)``, and sends back its result; every run folder still has a
 single writer (the trainer's run lock), and the parent alone writes ``results.json``.
 
@@ -43,11 +43,10 @@ def threads_per_job(jobs: int) -> int:
     return max(1, torch.get_num_threads() // jobs)
 
 
-def _worker(experiment: str, threads: int, tasks, results, parent: int) -> None:
+def _worker(run_one: Callable, experiment: str, threads: int, tasks, results, parent: int) -> None:
     os.setpgrp()  # out of the terminal's group: Ctrl-C goes to the parent, which stops us in order
     import torch
 
-    from archlab.lab.compare import run_one
     from archlab.lab.experiment import load_experiment
     from archlab.train.trainer import Interrupted
 
@@ -69,9 +68,11 @@ def _worker(experiment: str, threads: int, tasks, results, parent: int) -> None:
             return
 
 
-def run_parallel(experiment: str | Path, tasks: Iterable[Task], *, jobs: int,
+def run_parallel(run_one: Callable, experiment: str | Path, tasks: Iterable[Task], *, jobs: int,
                  on_result: Callable[[int, dict], None], threads: int | None = None) -> None:
-    """Train ``tasks`` on ``jobs`` worker processes; ``on_result(index, result)`` is called in the
+    """Train ``tasks`` on ``jobs`` worker processes, each calling ``run_one(exp, variant, seed,
+    run_dir, log=...)`` (a module-level function: it is pickled by name, so this module needs no
+    import of the compare runner); ``on_result(index, result)`` is called in the
     parent as each run finishes (in completion order). A worker's failure stops the others at
     their next checkpointed step and is raised here."""
     from archlab.train.trainer import Interrupted
@@ -87,7 +88,7 @@ def run_parallel(experiment: str | Path, tasks: Iterable[Task], *, jobs: int,
         task_q.put(t)
     for _ in range(jobs):
         task_q.put(None)
-    procs = [ctx.Process(target=_worker, args=(str(experiment), threads, task_q, result_q, os.getpid()),
+    procs = [ctx.Process(target=_worker, args=(run_one, str(experiment), threads, task_q, result_q, os.getpid()),
                          daemon=True) for _ in range(jobs)]
     old_term = signal.getsignal(signal.SIGTERM)
 
