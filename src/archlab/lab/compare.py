@@ -276,6 +276,12 @@ def run_compare(
     def say(line: str) -> None:
         (bar.write if bar is not None else log)(line)
 
+    def trained(i: int, res: dict) -> None:  # one finished training run, either path
+        variant, seed = plan[i]
+        say(f"[{i + 1}/{len(plan)}] {variant} seed {seed}: {exp.metric} {res[exp.metric]:.4f}, "
+            f"{res['tokens_per_s'] or 0:.0f} tokens/s")
+        record(i, res)
+
     todo = []
     try:
         for i, (variant, seed) in enumerate(plan):
@@ -298,9 +304,7 @@ def run_compare(
                     from archlab.train.checkpoint import read_checkpoint
 
                     bar.update(int(read_checkpoint(run_dir / CHECKPOINT)[1]["state"]["step"]))
-                res = run_one(exp, variant, seed, run_dir, callbacks=cbs, log=say)
-                say(f"{label}: {exp.metric} {res[exp.metric]:.4f}, {res['tokens_per_s'] or 0:.0f} tokens/s")
-                record(i, res)
+                trained(i, run_one(exp, variant, seed, run_dir, callbacks=cbs, log=say))
         if todo:
             from archlab.lab.jobs import run_parallel, threads_per_job
 
@@ -314,9 +318,7 @@ def run_compare(
                 variant, seed = plan[i]
                 if bar is not None and steps_each[variant]:
                     bar.update(steps_each[variant])
-                say(f"[{i + 1}/{len(plan)}] {variant} seed {seed}: {exp.metric} {res[exp.metric]:.4f}, "
-                    f"{res['tokens_per_s'] or 0:.0f} tokens/s")
-                record(i, res)
+                trained(i, res)
 
             run_parallel(run_one, exp.path, todo, jobs=jobs, on_result=finished, threads=threads)
     finally:
