@@ -10,6 +10,7 @@ floating-point reduction order.
 
 from __future__ import annotations
 
+import atexit
 import os
 from dataclasses import dataclass
 
@@ -43,7 +44,17 @@ def setup(device_type: str) -> DistInfo:
         if device_type == "cuda":
             torch.cuda.set_device(local)
         dist.init_process_group(backend=backend)
+        # Leave the group while the interpreter is still whole: otherwise gloo's worker threads
+        # free tensors during interpreter finalisation and the rank dies of SIGABRT after a
+        # successful run (seen once in CI; the mechanism is pytorch/pytorch PR 179291's).
+        atexit.register(shutdown)
     return DistInfo(rank=rank, world=world, local_rank=local)
+
+
+def shutdown() -> None:
+    """Leave the process group (a no-op outside one); registered at exit by :func:`setup`."""
+    if dist.is_initialized():
+        dist.destroy_process_group()
 
 
 def barrier(info: DistInfo) -> None:

@@ -519,4 +519,6 @@ class Trainer:
         }
         if self.rank == 0:
             write_text_atomic(self.dir / "summary.json", json.dumps(summary, indent=2))
+        # The ranks leave together: none exits while rank 0 still evaluates and writes.
+        distributed.barrier(self.dist)
         return summary
