@@ -373,7 +373,7 @@ def test_config_errors_are_one_line(mixer_cfg, match, tiny_config):
 def test_bench_local_runs_and_writes_json(tmp_path, capsys):
     import json
 
-    from archlab.lab.local_bench import main
+    from archlab.bench.local import main
 
     out = tmp_path / "local.json"
     assert main(["--seq-len", "96", "--window", "8", "--dim", "32", "--heads", "2", "--rounds", "1",

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 
-from archlab.lab import peers, quality
+from archlab.bench import peers, quality
 from archlab.registry import ConfigError
 from archlab.train.optim import lr_at
 

@@ -15,6 +15,7 @@ import sys
 from pathlib import Path
 
 from archlab.argparsing import ArgumentParser
+from archlab.bench import BENCHES
 from archlab.registry import ConfigError
 
 
@@ -178,21 +179,6 @@ def _cmd_info(a: argparse.Namespace) -> int:
     # a config without a budget is still a model to describe
     print(describe(_config(a, require_budget=False), full=a.full))
     return 0
-
-
-# ``archlab bench NAME [options]``: NAME -> (module, function taking (argv, mode) -> exit code,
-# one-line summary). A benchmark is one module with a ``main(argv, mode)``; adding one is one
-# line here. ``archlab bench NAME --help`` is that module's own page.
-BENCHES: dict[str, tuple[str, str, str]] = {
-    "train": ("archlab.lab.throughput", "main", "training tokens/s and MFU at the reference shape, vs x-transformers"),
-    "generate": ("archlab.lab.throughput", "main", "cached decoding tokens/s at the reference shape, vs x-transformers"),
-    "all": ("archlab.lab.throughput", "main", "train, then generate, in one run"),
-    "scaling": ("archlab.lab.scaling", "main", "time and peak memory of one block per mixer against sequence length"),
-    "hier": ("archlab.lab.hier_bench", "main", "hierarchical family vs simple-hierarchical-transformer"),
-    "local": ("archlab.lab.local_bench", "main", "sliding-window attention vs full attention and local-attention"),
-    "variants": ("archlab.lab.variants_bench", "main", "training-step time of config variants against a baseline"),
-    "quality": ("archlab.lab.quality", "main", "validation bpb after equal training, archlab vs x-transformers"),
-}
 
 
 def _cmd_bench(a: argparse.Namespace) -> int:

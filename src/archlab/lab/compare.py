@@ -30,25 +30,13 @@ import torch
 
 import archlab
 from archlab.atomic import write_text_atomic
-from archlab.lab.contest import cpu_model
+from archlab.environment import machine_info, versions
 from archlab.lab.experiment import Experiment, load_experiment
 from archlab.registry import ConfigError
 from archlab.train import Trainer
 from archlab.train.checkpoint import CHECKPOINT
 from archlab.train.evaluate import evaluate, token_byte_lengths
 from archlab.train.taskeval import evaluate_task
-
-
-def machine_info(device: str = "cpu") -> dict[str, Any]:
-    info = {"cpu": cpu_model(), "cores": os.cpu_count(), "threads": torch.get_num_threads(), "device": device,
-            "platform": platform.platform()}
-    if torch.cuda.is_available():
-        info["gpu"] = torch.cuda.get_device_name(0)
-    return info
-
-
-def versions() -> dict[str, str]:
-    return {"archlab": archlab.__version__, "torch": torch.__version__, "python": platform.python_version()}
 
 
 def _atomic_json(path: Path, data: Any) -> None:

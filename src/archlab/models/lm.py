@@ -174,14 +174,3 @@ class LM(nn.Module):
         return ModelOutput(logits=logits, loss=loss, nll=nll, aux=aux)
 
 
-def count_parameters(model: nn.Module, *, exclude_embeddings: bool = False) -> int:
-    seen, n = set(), 0
-    skip = set()
-    if exclude_embeddings and hasattr(model, "embed"):
-        skip.add(id(model.embed.weight))
-    for p in model.parameters():
-        if id(p) in seen or id(p) in skip:
-            continue
-        seen.add(id(p))
-        n += p.numel()
-    return n

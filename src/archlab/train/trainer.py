@@ -41,7 +41,8 @@ from archlab.data import WindowSampler, check_streams, iter_texts, load_tokenize
 from archlab.data.tokenizer import check_tokenizer
 from archlab.data.taskdata import TaskSampler, build_task_data, check_task_lengths
 from archlab.models import build_model
-from archlab.models.lm import IGNORE_INDEX, count_parameters
+from archlab.models.counting import count_parameters
+from archlab.models.lm import IGNORE_INDEX
 from archlab.registry import ConfigError
 from archlab.train import distributed
 from archlab.train.checkpoint import CHECKPOINT, load_checkpoint, save_checkpoint

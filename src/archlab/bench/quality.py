@@ -52,7 +52,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from archlab.lab import peers
+from archlab.bench import peers
+from archlab.environment import package_versions
 from archlab.registry import ConfigError
 
 DEFAULT_CONFIG = str(Path(__file__).resolve().parents[3] / "configs" / "lm.yaml")
@@ -96,7 +97,7 @@ def parse_specs(variants: list[str], peer_specs: list[str], *, peer: bool) -> li
     """Contenders: ``archlab`` (the base recipe), the ``--variant``s, ``xt`` (x-transformers'
     defaults, with ``peer``) and the ``--peer``s. A variant or peer named ``archlab`` / ``xt``
     replaces that default."""
-    from archlab.lab.variants_bench import parse_variant
+    from archlab.bench.variants import parse_variant
 
     groups = {"archlab": [Spec("archlab", "archlab")], "xt": [Spec("xt", "xt")] if peer else []}
     redefined: set[str] = set()
@@ -452,10 +453,13 @@ def run_quality(specs: list[Spec], base, *, seeds: list[int], mode: str, eval_to
 
 def main(argv: list[str] | None = None, mode: str = "quality") -> int:
     from archlab.argparsing import ArgumentParser, plain
+    from archlab.bench.options import common_options
     from archlab.atomic import write_text_atomic
 
     summary, examples = __doc__.split("\n\n")[:2]
-    ap = ArgumentParser(prog=f"archlab bench {mode}", description=plain(summary),
+    shared = common_options(seed=False, out="runs/bench/quality", out_help="folder for one JSON per run and summary.json",
+                            verbose="print the training loss as runs go")
+    ap = ArgumentParser(prog=f"archlab bench {mode}", description=plain(summary), parents=[shared],
                         epilog="examples:\n" + examples.replace("    archlab", "  archlab"))
     ap.add_argument("--config", default=DEFAULT_CONFIG,
                     help="base config: shape, corpus and train settings of every contender")
@@ -471,9 +475,6 @@ def main(argv: list[str] | None = None, mode: str = "quality") -> int:
     ap.add_argument("--seeds", default="0,1,2", help="comma-separated seeds (weights and batches)")
     ap.add_argument("--tokens", type=int, default=None, help="training tokens (default: the base config's budget)")
     ap.add_argument("--eval-tokens", type=int, default=0, help="validation targets scored (0: the whole split)")
-    ap.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's choice)")
-    ap.add_argument("--out", default="runs/bench/quality", help="folder for one JSON per run and summary.json")
-    ap.add_argument("-v", "--verbose", action="store_true", help="print the training loss as runs go")
     a = ap.parse_args(argv)
     try:
         seeds = [int(s) for s in a.seeds.split(",") if s.strip()]
@@ -521,21 +522,9 @@ def main(argv: list[str] | None = None, mode: str = "quality") -> int:
     summary_doc = {"kind": "quality", "mode": a.mode, "command": " ".join(["archlab", "bench", mode, *(argv or [])]),
                    "baseline": baseline, "seeds": seeds, "config": base.to_dict(), "eval_tokens": eval_tokens,
                    "contenders": {s.name: s.to_dict() for s in specs}, "summary": rows,
-                   "versions": _versions(), "wall_s": time.perf_counter() - t0}
+                   "versions": package_versions("torch", "x-transformers", "archlab"), "wall_s": time.perf_counter() - t0}
     out.mkdir(parents=True, exist_ok=True)
     write_text_atomic(out / "summary.json", json.dumps(summary_doc, indent=1, default=str) + "\n")
     write_text_atomic(out / "summary.md", table_md(rows, baseline, header, summary_doc["command"]))
     print(f"\nwrote {out / 'summary.json'} and summary.md")
     return 0
-
-
-def _versions() -> dict[str, str | None]:
-    from importlib.metadata import PackageNotFoundError, version
-
-    out: dict[str, str | None] = {}
-    for dist in ("torch", "x-transformers", "archlab"):
-        try:
-            out[dist] = version(dist)
-        except PackageNotFoundError:
-            out[dist] = None
-    return out
