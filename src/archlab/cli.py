@@ -218,7 +218,10 @@ def _cmd_report(a: argparse.Namespace) -> int:
 
 
 def _cmd_export(a: argparse.Namespace) -> int:
-    from archlab.hf.export import export_run
+    try:
+        from archlab.hf.export import export_run
+    except ImportError as e:  # archlab.hf says what is missing and how to install it, in one line
+        raise ConfigError(f"export --hf: {e}") from e
 
     print(f"wrote {export_run(a.run, a.hf)}")
     return 0
