@@ -1,6 +1,6 @@
 """``archlab bench variants``: training-step time of config variants relative to a baseline.
 
-    archlab bench variants                                   # the Echo positional variants vs rope
+    archlab bench variants                                   # the rotary variants vs rope
     archlab bench variants experiments/positional.yaml       # an experiment's variants and baseline
     archlab bench variants configs/lm_ref.yaml \\
         --variant givens=model.position.kind=givens_rope \\
@@ -43,7 +43,7 @@ from archlab.registry import ConfigError
 
 DEFAULT_CONFIG = str(Path(__file__).resolve().parents[3] / "configs" / "lm_ref.yaml")
 
-#: What runs when no variant is given: RoPE against each Echo positional idea.
+#: What runs when no variant is given: RoPE against each rotary variant.
 DEFAULT_VARIANTS: dict[str, dict[str, Any]] = {
     "rope": {},
     "rope_learned": {"model.position.learn_freq": True, "model.position.learn_scale": True,
@@ -111,7 +111,7 @@ def resolve_variants(source: str | None, variants: list[str], *, shape: str = "r
     elif variants:  # a config: the baseline "base", modified by each --variant
         base = apply_overrides(raw, pinned)
         overs, base_name = {"base": {}}, baseline or "base"
-    else:  # a config alone: the built-in Echo positional variants on top of it
+    else:  # a config alone: the built-in rotary variants on top of it
         base = apply_overrides(raw, pinned)
         overs, base_name = dict(DEFAULT_VARIANTS), baseline or "rope"
     for spec in variants:
@@ -258,7 +258,7 @@ def main(argv: list[str] | None = None, mode: str = "variants") -> int:
                         epilog="examples:\n" + examples.replace("\\\\\n", "\\\n").replace("    archlab", "  archlab"))
     ap.add_argument("source", nargs="?", default=None,
                     help="experiment YAML (its variants) or config YAML (the baseline); default: the reference "
-                         "config with the built-in Echo positional variants")
+                         "config with the built-in rotary variants")
     ap.add_argument("--variant", action="append", default=[], metavar="NAME=KEY=VALUE[,KEY=VALUE]",
                     help="a variant as overrides of the base (repeatable)")
     ap.add_argument("--baseline", default=None, help="variant the ratios are taken against")
