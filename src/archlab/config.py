@@ -358,7 +358,7 @@ def _validate(cfg: Config, require_budget: bool = True) -> Config:
     _validate_data(d, m)
     _validate_train(t)
     if t.dynamics:
-        from archlab.train.dynamics import parse_dynamics  # the controller registry lives with the trainer
+        from archlab.catalog.dynamics import parse_dynamics
 
         t.dynamics = parse_dynamics(t.dynamics, {"model": m, "train": t})
     layers = m.layer_configs()  # parses overrides, raising on bad keys

@@ -62,6 +62,23 @@ class Registry:
 
         return deco
 
+    def declare(self, kind: str, config_cls: type, doc: str, *, build: str) -> None:
+        """Register ``kind`` whose builder lives on a higher floor, named ``"module:function"``.
+
+        The module is imported when the first part of this kind is built, so the catalogue can
+        list (and the config validate) a kind without importing the code that builds it."""
+        module, _, name = build.partition(":")
+        if not module or not name:
+            raise ValueError(f"{self.group}: builder of '{kind}' must be 'module:function', got {build!r}")
+
+        def lazy(*args: Any, **kwargs: Any) -> Any:
+            import importlib
+
+            return getattr(importlib.import_module(module), name)(*args, **kwargs)
+
+        lazy.__qualname__ = build
+        self.register(kind, config_cls, doc)(lazy)
+
     def kinds(self) -> list[str]:
         return sorted(self._entries)
 
