@@ -332,3 +332,16 @@ def to_dict(obj: Any) -> Any:
     if isinstance(obj, dict):
         return {k: to_dict(v) for k, v in obj.items()}
     return obj
+
+
+def flatten(d: dict, prefix: str = "", *, whole: Callable[[str, Any], bool] | None = None) -> dict[str, Any]:
+    """Nested dicts as ``{dotted key: leaf}``; a dict for which ``whole(key, value)`` is true is
+    kept as one leaf (an empty dict contributes no key)."""
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict) and not (whole is not None and whole(key, v)):
+            out.update(flatten(v, key + ".", whole=whole))
+        else:
+            out[key] = v
+    return out

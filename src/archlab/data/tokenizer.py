@@ -33,6 +33,8 @@ from typing import Any, Union
 
 import numpy as np
 
+from archlab.atomic import write_text_atomic
+
 TOKENIZER_FILE = "tokenizer.json"
 TOKENIZER_KINDS = ("bytes", "bpe")
 
@@ -101,7 +103,7 @@ class ByteTokenizer:
         d = Path(directory)
         d.mkdir(parents=True, exist_ok=True)
         out = d / TOKENIZER_FILE
-        out.write_text(json.dumps({"kind": "bytes"}) + "\n", encoding="utf-8")
+        write_text_atomic(out, json.dumps({"kind": "bytes"}) + "\n")
         return out
 
     @classmethod
@@ -257,7 +259,7 @@ class BPETokenizer:
         d = Path(directory)
         d.mkdir(parents=True, exist_ok=True)
         out = d / TOKENIZER_FILE
-        out.write_text(self._tok.to_str(pretty=True), encoding="utf-8")
+        write_text_atomic(out, self._tok.to_str(pretty=True))
         return out
 
     @classmethod

@@ -32,7 +32,7 @@ import archlab
 from archlab.atomic import write_text_atomic
 from archlab.environment import machine_info, versions
 from archlab.lab.experiment import Experiment, load_experiment
-from archlab.registry import ConfigError
+from archlab.registry import ConfigError, flatten
 from archlab.train import Trainer
 from archlab.train.checkpoint import CHECKPOINT
 from archlab.train.evaluate import evaluate, token_byte_lengths
@@ -76,20 +76,11 @@ def fingerprint_digest(fp: dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps(fp, sort_keys=True, default=str).encode()).hexdigest()
 
 
-def _flat(d: Any, prefix: str = "") -> dict[str, Any]:
-    if not isinstance(d, dict):
-        return {prefix.rstrip("."): d}
-    out: dict[str, Any] = {}
-    for k, v in d.items():
-        out.update(_flat(v, f"{prefix}{k}."))
-    return out
-
-
 def changed_keys(old: dict[str, Any] | None, new: dict[str, Any]) -> list[str]:
     """Dotted keys whose values differ between two fingerprints (all of them when ``old`` is None)."""
     if not old:
         return []
-    a, b = _flat(old), _flat(new)
+    a, b = flatten(old), flatten(new)
     return sorted(k for k in a.keys() | b.keys() if a.get(k, "<unset>") != b.get(k, "<unset>"))
 
 

@@ -30,7 +30,7 @@ from typing import Any
 
 from archlab.config import Config, TrainConfig, apply_overrides, load_yaml, parse_config
 from archlab.lab.stats import CORRECTIONS, DEFAULT_CORRECTION, DEFAULT_LEVEL
-from archlab.registry import INT_LIMIT, ConfigError, from_dict
+from archlab.registry import INT_LIMIT, ConfigError, flatten, from_dict
 
 EXPERIMENT_KEYS = {"name", "description", "base", "overrides", "budget", "seeds", "baseline", "eval", "variants",
                    "metric", "also", "stats"}
@@ -82,15 +82,10 @@ class Experiment:
         return parse_config(raw)
 
 
-def _flatten(d: dict, prefix: str = "") -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for k, v in d.items():
-        key = f"{prefix}{k}"
-        if isinstance(v, dict) and "kind" not in v and not k.startswith("model.layers"):
-            out.update(_flatten(v, key + "."))
-        else:
-            out[key] = v
-    return out
+def _override_keys(d: dict) -> dict[str, Any]:
+    """A variant's overrides by dotted key; a part spec (a dict with ``kind``) and the per-layer
+    table stay whole."""
+    return flatten(d, whole=lambda key, v: "kind" in v or key.startswith("model.layers"))
 
 
 def _touches_fixed(key: str) -> bool:
@@ -192,7 +187,7 @@ def load_experiment(path: str | Path) -> Experiment:
         over = {} if over is None else over
         if not isinstance(over, dict):
             raise ConfigError(f"{path}: variants.{name}: expected a mapping of overrides")
-        for key in _flatten(over):
+        for key in _override_keys(over):
             if _touches_fixed(key):
                 raise ConfigError(
                     f"{path}: variants.{name}: '{key}' would change the budget, batch shape, seed or data; "

@@ -41,11 +41,11 @@ class ModelCache:
             c.reorder(index)
 
 
-def context_for(cfg, *, causal: bool = True, layer: int = 0, position=None) -> BuildContext:
+def context_for(cfg, *, causal: bool = True, position=None) -> BuildContext:
     return BuildContext(
         dim=cfg.dim, heads=cfg.heads, kv_heads=cfg.resolved_kv_heads(), head_dim=cfg.resolved_head_dim(),
         max_seq_len=cfg.max_seq_len, causal=causal, bias=cfg.bias, dropout=cfg.dropout,
-        init_std=cfg.init_std, position=position, layer=layer, depth=cfg.depth,
+        init_std=cfg.init_std, position=position, depth=cfg.depth,
     )
 
 
@@ -53,8 +53,8 @@ def build_blocks(cfg, *, causal: bool, shared_position: nn.Module) -> nn.ModuleL
     """One Block per layer from the resolved per-layer configs. Layers without their own
     ``position`` share the model's scheme instance (one table, one set of parameters)."""
     blocks = []
-    for i, lc in enumerate(cfg.layer_configs()):
-        ctx = context_for(cfg, causal=causal, layer=i)
+    for lc in cfg.layer_configs():
+        ctx = context_for(cfg, causal=causal)
         ctx.position = POSITION.build(lc.position, ctx) if lc.position is not None else shared_position
         blocks.append(Block(
             mixer=MIXER.build(lc.mixer, ctx), ffn=FFN.build(lc.ffn, ctx),
