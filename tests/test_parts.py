@@ -399,3 +399,35 @@ def test_nll_ignores_masked_targets(tiny_config, build):
     logp = out.logits.log_softmax(-1)[:, 10:]
     manual = -logp.gather(-1, ids[:, 10:, None]).mean()
     assert math.isclose(float(out.nll), float(manual), rel_tol=1e-6)
+
+
+# ----------------------------------------------------------------------------- declared capabilities
+
+
+@pytest.mark.parametrize("kind", POSITION.kinds())
+def test_relative_bias_declaration_holds(kind, tiny_config, build):
+    """A scheme that declares ``relative_bias`` must give the same bias for every (q, k) and for
+    positions shifted together (a function of i − j alone: local attention and fast decoding reuse
+    one band table on that promise); every scheme with a bias that is not declared relative must
+    break one of the two (the declaration is not missing where it holds)."""
+    from archlab.nn.positional.base import PositionalScheme
+
+    model = build(tiny_config(**{"model.position.kind": kind}), double=True)
+    pos = model.blocks[0].mixer.position
+    assert isinstance(pos, PositionalScheme)
+    if not pos.uses_bias:
+        assert not pos.relative_bias
+        return
+    g = torch.Generator().manual_seed(3)
+    q, k = (torch.randn(2, 4, 6, 8, generator=g, dtype=torch.float64) for _ in range(2))
+    q2, k2 = (torch.randn(2, 4, 6, 8, generator=g, dtype=torch.float64) for _ in range(2))
+    p = torch.arange(6)
+    with torch.no_grad():
+        def bias(q, k, shift):
+            scores = (q @ k.transpose(-1, -2)) / 8 ** 0.5
+            allowed = (p[:, None] >= p[None, :]).expand(2, 4, 6, 6)
+            return torch.as_tensor(pos.bias(q, k, p + shift, p + shift, scores=scores, allowed=allowed),
+                                   dtype=torch.float64).expand(2, 4, 6, 6)
+        base = bias(q, k, 0)
+        invariant = torch.allclose(base, bias(q2, k2, 0)) and torch.allclose(base, bias(q, k, 5))
+    assert invariant == pos.relative_bias, f"{kind}: relative_bias={pos.relative_bias} but shift/content invariant={invariant}"

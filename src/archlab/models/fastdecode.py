@@ -195,7 +195,7 @@ class FastDecoder:
                     tables[id(pos)] = self._rope_tables(pos, attn.head_dim)
                     if tables[id(pos)] is None:
                         return None
-            elif pos.uses_rotate or pos.needs_scores or getattr(pos, "attend", None) is not None:
+            elif pos.uses_rotate or pos.needs_scores or pos.attend is not None:
                 return None  # other rotations, CoPE and other score-dependent schemes: generic path
             elif pos.uses_embed and pos is not model.position:
                 return None

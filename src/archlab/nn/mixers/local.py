@@ -565,7 +565,7 @@ class LocalAttention(Attention):
                 rep = H // self.kv_heads
                 k, v = k.repeat_interleave(rep, dim=1), v.repeat_interleave(rep, dim=1)
             scale = 1.0 / math.sqrt(self.head_dim)
-            fused = getattr(pos, "attend", None)  # a scheme's own leaner path (CoPE)
+            fused = pos.attend  # a scheme's own leaner path (CoPE), or None
             if fused is not None:
                 return fused(q, k, v, q_pos, k_pos, allowed=allowed, scale=scale, dropout_p=p)
             scores = (q @ k.transpose(-1, -2)) * scale
