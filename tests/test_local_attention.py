@@ -12,13 +12,13 @@ from torch.utils._python_dispatch import TorchDispatchMode
 import archlab.config  # noqa: F401  (registers the built-in parts)
 from archlab.nn.cache import WindowedKVCache
 from archlab.nn.mixers.attention import Attention
-from archlab.nn.mixers.local import (
-    LocalAttention,
+from archlab.nn.kernels.sliding_window import (
     default_block,
     masked_window_attention,
     sliding_window_attention,
     window_allowed,
 )
+from archlab.nn.mixers.local import LocalAttention
 from archlab.nn.positional import NoPosition, RotaryEmbedding
 from archlab.registry import POSITION, ConfigError
 from tests.test_parts import (

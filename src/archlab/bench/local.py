@@ -7,7 +7,7 @@ Two levels are timed (``--level``):
   :class:`~archlab.nn.mixers.attention.Attention` runs it (``scaled_dot_product_attention``
   with ``is_causal``), (b) lucidrains' ``local_attention.LocalAttention`` (``window_size=w,
   causal=True, look_backward=1``, its own rotary embedding off), (c) archlab's
-  :func:`~archlab.nn.mixers.local.sliding_window_attention`;
+  :func:`~archlab.nn.kernels.sliding_window.sliding_window_attention`;
 * ``layer``: a whole attention layer (dim, heads; q/k/v and output projections included):
   archlab's ``Attention``, the package between the same projections, archlab's ``LocalAttention``.
 
@@ -35,11 +35,8 @@ import torch.nn.functional as F
 from archlab.bench.harness import ForeignCpu, _stats
 from archlab.bench.interleave import environment, interleaved, paired_ratio, write_json
 from archlab.nn.mixers.attention import Attention
-from archlab.nn.mixers.local import (
-    LocalAttention,
-    default_block,
-    sliding_window_attention,
-)
+from archlab.nn.kernels.sliding_window import default_block, sliding_window_attention
+from archlab.nn.mixers.local import LocalAttention
 from archlab.nn.positional import NoPosition
 
 SEMANTICS = ("archlab local: each query sees exactly `window` keys (0 <= i-j < w). "
