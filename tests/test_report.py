@@ -367,6 +367,14 @@ def test_rate_interval_by_hand_and_which_metrics_are_rates():
     assert lo == pytest.approx(1 / (1 + math.exp(-(sum(z) / 2 - half))), rel=1e-6)
     assert hi == pytest.approx(1 / (1 + math.exp(-(sum(z) / 2 + half))), rel=1e-6)
     assert rate_interval([0.2]) is None
+    # seeds that all agree (every seed wrong everywhere, or right everywhere): the interval still
+    # holds the observed rate, and is the Wilson interval of the 5 × 1000 pooled examples
+    lo, hi = rate_interval([1.0] * 5, examples=1000)
+    assert hi == 1.0 and lo == pytest.approx(1 - 1.96 ** 2 / (5000 + 1.96 ** 2), rel=1e-4)
+    lo, hi = rate_interval([0.0] * 5, examples=1000)
+    assert lo == 0.0 and hi == pytest.approx(1.96 ** 2 / (5000 + 1.96 ** 2), rel=1e-4)
+    lo, hi = rate_interval([0.0, 0.0, 0.0, 0.0, 0.05], examples=1000)
+    assert lo <= 0.01 <= hi  # the mean rate (0.01) inside
     results = synthetic_results()  # bpb: the plot draws the table's interval
     variants = summarize(results)
     assert final_intervals(results, variants)["alibi"] == tuple(variants["alibi"]["ci95"])

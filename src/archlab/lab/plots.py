@@ -245,14 +245,31 @@ def rate_interval(values: list[float], level: float = 0.95,
     """An interval for the mean error rate over seeds that stays inside [0, 1]: a Student-t
     interval (n − 1 df) of the per-seed rates on the logit scale, mapped back with the logistic
     function. Each rate p enters as the empirical logit log((pN + ½)/(N − pN + ½)), N the examples
-    scored (1000 when unknown), so 0 and 1 stay finite. None with fewer than two values."""
+    scored (1000 when unknown), so 0 and 1 stay finite; the interval always holds the mean rate.
+    Seeds that all agree get the Wilson interval of the pooled count. None with fewer than two values."""
     vals = [min(1.0, max(0.0, float(v))) for v in values if number(v) is not None]
     if len(vals) < 2:
         return None
     n = float(examples) if number(examples) is not None and examples > 0 else 1000.0
+    if max(vals) == min(vals):
+        # No spread between seeds (typically every seed at 0 or at 1): the t-interval collapses
+        # onto the shifted logit and would exclude the observed rate itself, so the only
+        # uncertainty left, that of the pooled count, is given by the Wilson score interval.
+        return _wilson(vals[0], n * len(vals), level)
     z = [math.log((p * n + 0.5) / (n - p * n + 0.5)) for p in vals]
     _, _, lo, hi = mean_ci(z, level)
-    return _expit(lo), _expit(hi)
+    mean = sum(vals) / len(vals)
+    return min(_expit(lo), mean), max(_expit(hi), mean)
+
+
+def _wilson(p: float, n: float, level: float) -> tuple[float, float]:
+    """Wilson score interval of a proportion ``p`` observed over ``n`` trials."""
+    from statistics import NormalDist
+
+    z = NormalDist().inv_cdf(0.5 + level / 2)
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return max(0.0, centre - half), min(1.0, centre + half)
 
 
 def final_intervals(results: dict, variants: dict[str, dict] | None = None,
