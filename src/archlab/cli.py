@@ -82,30 +82,14 @@ def _positive(a: argparse.Namespace, *names: str) -> None:
 
 
 def _cmd_eval(a: argparse.Namespace) -> int:
-    from archlab.data import check_streams, prepare_corpus
-    from archlab.train.evaluate import evaluate, token_byte_lengths
+    from archlab.train.objectives import objective_for
     from archlab.train.run import load_run
 
     _positive(a, "batch", "max_tokens", "seq_len")
     run = load_run(a.run)
-    d, t = run.cfg.data, run.cfg.train
-    if d.corpus == "task":
-        return _eval_task(run, a)
-    if a.split not in ("train", "validation", "val", "test"):
-        raise ConfigError(f"--split: '{a.split}'; allowed: train, validation, test")
-    from archlab.models.generation import context_limit
-
-    limit = context_limit(run.model)
-    if a.seq_len is not None and limit is not None and a.seq_len > limit:
-        raise ConfigError(f"--seq-len: {a.seq_len} is longer than the model's learned position table "
-                          f"(model.max_seq_len {limit}); allowed: 1..{limit}")
-    streams = prepare_corpus(corpus=d.corpus, path=d.path, tokenizer=run.tokenizer, cache_dir=d.cache_dir)
-    split = _split_name(a)
-    check_streams(streams, seq_len=a.seq_len or t.seq_len, splits=(split,))
-    res = evaluate(run.model, streams[split], seq_len=a.seq_len or t.seq_len, batch_size=a.batch,
-                   max_tokens=a.max_tokens, token_bytes=token_byte_lengths(run.tokenizer), **_progress(a))
-    return _report_eval(a, {"split": split, "step": run.state.get("step"), **res},
-                        "{split}: loss {loss:.4f} nats  bpb {bpb:.4f}  ({tokens} tokens, step {step})")
+    res, line = objective_for(run.cfg).cli_eval(run, split=_split_name(a), batch=a.batch, max_tokens=a.max_tokens,
+                                                seq_len=a.seq_len, **_progress(a))
+    return _report_eval(a, {"split": _split_name(a), "step": run.state.get("step"), **res}, line)
 
 
 def _progress(a: argparse.Namespace) -> dict:
@@ -121,23 +105,6 @@ def _report_eval(a: argparse.Namespace, res: dict, line: str) -> int:
     """``archlab eval``'s result: one JSON object with ``--json``, else ``line`` filled in."""
     print(json.dumps(res) if a.json else line.format(**res))
     return 0
-
-
-def _eval_task(run, a: argparse.Namespace) -> int:
-    """A task run: error rates and answer loss on one split (``--split`` any of the task's splits)."""
-    from archlab.data.taskdata import build_task_data
-    from archlab.train.taskeval import evaluate_task
-
-    data = build_task_data(run.cfg.data.task)
-    split = _split_name(a)
-    if split not in data.splits:
-        raise ConfigError(f"--split: '{a.split}' is not a split of task '{data.kind}'; allowed: {', '.join(data.splits)}")
-    if a.max_tokens is not None or a.seq_len is not None:
-        raise ConfigError("--max-tokens / --seq-len: not used for a task run (whole splits are scored)")
-    res = {"split": split, "step": run.state.get("step"),
-           **evaluate_task(run.model, data.splits[split], batch_size=a.batch, **_progress(a))}
-    return _report_eval(a, res, "{split}: error {error:.4f}  token error {token_error:.4f}  answer loss "
-                                "{loss:.4f} nats  ({examples} examples, step {step})")
 
 
 def _cmd_generate(a: argparse.Namespace) -> int:

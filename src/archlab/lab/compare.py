@@ -35,8 +35,6 @@ from archlab.lab.experiment import Experiment, load_experiment
 from archlab.registry import ConfigError, flatten
 from archlab.train import Trainer
 from archlab.train.checkpoint import CHECKPOINT
-from archlab.train.evaluate import evaluate, token_byte_lengths
-from archlab.train.taskeval import evaluate_task
 
 
 def _atomic_json(path: Path, data: Any) -> None:
@@ -152,48 +150,15 @@ def run_one(exp: Experiment, variant: str, seed: int, run_dir: Path, *, callback
     summary = trainer.fit()
     if not trainer.dist.main:  # under torchrun only rank 0 evaluates and writes
         return {"variant": variant, "seed": seed, "status": "done-on-other-rank"}
-    if exp.task is not None:
-        return _task_result(exp, trainer, summary, variant, seed, run_dir)
-    t = cfg.train
-    lengths = token_byte_lengths(trainer.tokenizer)  # bytes of exactly the scored targets (exact bpb)
-    ev = evaluate(trainer.model, trainer.streams[exp.eval_split], seq_len=t.seq_len, batch_size=trainer.micro,
-                  max_tokens=exp.eval_max_tokens, device=trainer.device, autocast=trainer.autocast,
-                  token_bytes=lengths)
-    extra: dict[str, float] = {}
-    for n in exp.eval_seq_lens:  # the same held-out tokens in longer windows (length extrapolation)
-        ev_n = evaluate(trainer.model, trainer.streams[exp.eval_split], seq_len=n,
-                        batch_size=max(1, trainer.micro * t.seq_len // n), max_tokens=exp.eval_max_tokens,
-                        device=trainer.device, autocast=trainer.autocast, token_bytes=lengths)
-        extra[f"bpb@{n}"], extra[f"loss@{n}"] = ev_n["bpb"], ev_n["loss"]
-    result = {
-        "variant": variant, "seed": seed, "dir": str(run_dir.relative_to(run_dir.parents[1])), "status": "done",
-        "parameters": summary["parameters"], "tokens": summary["tokens"], "steps": summary["steps"],
-        "bpb": ev["bpb"], "loss": ev["loss"], "eval_tokens": ev["tokens"],
-        "final_val_bpb": summary["final_val_bpb"], "best_val_loss": summary["best_val_loss"],
-        "tokens_per_s": summary["tokens_per_s"], "wall_time": summary["wall_time"],
-        "train_time": summary["train_time"], "peak_mem_mb": summary["peak_mem_mb"],
-        "curve": read_curve(run_dir), **extra,
-    }
-    _atomic_json(run_dir / "result.json", _stamp(result, exp, variant, seed))
-    return result
-
-
-def _task_result(exp: Experiment, trainer: Trainer, summary: dict, variant: str, seed: int, run_dir: Path) -> dict:
-    """A task run's result: error, token_error and loss on ``eval.split`` (in distribution) and
-    ``<metric>@<split>`` on every OOD split, each split scored whole."""
-    metrics: dict[str, float] = {}
-    for split in [exp.eval_split, *exp.task.ood_splits()]:
-        ev = evaluate_task(trainer.model, trainer.streams[split], batch_size=trainer.micro, device=trainer.device,
-                           autocast=trainer.autocast)
-        suffix = "" if split == exp.eval_split else f"@{split}"
-        metrics.update({f"{k}{suffix}": ev[k] for k in ("error", "token_error", "loss")})
-        metrics[f"examples{suffix}"] = ev["examples"]
+    metrics, extra = exp.objective.experiment_metrics(exp, trainer)
+    primary = f"final_val_{exp.objective.primary}"
     result = {
         "variant": variant, "seed": seed, "dir": str(run_dir.relative_to(run_dir.parents[1])), "status": "done",
         "parameters": summary["parameters"], "tokens": summary["tokens"], "steps": summary["steps"], **metrics,
-        "final_val_error": summary["final_val_error"], "best_val_loss": summary["best_val_loss"],
+        primary: summary[primary], "best_val_loss": summary["best_val_loss"],
         "tokens_per_s": summary["tokens_per_s"], "wall_time": summary["wall_time"],
-        "train_time": summary["train_time"], "peak_mem_mb": summary["peak_mem_mb"], "curve": read_curve(run_dir),
+        "train_time": summary["train_time"], "peak_mem_mb": summary["peak_mem_mb"],
+        "curve": read_curve(run_dir), **extra,
     }
     _atomic_json(run_dir / "result.json", _stamp(result, exp, variant, seed))
     return result
