@@ -81,6 +81,8 @@ def _slots() -> list[Slot]:
     where = {"position": "model.position", "mixer": "model.layers.default.mixer", "ffn": "model.layers.default.ffn",
              "norm": "model.layers.default.norm", "task": "data.task", "family": "model.family_options"}
     for group, reg in REGISTRIES.items():
+        if group == "residual":  # chosen by a norm's placement (fuzzed there); no knobs of their own yet
+            continue
         for kind in reg.kinds():
             cls, at = reg.entry(kind).config_cls, where[group]
             if group == "family":

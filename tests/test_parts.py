@@ -1,7 +1,7 @@
 """Property tests every registered part gets for free.
 
 The cases are generated from the registries (``POSITION``, ``MIXER``, ``FFN``, ``NORM``, and
-every ``Literal`` option of a norm's ``placement``), so a part is covered from the moment it
+every registered residual policy, a norm's ``placement``), so a part is covered from the moment it
 is registered. Each case builds a tiny LM that uses the part and checks: shapes/dtypes,
 causality by perturbation, cached decoding == full recomputation (token by token, in chunks,
 and through ``generate``), a gradient for every parameter, no dead switches (the kind and each
@@ -23,23 +23,19 @@ import archlab.models  # noqa: F401  (registers the model families)
 from archlab.models import generate
 from archlab.nn import positional as P
 from archlab.nn.ffn import GeluMLP, SwiGLU
-from archlab.registry import FFN, MIXER, NORM, POSITION
+from archlab.registry import FFN, MIXER, NORM, POSITION, RESIDUAL
 
 GROUPS = {"position": POSITION, "mixer": MIXER, "ffn": FFN, "norm": NORM}
 T = 24  # long enough that T5 distances reach the log-spaced buckets (≥ num_buckets/2 = 16)
 V = 256
 
 
-def _literal_options(cls: type, name: str) -> list:
-    tp = typing.get_type_hints(cls).get(name)
-    return list(typing.get_args(tp)) if typing.get_origin(tp) is typing.Literal else []
-
-
 def part_cases() -> list:
     cases = []
     for group, reg in GROUPS.items():
         for kind in reg.kinds():
-            placements = _literal_options(reg.entry(kind).config_cls, "placement") or [None]
+            # a norm is tested under every registered residual policy (its placement)
+            placements = RESIDUAL.kinds() if group == "norm" else [None]
             for pl in placements:
                 pid = f"{group}-{kind}" + (f"-{pl}" if pl else "")
                 cases.append(pytest.param((group, kind, pl), id=pid))

@@ -125,8 +125,9 @@ FFN = Registry("ffn")
 NORM = Registry("norm")
 FAMILY = Registry("family")
 TASK = Registry("task")  # synthetic tasks (data.task); kinds in archlab.catalog.tasks
+RESIDUAL = Registry("residual")  # residual policies, chosen by a layer's norm.placement
 
-REGISTRIES: dict[str, Registry] = {r.group: r for r in (POSITION, MIXER, FFN, NORM, FAMILY, TASK)}
+REGISTRIES: dict[str, Registry] = {r.group: r for r in (POSITION, MIXER, FFN, NORM, FAMILY, TASK, RESIDUAL)}
 
 
 def part(group: str, default: Callable[[], Any] | None = None, optional: bool = False) -> Any:

@@ -3,19 +3,21 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
 
 from archlab.catalog.context import BuildContext
 from archlab.nn.norms import LayerNorm, RMSNorm
-from archlab.registry import NORM, ConfigError, PartConfig
+from archlab.registry import NORM, RESIDUAL, ConfigError, PartConfig
 
 
 @dataclass
 class NormConfig(PartConfig):
-    placement: Literal["pre", "post"] = "pre"
+    placement: str = "pre"  # the residual policy around the layer's sublayers (catalog/residual.py)
     eps: float = 1e-5
 
     def validate(self, where: str) -> None:
+        if self.placement not in RESIDUAL:
+            raise ConfigError(f"{where}.placement: {self.placement!r} is not allowed; "
+                              f"allowed: {', '.join(RESIDUAL.kinds())}")
         # eps keeps the division by the norm finite; 0 or less brings back the NaN it guards against
         if self.eps <= 0:
             raise ConfigError(f"{where}.eps: must be positive, got {self.eps}")

@@ -47,6 +47,7 @@ from archlab.nn.mixers.attention import Attention
 from archlab.nn.mixers.local import LocalAttention
 from archlab.nn.norms import LayerNorm, RMSNorm
 from archlab.nn.positional.base import bias_is_relative
+from archlab.nn.residual import PreNorm
 from archlab.nn.positional.rope import RotaryEmbedding
 
 
@@ -180,7 +181,8 @@ class FastDecoder:
         tables: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
         for block in model.blocks:
             attn, ffn = block.mixer, block.ffn
-            if type(attn) not in (Attention, LocalAttention) or not block.pre or not attn.causal \
+            pre = type(block.residual1) is PreNorm and type(block.residual2) is PreNorm
+            if type(attn) not in (Attention, LocalAttention) or not pre or not attn.causal \
                     or not isinstance(block.drop, nn.Identity):
                 return None
             if type(attn) is LocalAttention and (attn.global_heads or attn.global_tokens):

@@ -16,7 +16,7 @@ from torch import nn
 
 from archlab.catalog import BuildContext
 from archlab.nn.block import Block
-from archlab.registry import FFN, MIXER, NORM, POSITION
+from archlab.registry import FFN, MIXER, NORM, POSITION, RESIDUAL, PartConfig
 
 IGNORE_INDEX = -100  # targets with this value are not counted (prompt / padding tokens)
 
@@ -49,6 +49,11 @@ def context_for(cfg, *, causal: bool = True, position=None) -> BuildContext:
     )
 
 
+def _policy(norm_cfg) -> PartConfig:
+    """The residual policy a layer's norm config names (``placement``)."""
+    return PartConfig(kind=norm_cfg.placement)
+
+
 def build_blocks(cfg, *, causal: bool, shared_position: nn.Module) -> nn.ModuleList:
     """One Block per layer from the resolved per-layer configs. Layers without their own
     ``position`` share the model's scheme instance (one table, one set of parameters)."""
@@ -59,7 +64,8 @@ def build_blocks(cfg, *, causal: bool, shared_position: nn.Module) -> nn.ModuleL
         blocks.append(Block(
             mixer=MIXER.build(lc.mixer, ctx), ffn=FFN.build(lc.ffn, ctx),
             norm1=NORM.build(lc.norm, ctx), norm2=NORM.build(lc.norm, ctx),
-            placement=lc.norm.placement, dropout=cfg.dropout,
+            residual1=RESIDUAL.build(_policy(lc.norm), ctx), residual2=RESIDUAL.build(_policy(lc.norm), ctx),
+            dropout=cfg.dropout,
         ))
     return nn.ModuleList(blocks)
 
@@ -112,9 +118,9 @@ class LM(nn.Module):
         self.position = POSITION.build(cfg.position, context_for(cfg))
         self.blocks = build_blocks(cfg, causal=True, shared_position=self.position)
         default_norm = cfg.layers.default.norm
-        post = default_norm.placement == "post"
         # Post-norm blocks end normalised already; pre-norm needs a final norm before the head.
-        self.norm = nn.Identity() if post else NORM.build(default_norm, context_for(cfg))
+        final = RESIDUAL.build(_policy(default_norm), context_for(cfg)).final_norm
+        self.norm = NORM.build(default_norm, context_for(cfg)) if final else nn.Identity()
         self.drop = nn.Dropout(cfg.dropout) if cfg.dropout > 0 else nn.Identity()
         self.head = nn.Linear(D, V, bias=False)
         init_weights(self, cfg.init_std, cfg.depth, cfg.init)
