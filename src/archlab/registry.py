@@ -126,8 +126,9 @@ NORM = Registry("norm")
 FAMILY = Registry("family")
 TASK = Registry("task")  # synthetic tasks (data.task); kinds in archlab.catalog.tasks
 RESIDUAL = Registry("residual")  # residual policies, chosen by a layer's norm.placement
+INIT = Registry("init")  # initialisers, chosen by model.init
 
-REGISTRIES: dict[str, Registry] = {r.group: r for r in (POSITION, MIXER, FFN, NORM, FAMILY, TASK, RESIDUAL)}
+REGISTRIES: dict[str, Registry] = {r.group: r for r in (POSITION, MIXER, FFN, NORM, FAMILY, TASK, RESIDUAL, INIT)}
 
 
 def part(group: str, default: Callable[[], Any] | None = None, optional: bool = False) -> Any:

@@ -7,7 +7,6 @@ LM head (tied to the embedding by default) -> logits.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 
 import torch
@@ -16,7 +15,8 @@ from torch import nn
 
 from archlab.catalog import BuildContext
 from archlab.nn.block import Block
-from archlab.registry import FFN, MIXER, NORM, POSITION, RESIDUAL, PartConfig
+from archlab.nn.init import Initializer
+from archlab.registry import FFN, INIT, MIXER, NORM, POSITION, RESIDUAL, PartConfig
 
 IGNORE_INDEX = -100  # targets with this value are not counted (prompt / padding tokens)
 
@@ -70,43 +70,24 @@ def build_blocks(cfg, *, causal: bool, shared_position: nn.Module) -> nn.ModuleL
     return nn.ModuleList(blocks)
 
 
-#: Initialisation rules for weight matrices (``model.init``).
-INIT_RULES = ("fan_in", "fixed")
+def initializer(rule: str) -> Initializer:
+    """The registered initialiser ``model.init`` names (``fan_in``, ``fixed``, ...)."""
+    return INIT.build(PartConfig(kind=rule))
 
 
 def matrix_std(fan_in: int, *, rule: str, std: float, depth: int, residual_out: bool = False) -> float:
-    """The std of a weight matrix whose matmul reads ``fan_in`` inputs.
-
-    ``fan_in`` (the default): N(0, 1/(3·fan_in)), the variance of PyTorch's own ``nn.Linear``
-    default (kaiming-uniform with a = √5, i.e. U(±1/√fan_in)) that x-transformers keeps, as a
-    normal; it scales with width, so a wider model starts with proportionally smaller weights
-    and every layer's pre-activations start at the same scale whatever the width.
-    ``fixed``: N(0, std) whatever the width (GPT-2's 0.02).
-    Both divide outputs that feed the residual stream by √(2·depth) (GPT-2), so the stream's
-    variance does not grow with depth."""
-    if rule not in INIT_RULES:
-        raise ValueError(f"model.init: unknown rule {rule!r}; allowed: {', '.join(INIT_RULES)}")
-    s = std if rule == "fixed" else 1.0 / math.sqrt(3.0 * fan_in)
-    return s / math.sqrt(2 * depth) if residual_out else s
+    """The std of a weight matrix whose matmul reads ``fan_in`` inputs, under ``rule``."""
+    return initializer(rule).matrix_std(fan_in, std=std, depth=depth, residual_out=residual_out)
 
 
 def init_weights(model: nn.Module, std: float, depth: int, rule: str = "fixed") -> None:
-    """Linear weights by :func:`matrix_std` (``rule``), biases zero. Other parameters (norm
-    gains, positional tables, embeddings) keep the initialisation their own module chose;
-    :func:`init_embedding` sets an embedding table."""
-    for mod in model.modules():
-        if isinstance(mod, nn.Linear):
-            s = matrix_std(mod.in_features, rule=rule, std=std, depth=depth,
-                           residual_out=getattr(mod, "residual_out", False))
-            nn.init.normal_(mod.weight, std=s)
-            if mod.bias is not None:
-                nn.init.zeros_(mod.bias)
+    """Linear weights by ``rule``'s :meth:`~archlab.nn.init.Initializer.matrix_std`, biases zero."""
+    initializer(rule).linears(model, std, depth)
 
 
 def init_embedding(weight: torch.Tensor, std: float, rule: str = "fixed") -> None:
-    """A token-embedding table (V, D): under ``fan_in`` it is treated as the matrix of the LM
-    head it may be tied to, whose fan-in is D; under ``fixed`` N(0, std)."""
-    nn.init.normal_(weight, std=matrix_std(weight.shape[1], rule=rule, std=std, depth=1))
+    """A token-embedding table (V, D) by ``rule`` (treated as the tied head's matrix, fan-in D)."""
+    initializer(rule).embedding(weight, std)
 
 
 class LM(nn.Module):
