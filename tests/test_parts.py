@@ -427,3 +427,26 @@ def test_relative_bias_declaration_holds(kind, tiny_config, build):
         base = bias(q, k, 0)
         invariant = torch.allclose(base, bias(q2, k2, 0)) and torch.allclose(base, bias(q, k, 5))
     assert invariant == pos.relative_bias, f"{kind}: relative_bias={pos.relative_bias} but shift/content invariant={invariant}"
+
+
+@pytest.mark.parametrize("kind", MIXER.kinds())
+def test_every_mixer_keeps_the_declared_protocol(kind, tiny_config, build):
+    """Each registered mixer has the protocol's methods (nn/mixers/base.py), its cache counts the
+    tokens it has seen and reorders batch rows like a recomputation on the reordered batch."""
+    from archlab.nn.mixers.base import is_mixer
+
+    cfg = tiny_config(**{"model.layers.default.mixer.kind": kind})
+    mixer = build(cfg, double=True).blocks[0].mixer
+    assert is_mixer(mixer)
+    x = torch.randn(3, 5, cfg.model.dim, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    pos = torch.arange(5)
+    with torch.no_grad():
+        cache = mixer.init_cache()
+        mixer(x[:, :4], positions=pos[:4], cache=cache)
+        assert len(cache) == 4
+        index = torch.tensor([2, 0, 1])
+        cache.reorder(index)
+        step = mixer(x[index, 4:], positions=pos[4:], cache=cache)
+        full = mixer(x[index], positions=pos)
+    assert len(cache) == 5
+    torch.testing.assert_close(step, full[:, 4:], rtol=1e-9, atol=1e-9)

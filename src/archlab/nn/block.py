@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from archlab.nn.mixers.base import TokenMixer
 from archlab.nn.residual import ResidualPolicy
 
 
@@ -14,7 +15,7 @@ class Block(nn.Module):
     norms stay attributes of the block (state-dict keys ``norm1``/``norm2``); dropout applies to
     the mixer's output."""
 
-    def __init__(self, *, mixer: nn.Module, ffn: nn.Module, norm1: nn.Module, norm2: nn.Module,
+    def __init__(self, *, mixer: TokenMixer, ffn: nn.Module, norm1: nn.Module, norm2: nn.Module,
                  residual1: ResidualPolicy, residual2: ResidualPolicy, dropout: float = 0.0) -> None:
         super().__init__()
         self.mixer, self.ffn, self.norm1, self.norm2 = mixer, ffn, norm1, norm2
