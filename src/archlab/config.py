@@ -23,7 +23,7 @@ from typing import Any, Literal
 import yaml
 
 from archlab import catalog  # noqa: F401  (registers the built-in parts)
-from archlab.registry import FAMILY, INIT, TASK, ConfigError, PartConfig, from_dict, part, to_dict
+from archlab.registry import FAMILY, INIT, METHOD, TASK, ConfigError, PartConfig, from_dict, part, to_dict
 
 __all__ = [
     "Config", "ModelConfig", "LayerConfig", "LayersConfig", "DataConfig", "TrainConfig",
@@ -129,6 +129,7 @@ class TrainConfig:
     beta1: float = 0.9
     beta2: float = 0.95
     grad_clip: float = 1.0  # 0 disables
+    method: str = "backprop"  # how a step obtains its gradient (a registry: catalog/methods.py)
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda | cuda:N | mps
     precision: Literal["auto", "fp32", "bf16"] = "auto"  # auto: bf16 autocast on CUDA with bf16
@@ -330,6 +331,8 @@ def _validate_data(d: DataConfig, m: ModelConfig) -> None:
 
 
 def _validate_train(t: TrainConfig) -> None:
+    if t.method not in METHOD:
+        raise ConfigError(f"train.method: {t.method!r} is not allowed; allowed: {', '.join(METHOD.kinds())}")
     budgets = [k for k in BUDGET_KEYS if getattr(t, k) is not None]
     if len(budgets) > 1:
         raise ConfigError(f"train: give exactly one budget (steps, tokens or seconds), got {', '.join(budgets)}")

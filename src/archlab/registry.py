@@ -127,8 +127,9 @@ FAMILY = Registry("family")
 TASK = Registry("task")  # synthetic tasks (data.task); kinds in archlab.catalog.tasks
 RESIDUAL = Registry("residual")  # residual policies, chosen by a layer's norm.placement
 INIT = Registry("init")  # initialisers, chosen by model.init
+METHOD = Registry("method")  # training methods, chosen by train.method
 
-REGISTRIES: dict[str, Registry] = {r.group: r for r in (POSITION, MIXER, FFN, NORM, FAMILY, TASK, RESIDUAL, INIT)}
+REGISTRIES: dict[str, Registry] = {r.group: r for r in (POSITION, MIXER, FFN, NORM, FAMILY, TASK, RESIDUAL, INIT, METHOD)}
 
 
 def part(group: str, default: Callable[[], Any] | None = None, optional: bool = False) -> Any:

@@ -30,6 +30,7 @@ import torch
 
 import archlab
 from archlab.atomic import write_text_atomic
+from archlab.config import parse_config
 from archlab.environment import machine_info, versions
 from archlab.lab.experiment import Experiment, load_experiment
 from archlab.registry import ConfigError, flatten
@@ -75,9 +76,18 @@ def fingerprint_digest(fp: dict[str, Any]) -> str:
 
 
 def changed_keys(old: dict[str, Any] | None, new: dict[str, Any]) -> list[str]:
-    """Dotted keys whose values differ between two fingerprints (all of them when ``old`` is None)."""
+    """Dotted keys whose values differ between two fingerprints (none when ``old`` is None).
+
+    The old config is first read by today's code, so a knob added to archlab after the run was
+    made counts as changed only if the experiment now sets it away from its default (the run
+    was made with the behaviour its default keeps)."""
     if not old:
         return []
+    if isinstance(old.get("config"), dict):
+        try:
+            old = {**old, "config": parse_config(old["config"], require_budget=False).to_dict()}
+        except ConfigError:
+            pass  # a key that no longer exists: compared as recorded
     a, b = flatten(old), flatten(new)
     return sorted(k for k in a.keys() | b.keys() if a.get(k, "<unset>") != b.get(k, "<unset>"))
 
@@ -97,7 +107,9 @@ def stale_runs(exp: Experiment, out: Path) -> list[tuple[Path, list[str]]]:
                 res = {}
             fp = run_fingerprint(exp, variant, seed)
             if res.get("fingerprint") != fingerprint_digest(fp):
-                stale.append((done.parent, changed_keys(res.get("fingerprint_of"), fp)))
+                keys = changed_keys(res.get("fingerprint_of"), fp)
+                if keys or not res.get("fingerprint_of"):  # only knobs added since, at their defaults: same run
+                    stale.append((done.parent, keys))
     return stale
 
 

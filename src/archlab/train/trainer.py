@@ -42,7 +42,7 @@ from archlab.data.tokenizer import check_tokenizer
 from archlab.models import build_model
 from archlab.models.counting import count_parameters
 from archlab.models.lm import IGNORE_INDEX
-from archlab.registry import ConfigError
+from archlab.registry import METHOD, ConfigError, PartConfig
 from archlab.train import distributed
 from archlab.train.checkpoint import CHECKPOINT, load_checkpoint, save_checkpoint
 from archlab.train.dynamics import build_controllers
@@ -185,6 +185,7 @@ class Trainer:
             distributed.barrier(self.dist)
         self.model = build_model(cfg.model).to(self.device)
         self.optimizer = build_optimizer(self.model, t, self.device)
+        self.method = METHOD.build(PartConfig(kind=t.method))  # how each micro-batch's gradient is obtained
         # Controllers change the model between steps, so they run before other callbacks (which
         # then see, save or stop at the step's final state); resume restores them below.
         self.callbacks = [*build_controllers(t.dynamics, self.model), *self.callbacks]
@@ -290,13 +291,9 @@ class Trainer:
             # DDP: all-reduce gradients only on the last micro-step of the accumulation.
             sync = contextlib.nullcontext() if last_micro or not self.dist.enabled else self.ddp.no_sync()
             with sync:
-                with self.autocast():
-                    out = self.forward(xs, targets=ys)
-                loss = out.loss / t.grad_accum
-                finite = distributed.all_true(bool(torch.isfinite(loss)), self.dist, self.device)
+                out, finite = self.method.micro_step(self, xs, ys, accum=t.grad_accum)
                 if not finite:
                     break
-                loss.backward()
             total += float(out.nll.detach()) / t.grad_accum
             for k, v in out.aux.items():
                 aux[k] = aux.get(k, 0.0) + float(v.detach()) / t.grad_accum
