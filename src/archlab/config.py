@@ -356,8 +356,6 @@ def _require_budget(t: TrainConfig) -> None:
 
 
 def _validate(cfg: Config, require_budget: bool = True) -> Config:
-    import archlab.models  # noqa: F401  (registers the model families)
-
     m, t, d = cfg.model, cfg.train, cfg.data
     _validate_model(m)
     _validate_data(d, m)
