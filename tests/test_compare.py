@@ -162,6 +162,27 @@ def test_stale_runs_are_refused_then_rerun_on_request(corpus, tmp_path):  # noqa
         run_compare(exp_path, out, progress=False, log=lambda s: None, report=False)
 
 
+def test_a_knob_added_since_at_its_default_keeps_the_run(corpus, tmp_path):  # noqa: F811
+    """A run recorded before a knob existed (its fingerprint lacks the key) is the same run when
+    the knob is at its default now; set away from the default, it is a change."""
+    exp_path = write_exp(tmp_path, corpus, variants="  a: {}\n", budget="steps: 2")
+    out = tmp_path / "out"
+    run_compare(exp_path, out, progress=False, log=lambda s: None, report=False)
+    for seed in (0, 1):  # pretend both runs were made before model.init existed
+        f = out / "a" / f"seed{seed}" / "result.json"
+        r = json.loads(f.read_text())
+        del r["fingerprint_of"]["config"]["model"]["init"]
+        r["fingerprint"] = "0" * 64
+        f.write_text(json.dumps(r))
+    lines: list[str] = []
+    run_compare(exp_path, out, progress=False, log=lines.append, report=False)
+    assert sum("skipped" in line for line in lines) == 2
+    base = tmp_path / "base.yaml"
+    base.write_text(base.read_text().replace("heads: 4}", "heads: 4, init: fixed}"))
+    with pytest.raises(ConfigError, match="config.model.init"):
+        run_compare(exp_path, out, progress=False, log=lambda s: None, report=False)
+
+
 def test_cli_refuses_stale_runs_with_exit_2(corpus, tmp_path):  # noqa: F811
     import subprocess
     import sys

@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 import yaml
 
-from archlab.catalog.blocks import FFNConfig, LayerNormConfig, NormConfig, SwiGLUConfig
+from archlab.catalog.ffn import FFNConfig, SwiGLUConfig
+from archlab.catalog.norms import LayerNormConfig, NormConfig
 from archlab.catalog.positions import AlibiConfig, RopeConfig, T5Config
 from archlab.config import Config, ConfigError, apply_overrides, load_config, parse_config
 from archlab.registry import POSITION

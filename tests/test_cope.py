@@ -363,8 +363,8 @@ def test_benchmark_contenders():
     x-transformers with its CoPE alone (no rotary, no absolute table), at the reference shape."""
     import argparse
 
-    from archlab.lab import peers, throughput
-    from archlab.lab.bench import REFERENCE_SHAPE
+    from archlab.bench import peers, throughput
+    from archlab.bench.harness import REFERENCE_SHAPE
 
     args = argparse.Namespace(config=throughput.DEFAULT_CONFIG, seed=0)
     ours = throughput.FACTORIES["ours-cope"](REFERENCE_SHAPE, args)

@@ -81,6 +81,8 @@ def _slots() -> list[Slot]:
     where = {"position": "model.position", "mixer": "model.layers.default.mixer", "ffn": "model.layers.default.ffn",
              "norm": "model.layers.default.norm", "task": "data.task", "family": "model.family_options"}
     for group, reg in REGISTRIES.items():
+        if group in ("residual", "init", "method"):  # chosen by a name (norm.placement, model.init, train.method)
+            continue
         for kind in reg.kinds():
             cls, at = reg.entry(kind).config_cls, where[group]
             if group == "family":
@@ -238,6 +240,12 @@ HAND = [
     ("lr_inf", _sets("train.lr=.inf"), "train.lr"),
     ("lr_text_nan", _sets("train.lr=nan"), "train.lr"),
     ("init_std_nan", _sets("model.init_std=.nan"), "model.init_std"),
+    ("init_unknown", _sets("model.init=xavier"), "model.init"),
+    ("method_unknown", _sets("train.method=evolution"), "train.method"),
+    ("init_not_text", _sets("model.init=[fan_in]"), "model.init"),
+    ("placement_unknown", _sets("model.layers.default.norm.placement=sandwich"), "model.layers.default.norm.placement"),
+    ("placement_per_layer_unknown", _sets('model.layers.overrides={"0": {norm: {kind: rms, placement: mid}}}'),
+     r"model.layers(\[0\]|.overrides).*placement"),
     ("rope_base_nan", _sets("model.position.base=.nan"), "model.position.base"),
     ("ffn_mult_inf", _sets("model.layers.default.ffn.mult=.inf"), "model.layers.default.ffn.mult"),
     ("base_mults_nan", _sets("model.position.base_mults=[1.0, .nan]"), r"model.position.base_mults\[1\]"),

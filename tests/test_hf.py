@@ -65,34 +65,43 @@ def run_python(*codes: str) -> list[str]:
 
 
 def test_import_archlab_does_not_import_transformers():
+    """``import archlab`` (and the CLI module) loads neither transformers nor torch and leaves
+    the import machinery as it was: registration is ``import archlab.hf``, nothing implicit."""
     [out] = run_python("""
-        import sys, archlab, archlab.cli
-        print(sorted(m for m in ("transformers", "torch") if m in sys.modules))
-        print(any(type(f).__name__ == "_AutoModuleWatcher" for f in sys.meta_path))
+        import sys
+        before = list(sys.meta_path)
+        import archlab, archlab.cli
+        print(sorted(m for m in ("transformers", "torch") if m in sys.modules), sys.meta_path == before)
     """)
     assert out.split() == ["[]", "True"]
 
 
-def test_auto_classes_register_lazily(tmp_path):
-    """After `import archlab; import transformers` the Auto classes know "archlab", and using
-    only AutoConfig does not drag in transformers' modeling code (the lazy part)."""
+def test_import_archlab_hf_registers_with_the_auto_classes(tmp_path):
+    """``import archlab.hf`` is the registration step, whichever of the two is imported first;
+    without it the Auto classes do not know model type "archlab"."""
     wrap(tiny_lm()).save_pretrained(tmp_path)
-    archlab_first, transformers_first = run_python(f"""
-        import sys, archlab, transformers
-        from transformers import AutoConfig
+    archlab_first, transformers_first, without = run_python(f"""
+        import archlab.hf
+        from transformers import AutoConfig, AutoModelForCausalLM
         c = AutoConfig.for_model("archlab", archlab={{"dim": 32, "depth": 2, "heads": 4}})
-        print(type(c).__name__, c.hidden_size, "transformers.modeling_utils" in sys.modules)
-        from transformers import AutoModelForCausalLM
         m = AutoModelForCausalLM.from_pretrained({str(tmp_path)!r}, local_files_only=True)
-        print(type(m).__name__, any(type(f).__name__ == "_AutoModuleWatcher" for f in sys.meta_path))
+        print(type(c).__name__, c.hidden_size, type(m).__name__)
     """, f"""
         from transformers import AutoConfig, AutoModelForCausalLM
-        import archlab
+        import archlab.hf
         m = AutoModelForCausalLM.from_pretrained({str(tmp_path)!r}, local_files_only=True)
         print(type(AutoConfig.for_model("archlab")).__name__, type(m).__name__)
+    """, """
+        import archlab
+        from transformers import AutoConfig
+        try:
+            AutoConfig.for_model("archlab")
+        except ValueError:
+            print("unknown")
     """)
-    assert archlab_first.split() == ["ArchlabConfig", "32", "False", "ArchlabForCausalLM", "False"]
+    assert archlab_first.split() == ["ArchlabConfig", "32", "ArchlabForCausalLM"]
     assert transformers_first.split() == ["ArchlabConfig", "ArchlabForCausalLM"]
+    assert without.split() == ["unknown"]
 
 
 def test_config_roundtrips_archlab_model_config(tmp_path):

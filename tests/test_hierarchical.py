@@ -370,7 +370,7 @@ def test_import_archlab_stays_light():
 @pytest.mark.parametrize("clock", ["wall", "cpu"])
 def test_hier_bench_bookkeeping(tmp_path, clock):
     """Keys and ratios of ``archlab bench hier`` on a tiny shape (no speed is asserted)."""
-    from archlab.lab import hier_bench
+    from archlab.bench import hierarchical as hier_bench
 
     contenders = "ours,peer-sht-lean" if hier_bench.importlib.util.find_spec(hier_bench.PEER) else "ours"
     out = tmp_path / "hier.json"
@@ -398,7 +398,7 @@ def test_hier_bench_bookkeeping(tmp_path, clock):
 def test_counted_flops_match_the_formula():
     """The work bound's counter: a linear layer 6·M·d² (forward, input and weight gradients),
     fused attention as explicit products 3 × 4·B·H·T²·D."""
-    from archlab.lab.hier_bench import counted_flops
+    from archlab.bench.hierarchical import counted_flops
 
     B, T, d, H = 2, 8, 16, 2
 

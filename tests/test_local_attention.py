@@ -12,13 +12,13 @@ from torch.utils._python_dispatch import TorchDispatchMode
 import archlab.config  # noqa: F401  (registers the built-in parts)
 from archlab.nn.cache import WindowedKVCache
 from archlab.nn.mixers.attention import Attention
-from archlab.nn.mixers.local import (
-    LocalAttention,
+from archlab.nn.kernels.sliding_window import (
     default_block,
     masked_window_attention,
     sliding_window_attention,
     window_allowed,
 )
+from archlab.nn.mixers.local import LocalAttention
 from archlab.nn.positional import NoPosition, RotaryEmbedding
 from archlab.registry import POSITION, ConfigError
 from tests.test_parts import (
@@ -373,7 +373,7 @@ def test_config_errors_are_one_line(mixer_cfg, match, tiny_config):
 def test_bench_local_runs_and_writes_json(tmp_path, capsys):
     import json
 
-    from archlab.lab.local_bench import main
+    from archlab.bench.local import main
 
     out = tmp_path / "local.json"
     assert main(["--seq-len", "96", "--window", "8", "--dim", "32", "--heads", "2", "--rounds", "1",

@@ -9,7 +9,7 @@ import torch
 
 from archlab.models import generate
 from archlab.models.generation import filter_logits
-from archlab.models.lm import count_parameters
+from archlab.models.counting import count_parameters
 
 V = 256
 

@@ -1,7 +1,7 @@
 """Property tests every registered part gets for free.
 
 The cases are generated from the registries (``POSITION``, ``MIXER``, ``FFN``, ``NORM``, and
-every ``Literal`` option of a norm's ``placement``), so a part is covered from the moment it
+every registered residual policy, a norm's ``placement``), so a part is covered from the moment it
 is registered. Each case builds a tiny LM that uses the part and checks: shapes/dtypes,
 causality by perturbation, cached decoding == full recomputation (token by token, in chunks,
 and through ``generate``), a gradient for every parameter, no dead switches (the kind and each
@@ -23,23 +23,19 @@ import archlab.models  # noqa: F401  (registers the model families)
 from archlab.models import generate
 from archlab.nn import positional as P
 from archlab.nn.ffn import GeluMLP, SwiGLU
-from archlab.registry import FFN, MIXER, NORM, POSITION
+from archlab.registry import FFN, MIXER, NORM, POSITION, RESIDUAL
 
 GROUPS = {"position": POSITION, "mixer": MIXER, "ffn": FFN, "norm": NORM}
 T = 24  # long enough that T5 distances reach the log-spaced buckets (≥ num_buckets/2 = 16)
 V = 256
 
 
-def _literal_options(cls: type, name: str) -> list:
-    tp = typing.get_type_hints(cls).get(name)
-    return list(typing.get_args(tp)) if typing.get_origin(tp) is typing.Literal else []
-
-
 def part_cases() -> list:
     cases = []
     for group, reg in GROUPS.items():
         for kind in reg.kinds():
-            placements = _literal_options(reg.entry(kind).config_cls, "placement") or [None]
+            # a norm is tested under every registered residual policy (its placement)
+            placements = RESIDUAL.kinds() if group == "norm" else [None]
             for pl in placements:
                 pid = f"{group}-{kind}" + (f"-{pl}" if pl else "")
                 cases.append(pytest.param((group, kind, pl), id=pid))
@@ -399,3 +395,58 @@ def test_nll_ignores_masked_targets(tiny_config, build):
     logp = out.logits.log_softmax(-1)[:, 10:]
     manual = -logp.gather(-1, ids[:, 10:, None]).mean()
     assert math.isclose(float(out.nll), float(manual), rel_tol=1e-6)
+
+
+# ----------------------------------------------------------------------------- declared capabilities
+
+
+@pytest.mark.parametrize("kind", POSITION.kinds())
+def test_relative_bias_declaration_holds(kind, tiny_config, build):
+    """A scheme that declares ``relative_bias`` must give the same bias for every (q, k) and for
+    positions shifted together (a function of i − j alone: local attention and fast decoding reuse
+    one band table on that promise); every scheme with a bias that is not declared relative must
+    break one of the two (the declaration is not missing where it holds)."""
+    from archlab.nn.positional.base import PositionalScheme
+
+    model = build(tiny_config(**{"model.position.kind": kind}), double=True)
+    pos = model.blocks[0].mixer.position
+    assert isinstance(pos, PositionalScheme)
+    if not pos.uses_bias:
+        assert not pos.relative_bias
+        return
+    g = torch.Generator().manual_seed(3)
+    q, k = (torch.randn(2, 4, 6, 8, generator=g, dtype=torch.float64) for _ in range(2))
+    q2, k2 = (torch.randn(2, 4, 6, 8, generator=g, dtype=torch.float64) for _ in range(2))
+    p = torch.arange(6)
+    with torch.no_grad():
+        def bias(q, k, shift):
+            scores = (q @ k.transpose(-1, -2)) / 8 ** 0.5
+            allowed = (p[:, None] >= p[None, :]).expand(2, 4, 6, 6)
+            return torch.as_tensor(pos.bias(q, k, p + shift, p + shift, scores=scores, allowed=allowed),
+                                   dtype=torch.float64).expand(2, 4, 6, 6)
+        base = bias(q, k, 0)
+        invariant = torch.allclose(base, bias(q2, k2, 0)) and torch.allclose(base, bias(q, k, 5))
+    assert invariant == pos.relative_bias, f"{kind}: relative_bias={pos.relative_bias} but shift/content invariant={invariant}"
+
+
+@pytest.mark.parametrize("kind", MIXER.kinds())
+def test_every_mixer_keeps_the_declared_protocol(kind, tiny_config, build):
+    """Each registered mixer has the protocol's methods (nn/mixers/base.py), its cache counts the
+    tokens it has seen and reorders batch rows like a recomputation on the reordered batch."""
+    from archlab.nn.mixers.base import is_mixer
+
+    cfg = tiny_config(**{"model.layers.default.mixer.kind": kind})
+    mixer = build(cfg, double=True).blocks[0].mixer
+    assert is_mixer(mixer)
+    x = torch.randn(3, 5, cfg.model.dim, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    pos = torch.arange(5)
+    with torch.no_grad():
+        cache = mixer.init_cache()
+        mixer(x[:, :4], positions=pos[:4], cache=cache)
+        assert len(cache) == 4
+        index = torch.tensor([2, 0, 1])
+        cache.reorder(index)
+        step = mixer(x[index, 4:], positions=pos[4:], cache=cache)
+        full = mixer(x[index], positions=pos)
+    assert len(cache) == 5
+    torch.testing.assert_close(step, full[:, 4:], rtol=1e-9, atol=1e-9)

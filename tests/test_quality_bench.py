@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 
-from archlab.lab import peers, quality
+from archlab.bench import peers, quality, quality_loop
 from archlab.registry import ConfigError
 from archlab.train.optim import lr_at
 
@@ -40,37 +40,37 @@ def test_both_contenders_see_identical_batches(sets):
     for spec in (quality.Spec("archlab", "archlab"), other):
         cfg = quality.contender_config(base, spec)
         torch.manual_seed(0)
-        model, forward = (quality.build_archlab(cfg) if spec.kind == "archlab"
-                          else quality.build_peer(cfg, spec.overrides))
+        model, forward = (quality_loop.build_archlab(cfg) if spec.kind == "archlab"
+                          else quality_loop.build_peer(cfg, spec.overrides))
         fed = seen.setdefault(spec.name, [])
 
         def recording(m, x, y, forward=forward, fed=fed):
             fed.append(torch.cat([x, y[:, -1:]], dim=1).clone())
             return forward(m, x, y)
 
-        batches = quality.sampler_fn("archlab", data["train"], seq_len=16, batch=4, seed=3)
-        sched = quality.schedule_fn("archlab", cfg.train, 6, cfg.train.lr)
-        quality.train_loop(model, recording, batches, steps=6, lr=sched, weight_decay=0.1, betas=(0.9, 0.95),
+        batches = quality_loop.sampler_fn("archlab", data["train"], seq_len=16, batch=4, seed=3)
+        sched = quality_loop.schedule_fn("archlab", cfg.train, 6, cfg.train.lr)
+        quality_loop.train_loop(model, recording, batches, steps=6, lr=sched, weight_decay=0.1, betas=(0.9, 0.95),
                            grad_clip=1.0)
     a, b = seen.values()
     assert len(a) == len(b) == 6
     assert all(torch.equal(x, y) for x, y in zip(a, b))
     assert not torch.equal(a[0], a[1])  # fresh windows every step
     # another seed draws other windows
-    again = quality.sampler_fn("archlab", data["train"], seq_len=16, batch=4, seed=4)
+    again = quality_loop.sampler_fn("archlab", data["train"], seq_len=16, batch=4, seed=4)
     assert not torch.equal(torch.cat([again(0)[0], again(0)[1][:, -1:]], 1), a[0])
 
 
 def test_torch_sampler_is_seeded_and_differs_from_window_sampler():
     tokens = np.arange(1000, dtype=np.uint16)
-    one = quality.sampler_fn("torch", tokens, seq_len=8, batch=3, seed=1)
-    two = quality.sampler_fn("torch", tokens, seq_len=8, batch=3, seed=1)
+    one = quality_loop.sampler_fn("torch", tokens, seq_len=8, batch=3, seed=1)
+    two = quality_loop.sampler_fn("torch", tokens, seq_len=8, batch=3, seed=1)
     for step in range(3):
         (x1, y1), (x2, y2) = one(step), two(step)
         assert torch.equal(x1, x2) and torch.equal(y1, y2)
         assert torch.equal(x1[:, 1:], y1[:, :-1])  # y is x shifted by one
-    ws = quality.sampler_fn("archlab", tokens, seq_len=8, batch=3, seed=1)
-    assert not torch.equal(ws(0)[0], quality.sampler_fn("torch", tokens, seq_len=8, batch=3, seed=1)(0)[0])
+    ws = quality_loop.sampler_fn("archlab", tokens, seq_len=8, batch=3, seed=1)
+    assert not torch.equal(ws(0)[0], quality_loop.sampler_fn("torch", tokens, seq_len=8, batch=3, seed=1)(0)[0])
 
 
 def test_schedules():
@@ -78,9 +78,9 @@ def test_schedules():
         warmup, min_lr_ratio = 10, 0.1
 
     total, lr = 100, 1.0
-    archlab = quality.schedule_fn("archlab", T, total, lr)
-    mult = quality.schedule_fn("multiplied", T, total, lr)
-    const = quality.schedule_fn("constant", T, total, lr)
+    archlab = quality_loop.schedule_fn("archlab", T, total, lr)
+    mult = quality_loop.schedule_fn("multiplied", T, total, lr)
+    const = quality_loop.schedule_fn("constant", T, total, lr)
     assert [archlab(s) for s in range(total)] == [lr_at(s, lr=1.0, warmup=10, total=100, min_ratio=0.1)
                                                   for s in range(total)]
     assert mult(0) == pytest.approx(0.1)  # the ramp: (step + 1) / warmup
@@ -99,8 +99,8 @@ def test_evaluation_is_archlabs_exact_evaluation(sets):
     import dataclasses
 
     cfg = dataclasses.replace(base, model=data["model"])
-    model, _ = quality.build_archlab(cfg)
-    ev = quality.evaluate_bpb(model, data, seq_len=16, batch_size=4, max_tokens=100)
+    model, _ = quality_loop.build_archlab(cfg)
+    ev = quality_loop.evaluate_bpb(model, data, seq_len=16, batch_size=4, max_tokens=100)
     assert ev["tokens"] == 100 and ev["bytes"] == 100  # byte tokenizer: one byte per target
     assert 7.0 < ev["bpb"] < 9.5  # an untrained model is near the 8-bit uniform
 
@@ -176,10 +176,10 @@ def test_shared_loop_is_archlabs_own_recipe(sets, tmp_path):
 def test_peer_is_built_at_the_shared_shape(sets):
     pytest.importorskip("x_transformers")
     base = quality.load_base(quality.DEFAULT_CONFIG, sets + ["model.vocab_size=256"], tokens=64)
-    model, forward = quality.build_peer(base, {})
+    model, forward = quality_loop.build_peer(base, {})
     ids = torch.randint(0, 256, (2, 16))
     assert model(ids).shape == (2, 16, 256)
-    assert model.to_logits is not None and quality.param_count(model) > 0
+    assert model.to_logits is not None and quality_loop.param_count(model) > 0
     loss = forward(model, ids, ids)
     assert math.isfinite(float(loss.detach()))
 

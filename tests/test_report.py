@@ -10,7 +10,9 @@ import re
 
 import pytest
 
-from archlab.lab.report import PLOTS, mean_curve, rebuild, summary_table_md, write_report
+from archlab.lab.report import rebuild, summary_table_md, write_report
+
+from archlab.lab.plots import PLOTS, mean_curve
 from archlab.lab.stats import summarize
 
 pytest.importorskip("matplotlib")
@@ -254,7 +256,7 @@ def _labelled(ax):
 
 
 def test_every_variant_is_drawn_when_seeds_time_ranges_do_not_overlap():
-    from archlab.lab.report import make_figure, mean_curve
+    from archlab.lab.plots import make_figure, mean_curve
 
     results = _many()
     names = list(results["experiment"]["variants"])
@@ -279,7 +281,7 @@ def test_every_variant_is_drawn_when_seeds_time_ranges_do_not_overlap():
 def test_colours_are_distinct_beyond_ten_variants():
     from matplotlib.colors import to_hex
 
-    from archlab.lab.report import make_figure, variant_colors
+    from archlab.lab.plots import make_figure, variant_colors
 
     for n in (4, 15, 25):
         colors = variant_colors(_many(n))
@@ -294,7 +296,7 @@ def test_colours_are_distinct_beyond_ten_variants():
 
 
 def test_a_variant_without_curve_points_is_named_under_the_plot(tmp_path):
-    from archlab.lab.report import make_figure
+    from archlab.lab.plots import make_figure
 
     results = _many(5)
     for r in results["runs"]:
@@ -309,7 +311,7 @@ def test_a_variant_without_curve_points_is_named_under_the_plot(tmp_path):
 
 
 def test_y_limits_show_a_short_curve_whole():
-    from archlab.lab.report import curve_data, curve_ylim, make_figure
+    from archlab.lab.plots import curve_data, curve_ylim, make_figure
 
     results = synthetic_results()
     for r in results["runs"]:  # two evaluations per seed: a steep drop
@@ -337,7 +339,7 @@ def _task_results(errors):
 
 @pytest.mark.parametrize("errors", [(0.0, 0.002, 0.04, 0.0, 0.0, 0.09), (1.0, 0.97, 0.999, 0.5, 0.52, 0.49)])
 def test_error_rate_intervals_stay_in_0_1(tmp_path, errors):
-    from archlab.lab.report import final_intervals, make_figure
+    from archlab.lab.plots import final_intervals, make_figure
 
     results = _task_results(errors)
     variants = summarize(results)
@@ -355,7 +357,7 @@ def test_error_rate_intervals_stay_in_0_1(tmp_path, errors):
 
 
 def test_rate_interval_by_hand_and_which_metrics_are_rates():
-    from archlab.lab.report import final_intervals, is_rate, rate_interval
+    from archlab.lab.plots import final_intervals, is_rate, rate_interval
 
     assert [is_rate(m) for m in ("error", "token_error", "error@ood_long", "token_error@ood_vars")] == [True] * 4
     assert [is_rate(m) for m in ("bpb", "loss", "bpb@512", "loss@ood_long")] == [False] * 4
@@ -365,6 +367,14 @@ def test_rate_interval_by_hand_and_which_metrics_are_rates():
     assert lo == pytest.approx(1 / (1 + math.exp(-(sum(z) / 2 - half))), rel=1e-6)
     assert hi == pytest.approx(1 / (1 + math.exp(-(sum(z) / 2 + half))), rel=1e-6)
     assert rate_interval([0.2]) is None
+    # seeds that all agree (every seed wrong everywhere, or right everywhere): the interval still
+    # holds the observed rate, and is the Wilson interval of the 5 × 1000 pooled examples
+    lo, hi = rate_interval([1.0] * 5, examples=1000)
+    assert hi == 1.0 and lo == pytest.approx(1 - 1.96 ** 2 / (5000 + 1.96 ** 2), rel=1e-4)
+    lo, hi = rate_interval([0.0] * 5, examples=1000)
+    assert lo == 0.0 and hi == pytest.approx(1.96 ** 2 / (5000 + 1.96 ** 2), rel=1e-4)
+    lo, hi = rate_interval([0.0, 0.0, 0.0, 0.0, 0.05], examples=1000)
+    assert lo <= 0.01 <= hi  # the mean rate (0.01) inside
     results = synthetic_results()  # bpb: the plot draws the table's interval
     variants = summarize(results)
     assert final_intervals(results, variants)["alibi"] == tuple(variants["alibi"]["ci95"])

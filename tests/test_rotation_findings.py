@@ -1,4 +1,4 @@
-"""Three findings about the rotary variants (docs/echo_positional.md, docs/positional.md):
+"""Three findings about the rotary variants (docs/rotary_variants.md, docs/positional.md):
 
 (a) a static rotation before RoPE is a reparameterisation of W_q and W_k;
 (b) Givens planes RoPE leaves invariant get exactly zero gradient, so the pairs are chosen to

@@ -11,7 +11,7 @@ from archlab.registry import ConfigError
 
 
 def test_variant_spec_parsing():
-    from archlab.lab.variants_bench import parse_variant
+    from archlab.bench.variants import parse_variant
 
     assert parse_variant("g=model.position.kind=givens_rope,model.position.base_mults=[1, 10]") == (
         "g", {"model.position.kind": "givens_rope", "model.position.base_mults": [1, 10]})
@@ -36,7 +36,7 @@ def test_variants_bench_runs_and_writes_ratios(tmp_path, capsys):
     assert all(r["ratio"] > 0 for r in res["step_time_ratios"].values())
     assert res["contenders"]["givens"]["info"]["model"]["position"]["kind"] == "givens_rope"
     assert "step time relative to 'base'" in capsys.readouterr().out
-    from archlab.lab.variants_bench import resolve_variants
+    from archlab.bench.variants import resolve_variants
 
     with pytest.raises(ConfigError, match="work per step"):
         resolve_variants("configs/lm_ref.yaml", ["x=train.batch=2"])

@@ -10,12 +10,3 @@ def __getattr__(name: str):
 
         return HierarchicalTransformer
     raise AttributeError(f"module 'archlab' has no attribute {name!r}")
-
-# --- transformers interop hook (owner: archlab.hf) --------------------------------------------
-# Registers model type "archlab" with transformers' Auto classes lazily, only once the program
-# imports transformers' auto modules; a few ms at import otherwise. See archlab/hf/_hook.py.
-from archlab.hf._hook import install as _install_hf_hook  # noqa: E402
-
-_install_hf_hook()
-del _install_hf_hook
-# --- end transformers interop hook ---------------------------------------------------------------

@@ -15,6 +15,7 @@ import sys
 from pathlib import Path
 
 from archlab.argparsing import ArgumentParser
+from archlab.bench import BENCHES
 from archlab.registry import ConfigError
 
 
@@ -81,30 +82,14 @@ def _positive(a: argparse.Namespace, *names: str) -> None:
 
 
 def _cmd_eval(a: argparse.Namespace) -> int:
-    from archlab.data import check_streams, prepare_corpus
-    from archlab.train.evaluate import evaluate, token_byte_lengths
+    from archlab.train.objectives import objective_for
     from archlab.train.run import load_run
 
     _positive(a, "batch", "max_tokens", "seq_len")
     run = load_run(a.run)
-    d, t = run.cfg.data, run.cfg.train
-    if d.corpus == "task":
-        return _eval_task(run, a)
-    if a.split not in ("train", "validation", "val", "test"):
-        raise ConfigError(f"--split: '{a.split}'; allowed: train, validation, test")
-    from archlab.models.generation import context_limit
-
-    limit = context_limit(run.model)
-    if a.seq_len is not None and limit is not None and a.seq_len > limit:
-        raise ConfigError(f"--seq-len: {a.seq_len} is longer than the model's learned position table "
-                          f"(model.max_seq_len {limit}); allowed: 1..{limit}")
-    streams = prepare_corpus(corpus=d.corpus, path=d.path, tokenizer=run.tokenizer, cache_dir=d.cache_dir)
-    split = _split_name(a)
-    check_streams(streams, seq_len=a.seq_len or t.seq_len, splits=(split,))
-    res = evaluate(run.model, streams[split], seq_len=a.seq_len or t.seq_len, batch_size=a.batch,
-                   max_tokens=a.max_tokens, token_bytes=token_byte_lengths(run.tokenizer), **_progress(a))
-    return _report_eval(a, {"split": split, "step": run.state.get("step"), **res},
-                        "{split}: loss {loss:.4f} nats  bpb {bpb:.4f}  ({tokens} tokens, step {step})")
+    res, line = objective_for(run.cfg).cli_eval(run, split=_split_name(a), batch=a.batch, max_tokens=a.max_tokens,
+                                                seq_len=a.seq_len, **_progress(a))
+    return _report_eval(a, {"split": _split_name(a), "step": run.state.get("step"), **res}, line)
 
 
 def _progress(a: argparse.Namespace) -> dict:
@@ -120,23 +105,6 @@ def _report_eval(a: argparse.Namespace, res: dict, line: str) -> int:
     """``archlab eval``'s result: one JSON object with ``--json``, else ``line`` filled in."""
     print(json.dumps(res) if a.json else line.format(**res))
     return 0
-
-
-def _eval_task(run, a: argparse.Namespace) -> int:
-    """A task run: error rates and answer loss on one split (``--split`` any of the task's splits)."""
-    from archlab.data.taskdata import build_task_data
-    from archlab.train.taskeval import evaluate_task
-
-    data = build_task_data(run.cfg.data.task)
-    split = _split_name(a)
-    if split not in data.splits:
-        raise ConfigError(f"--split: '{a.split}' is not a split of task '{data.kind}'; allowed: {', '.join(data.splits)}")
-    if a.max_tokens is not None or a.seq_len is not None:
-        raise ConfigError("--max-tokens / --seq-len: not used for a task run (whole splits are scored)")
-    res = {"split": split, "step": run.state.get("step"),
-           **evaluate_task(run.model, data.splits[split], batch_size=a.batch, **_progress(a))}
-    return _report_eval(a, res, "{split}: error {error:.4f}  token error {token_error:.4f}  answer loss "
-                                "{loss:.4f} nats  ({examples} examples, step {step})")
 
 
 def _cmd_generate(a: argparse.Namespace) -> int:
@@ -180,21 +148,6 @@ def _cmd_info(a: argparse.Namespace) -> int:
     return 0
 
 
-# ``archlab bench NAME [options]``: NAME -> (module, function taking (argv, mode) -> exit code,
-# one-line summary). A benchmark is one module with a ``main(argv, mode)``; adding one is one
-# line here. ``archlab bench NAME --help`` is that module's own page.
-BENCHES: dict[str, tuple[str, str, str]] = {
-    "train": ("archlab.lab.throughput", "main", "training tokens/s and MFU at the reference shape, vs x-transformers"),
-    "generate": ("archlab.lab.throughput", "main", "cached decoding tokens/s at the reference shape, vs x-transformers"),
-    "all": ("archlab.lab.throughput", "main", "train, then generate, in one run"),
-    "scaling": ("archlab.lab.scaling", "main", "time and peak memory of one block per mixer against sequence length"),
-    "hier": ("archlab.lab.hier_bench", "main", "hierarchical family vs simple-hierarchical-transformer"),
-    "local": ("archlab.lab.local_bench", "main", "sliding-window attention vs full attention and local-attention"),
-    "variants": ("archlab.lab.variants_bench", "main", "training-step time of config variants against a baseline"),
-    "quality": ("archlab.lab.quality", "main", "validation bpb after equal training, archlab vs x-transformers"),
-}
-
-
 def _cmd_bench(a: argparse.Namespace) -> int:
     import importlib
 
@@ -232,7 +185,10 @@ def _cmd_report(a: argparse.Namespace) -> int:
 
 
 def _cmd_export(a: argparse.Namespace) -> int:
-    from archlab.hf.export import export_run
+    try:
+        from archlab.hf.export import export_run
+    except ImportError as e:  # archlab.hf says what is missing and how to install it, in one line
+        raise ConfigError(f"export --hf: {e}") from e
 
     print(f"wrote {export_run(a.run, a.hf)}")
     return 0

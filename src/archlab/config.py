@@ -23,7 +23,7 @@ from typing import Any, Literal
 import yaml
 
 from archlab import catalog  # noqa: F401  (registers the built-in parts)
-from archlab.registry import FAMILY, TASK, ConfigError, PartConfig, from_dict, part, to_dict
+from archlab.registry import FAMILY, INIT, METHOD, TASK, ConfigError, PartConfig, from_dict, part, to_dict
 
 __all__ = [
     "Config", "ModelConfig", "LayerConfig", "LayersConfig", "DataConfig", "TrainConfig",
@@ -64,10 +64,10 @@ class ModelConfig:
     tie_embeddings: bool = True
     bias: bool = False  # biases in linear layers
     dropout: float = 0.0
-    # Weight matrices: 'fan_in' N(0, 1/(3·fan_in)) (PyTorch's nn.Linear variance), 'fixed' N(0, init_std)
-    # (GPT-2); residual outputs ÷√(2·depth) in both (archlab.models.lm.matrix_std). init_std is also
-    # the std of positional tables and kernels under either rule.
-    init: Literal["fan_in", "fixed"] = "fan_in"
+    # The initialiser (a registry, catalog/init.py): 'fan_in' N(0, 1/(3·fan_in)) (PyTorch's nn.Linear
+    # variance), 'fixed' N(0, init_std) (GPT-2); residual outputs ÷√(2·depth) in both (nn/init.py).
+    # init_std is also the std of positional tables and kernels under either rule.
+    init: str = "fan_in"
     init_std: float = 0.02
     # Knobs of the model family beyond the ones above, parsed by the dataclass registered with
     # the family (e.g. family 'hierarchical': hierarchies, dims, window_sizes; see docs/hierarchical.md).
@@ -129,6 +129,7 @@ class TrainConfig:
     beta1: float = 0.9
     beta2: float = 0.95
     grad_clip: float = 1.0  # 0 disables
+    method: str = "backprop"  # how a step obtains its gradient (a registry: catalog/methods.py)
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda | cuda:N | mps
     precision: Literal["auto", "fp32", "bf16"] = "auto"  # auto: bf16 autocast on CUDA with bf16
@@ -284,6 +285,8 @@ def _check_range(value: float, where: str, interval: str, why: str) -> None:
 def _validate_model(m: ModelConfig) -> None:
     if m.family not in FAMILY:
         raise ConfigError(f"model.family: unknown family '{m.family}'; allowed: {', '.join(FAMILY.kinds())}")
+    if m.init not in INIT:
+        raise ConfigError(f"model.init: {m.init!r} is not allowed; allowed: {', '.join(INIT.kinds())}")
     for name in ("dim", "depth", "heads", "max_seq_len"):
         if getattr(m, name) <= 0:
             raise ConfigError(f"model.{name}: must be positive, got {getattr(m, name)}")
@@ -328,6 +331,8 @@ def _validate_data(d: DataConfig, m: ModelConfig) -> None:
 
 
 def _validate_train(t: TrainConfig) -> None:
+    if t.method not in METHOD:
+        raise ConfigError(f"train.method: {t.method!r} is not allowed; allowed: {', '.join(METHOD.kinds())}")
     budgets = [k for k in BUDGET_KEYS if getattr(t, k) is not None]
     if len(budgets) > 1:
         raise ConfigError(f"train: give exactly one budget (steps, tokens or seconds), got {', '.join(budgets)}")
@@ -351,14 +356,12 @@ def _require_budget(t: TrainConfig) -> None:
 
 
 def _validate(cfg: Config, require_budget: bool = True) -> Config:
-    import archlab.models  # noqa: F401  (registers the model families)
-
     m, t, d = cfg.model, cfg.train, cfg.data
     _validate_model(m)
     _validate_data(d, m)
     _validate_train(t)
     if t.dynamics:
-        from archlab.train.dynamics import parse_dynamics  # the controller registry lives with the trainer
+        from archlab.catalog.dynamics import parse_dynamics
 
         t.dynamics = parse_dynamics(t.dynamics, {"model": m, "train": t})
     layers = m.layer_configs()  # parses overrides, raising on bad keys

@@ -62,6 +62,23 @@ class Registry:
 
         return deco
 
+    def declare(self, kind: str, config_cls: type, doc: str, *, build: str) -> None:
+        """Register ``kind`` whose builder lives on a higher floor, named ``"module:function"``.
+
+        The module is imported when the first part of this kind is built, so the catalogue can
+        list (and the config validate) a kind without importing the code that builds it."""
+        module, _, name = build.partition(":")
+        if not module or not name:
+            raise ValueError(f"{self.group}: builder of '{kind}' must be 'module:function', got {build!r}")
+
+        def lazy(*args: Any, **kwargs: Any) -> Any:
+            import importlib
+
+            return getattr(importlib.import_module(module), name)(*args, **kwargs)
+
+        lazy.__qualname__ = build
+        self.register(kind, config_cls, doc)(lazy)
+
     def kinds(self) -> list[str]:
         return sorted(self._entries)
 
@@ -108,8 +125,11 @@ FFN = Registry("ffn")
 NORM = Registry("norm")
 FAMILY = Registry("family")
 TASK = Registry("task")  # synthetic tasks (data.task); kinds in archlab.catalog.tasks
+RESIDUAL = Registry("residual")  # residual policies, chosen by a layer's norm.placement
+INIT = Registry("init")  # initialisers, chosen by model.init
+METHOD = Registry("method")  # training methods, chosen by train.method
 
-REGISTRIES: dict[str, Registry] = {r.group: r for r in (POSITION, MIXER, FFN, NORM, FAMILY, TASK)}
+REGISTRIES: dict[str, Registry] = {r.group: r for r in (POSITION, MIXER, FFN, NORM, FAMILY, TASK, RESIDUAL, INIT, METHOD)}
 
 
 def part(group: str, default: Callable[[], Any] | None = None, optional: bool = False) -> Any:
@@ -315,3 +335,16 @@ def to_dict(obj: Any) -> Any:
     if isinstance(obj, dict):
         return {k: to_dict(v) for k, v in obj.items()}
     return obj
+
+
+def flatten(d: dict, prefix: str = "", *, whole: Callable[[str, Any], bool] | None = None) -> dict[str, Any]:
+    """Nested dicts as ``{dotted key: leaf}``; a dict for which ``whole(key, value)`` is true is
+    kept as one leaf (an empty dict contributes no key)."""
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict) and not (whole is not None and whole(key, v)):
+            out.update(flatten(v, key + ".", whole=whole))
+        else:
+            out[key] = v
+    return out

@@ -18,5 +18,4 @@ class BuildContext:
     dropout: float = 0.0
     init_std: float = 0.02
     position: Any = None  # the PositionalScheme the layer's attention uses
-    layer: int = 0
     depth: int = 1

@@ -34,6 +34,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from archlab.atomic import write_text_atomic
 from archlab.catalog.tasks import PAD, TaskConfig
 from archlab.registry import ConfigError, to_dict
 
@@ -85,7 +86,7 @@ class WordTokenizer:
         d = Path(directory)
         d.mkdir(parents=True, exist_ok=True)
         out = d / "tokenizer.json"
-        out.write_text(json.dumps({"kind": "task_vocab", "task": self.task, "words": self.words}) + "\n", encoding="utf-8")
+        write_text_atomic(out, json.dumps({"kind": "task_vocab", "task": self.task, "words": self.words}) + "\n")
         return out
 
     @classmethod

@@ -33,6 +33,8 @@ from typing import Any, Union
 
 import numpy as np
 
+from archlab.atomic import write_text_atomic
+
 TOKENIZER_FILE = "tokenizer.json"
 TOKENIZER_KINDS = ("bytes", "bpe")
 
@@ -43,6 +45,21 @@ def _as_id_array(ids: Any) -> np.ndarray:
         ids = ids.detach().cpu().numpy()
     arr = np.asarray(ids, dtype=np.int64)
     return arr.reshape(-1)
+
+
+def _write_tokenizer_file(directory: Union[str, Path], text: str) -> Path:
+    """``directory/tokenizer.json`` (the folder created if needed), written atomically."""
+    d = Path(directory)
+    d.mkdir(parents=True, exist_ok=True)
+    return write_text_atomic(d / TOKENIZER_FILE, text)
+
+
+def _load_as(cls: type, directory: Union[str, Path], what: str) -> Any:
+    """:func:`load_tokenizer`, refused unless it gives a ``cls``."""
+    tok = load_tokenizer(directory)
+    if not isinstance(tok, cls):
+        raise ValueError(f"{Path(directory) / TOKENIZER_FILE}: not {what}")
+    return tok
 
 
 class ByteTokenizer:
@@ -98,19 +115,12 @@ class ByteTokenizer:
 
     def save(self, directory: Union[str, Path]) -> Path:
         """Write ``tokenizer.json`` = ``{"kind": "bytes"}`` into ``directory``."""
-        d = Path(directory)
-        d.mkdir(parents=True, exist_ok=True)
-        out = d / TOKENIZER_FILE
-        out.write_text(json.dumps({"kind": "bytes"}) + "\n", encoding="utf-8")
-        return out
+        return _write_tokenizer_file(directory, json.dumps({"kind": "bytes"}) + "\n")
 
     @classmethod
     def load(cls, directory: Union[str, Path]) -> "ByteTokenizer":
         """Counterpart of :meth:`save` (the file carries no state)."""
-        tok = load_tokenizer(directory)
-        if not isinstance(tok, ByteTokenizer):
-            raise ValueError(f"{Path(directory) / TOKENIZER_FILE}: not a byte tokenizer")
-        return tok
+        return _load_as(cls, directory, "a byte tokenizer")
 
     def __repr__(self) -> str:
         return "ByteTokenizer(vocab_size=256)"
@@ -254,19 +264,12 @@ class BPETokenizer:
         The file is recognised as ours by ``model.type == "BPE"`` with a
         ``ByteLevel`` decoder, so it also loads in plain ``tokenizers``.
         """
-        d = Path(directory)
-        d.mkdir(parents=True, exist_ok=True)
-        out = d / TOKENIZER_FILE
-        out.write_text(self._tok.to_str(pretty=True), encoding="utf-8")
-        return out
+        return _write_tokenizer_file(directory, self._tok.to_str(pretty=True))
 
     @classmethod
     def load(cls, directory: Union[str, Path]) -> "BPETokenizer":
         """Counterpart of :meth:`save`."""
-        tok = load_tokenizer(directory)
-        if not isinstance(tok, BPETokenizer):
-            raise ValueError(f"{Path(directory) / TOKENIZER_FILE}: not a bpe tokenizer")
-        return tok
+        return _load_as(cls, directory, "a bpe tokenizer")
 
     def __repr__(self) -> str:
         return f"BPETokenizer(vocab_size={self.vocab_size})"

@@ -1,43 +1,37 @@
 """Hugging Face ``transformers`` interop: archlab models as ``PreTrainedModel`` s.
 
+``import archlab.hf`` is the one, explicit registration step: afterwards ``AutoConfig`` and
+``AutoModelForCausalLM`` know model type ``"archlab"`` (``AutoConfig.register`` /
+``AutoModelForCausalLM.register``, see :mod:`archlab.hf.registration`). ``import archlab``
+alone imports neither transformers nor torch and registers nothing.
+
 * :class:`ArchlabConfig` (``model_type = "archlab"``) carries the archlab ``ModelConfig`` as a
-  plain nested dict under ``archlab`` in ``config.json``.
+  plain nested dict under ``archlab`` in ``config.json`` (:mod:`.configuration`).
 * :class:`ArchlabForCausalLM` wraps :class:`archlab.models.lm.LM` (parameters live under
-  ``model.``) with HF's ``forward``/``generate``/``save_pretrained``/``from_pretrained``.
-* :class:`ArchlabCache` is the ``transformers.Cache`` facade over archlab's ``ModelCache``.
-* :func:`export_run` turns a trained run into a folder ``from_pretrained`` loads offline.
+  ``model.``) with HF's ``forward``/``generate``/``save_pretrained``/``from_pretrained``
+  (:mod:`.modeling`); :class:`ArchlabLogitsWarper` is archlab's sampling rule as a processor.
+* :class:`ArchlabCache` is the ``transformers.Cache`` facade over archlab's ``ModelCache``
+  (:mod:`.cache`).
+* :func:`export_run` turns a trained run into a folder ``from_pretrained`` loads offline
+  (:mod:`.export`).
 
-Nothing here imports ``transformers`` until one of these names is used (module-level
-``__getattr__``), so ``import archlab`` stays fast. The Auto classes learn about
-``"archlab"`` lazily after ``import archlab`` (see :mod:`archlab.hf._hook` for how and why);
-:func:`register` does it eagerly.
-
-Requires ``transformers>=5`` (``pip install 'archlab[hf]'``).
+Requires ``transformers>=5`` (``pip install 'archlab[hf]'``); an ``ImportError`` says so otherwise.
 """
 
 from __future__ import annotations
 
-import importlib
+from archlab.hf.support import transformers_problem
 
-_LAZY = {
-    "ArchlabConfig": "archlab.hf.configuration",
-    "ArchlabForCausalLM": "archlab.hf.modeling",
-    "ArchlabCache": "archlab.hf.modeling",
-    "ArchlabLogitsWarper": "archlab.hf.modeling",
-    "export_run": "archlab.hf.export",
-    "register": "archlab.hf._hook",
-}
+_problem = transformers_problem()
+if _problem is not None:
+    raise ImportError(f"archlab.hf {_problem}")
 
-__all__ = sorted(_LAZY)
+from archlab.hf.cache import ArchlabCache  # noqa: E402
+from archlab.hf.configuration import ArchlabConfig  # noqa: E402
+from archlab.hf.export import export_run  # noqa: E402
+from archlab.hf.modeling import ArchlabForCausalLM, ArchlabLogitsWarper  # noqa: E402
+from archlab.hf.registration import register  # noqa: E402
 
+register()
 
-def __getattr__(name: str) -> object:  # no `typing` import: keep `import archlab` lean
-    if name in _LAZY:
-        value = getattr(importlib.import_module(_LAZY[name]), name)
-        globals()[name] = value  # later lookups skip __getattr__
-        return value
-    raise AttributeError(f"module 'archlab.hf' has no attribute {name!r}")
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(_LAZY))
+__all__ = ["ArchlabCache", "ArchlabConfig", "ArchlabForCausalLM", "ArchlabLogitsWarper", "export_run", "register"]

@@ -20,16 +20,7 @@ from __future__ import annotations
 import copy
 from typing import Any
 
-import transformers
 from transformers.configuration_utils import PreTrainedConfig
-
-from archlab.hf import _hook
-
-if not _hook.transformers_supported():
-    raise ImportError(
-        f"archlab.hf needs transformers>={_hook.MIN_TRANSFORMERS_MAJOR}, found {transformers.__version__}; "
-        "pip install 'archlab[hf]'"
-    )
 
 # Vocabulary of archlab's default (byte) tokenizer: what archlab itself fills in when a model
 # config leaves vocab_size unset (config._validate), so a bare ArchlabConfig() builds a model.
@@ -116,9 +107,6 @@ class ArchlabConfig(PreTrainedConfig):
         self.max_position_embeddings = m["max_seq_len"]
         self.tie_word_embeddings = bool(m["tie_embeddings"])
         super().__post_init__(**kwargs)
-        # An ArchlabConfig exists: whoever made it is about to want the model class
-        # registered with AutoModelForCausalLM (see archlab.hf._hook, trigger 3).
-        _hook.want_model()
 
     @classmethod
     def from_archlab(cls, model_config: Any, **kwargs: Any) -> "ArchlabConfig":

@@ -2,7 +2,7 @@
 
 The folder holds ``config.json`` (an :class:`~archlab.hf.configuration.ArchlabConfig`),
 ``generation_config.json``, ``model.safetensors``, ``tokenizer.json`` and
-``tokenizer_config.json``. With ``import archlab`` done, it loads offline with
+``tokenizer_config.json``. After ``import archlab.hf`` (the registration step), it loads offline with
 ``AutoModelForCausalLM.from_pretrained(DIR)`` and ``AutoTokenizer.from_pretrained(DIR)``, whose
 ids are archlab's: the BPE file is the run's own ``tokenizers`` JSON copied byte for byte, and
 the byte tokenizer (archlab's run folders store it as ``{"kind": "bytes"}``, which transformers
@@ -31,12 +31,12 @@ def export_run(run: Any, out_dir: str | Path) -> Path:
 
     The weights are the checkpoint's, bit for bit, in their stored dtype. Returns ``out_dir``.
     Raises :class:`~archlab.train.checkpoint.CheckpointError` for a missing/corrupt run and a
-    one-line :class:`~archlab.registry.ConfigError` when transformers is missing or too old
-    or ``out_dir`` is not a folder (both are mapped to ``archlab: error: ...`` by the CLI).
+    one-line :class:`~archlab.registry.ConfigError` when ``out_dir`` is not a folder (both are
+    mapped to ``archlab: error: ...`` by the CLI, as is the ``ImportError`` of ``archlab.hf``
+    when transformers is missing or too old).
     """
     from archlab.registry import ConfigError
 
-    _require_transformers(ConfigError)
     from archlab.hf.configuration import ArchlabConfig
     from archlab.hf.modeling import ArchlabForCausalLM
     from archlab.train.run import LoadedRun, load_run
@@ -131,21 +131,6 @@ def _check_rebuilds(model: Any, model_cfg: Any) -> None:
     if not torch.allclose(a, b, rtol=1e-5, atol=1e-5):
         raise ConfigError("export --hf: the adapted values of train.dynamics could not be written into a config that "
                           f"reproduces the model (max logit difference {float((a - b).abs().max()):.3g})")
-
-
-def _require_transformers(error: type[Exception]) -> None:
-    """Fail early, in one line, instead of with an ImportError traceback from deep inside."""
-    import importlib.util
-
-    from archlab.hf import _hook
-
-    if importlib.util.find_spec("transformers") is None:
-        raise error("exporting to Hugging Face format needs transformers: pip install 'archlab[hf]'")
-    import transformers
-
-    if not _hook.transformers_supported():
-        raise error(f"exporting to Hugging Face format needs transformers>={_hook.MIN_TRANSFORMERS_MAJOR}, "
-                    f"found {transformers.__version__}: pip install -U 'archlab[hf]'")
 
 
 __all__ = ["export_run"]

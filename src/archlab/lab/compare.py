@@ -30,25 +30,12 @@ import torch
 
 import archlab
 from archlab.atomic import write_text_atomic
-from archlab.lab.contest import cpu_model
+from archlab.config import parse_config
+from archlab.environment import machine_info, versions
 from archlab.lab.experiment import Experiment, load_experiment
-from archlab.registry import ConfigError
+from archlab.registry import ConfigError, flatten
 from archlab.train import Trainer
 from archlab.train.checkpoint import CHECKPOINT
-from archlab.train.evaluate import evaluate, token_byte_lengths
-from archlab.train.taskeval import evaluate_task
-
-
-def machine_info(device: str = "cpu") -> dict[str, Any]:
-    info = {"cpu": cpu_model(), "cores": os.cpu_count(), "threads": torch.get_num_threads(), "device": device,
-            "platform": platform.platform()}
-    if torch.cuda.is_available():
-        info["gpu"] = torch.cuda.get_device_name(0)
-    return info
-
-
-def versions() -> dict[str, str]:
-    return {"archlab": archlab.__version__, "torch": torch.__version__, "python": platform.python_version()}
 
 
 def _atomic_json(path: Path, data: Any) -> None:
@@ -88,20 +75,20 @@ def fingerprint_digest(fp: dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps(fp, sort_keys=True, default=str).encode()).hexdigest()
 
 
-def _flat(d: Any, prefix: str = "") -> dict[str, Any]:
-    if not isinstance(d, dict):
-        return {prefix.rstrip("."): d}
-    out: dict[str, Any] = {}
-    for k, v in d.items():
-        out.update(_flat(v, f"{prefix}{k}."))
-    return out
-
-
 def changed_keys(old: dict[str, Any] | None, new: dict[str, Any]) -> list[str]:
-    """Dotted keys whose values differ between two fingerprints (all of them when ``old`` is None)."""
+    """Dotted keys whose values differ between two fingerprints (none when ``old`` is None).
+
+    The old config is first read by today's code, so a knob added to archlab after the run was
+    made counts as changed only if the experiment now sets it away from its default (the run
+    was made with the behaviour its default keeps)."""
     if not old:
         return []
-    a, b = _flat(old), _flat(new)
+    if isinstance(old.get("config"), dict):
+        try:
+            old = {**old, "config": parse_config(old["config"], require_budget=False).to_dict()}
+        except ConfigError:
+            pass  # a key that no longer exists: compared as recorded
+    a, b = flatten(old), flatten(new)
     return sorted(k for k in a.keys() | b.keys() if a.get(k, "<unset>") != b.get(k, "<unset>"))
 
 
@@ -120,7 +107,9 @@ def stale_runs(exp: Experiment, out: Path) -> list[tuple[Path, list[str]]]:
                 res = {}
             fp = run_fingerprint(exp, variant, seed)
             if res.get("fingerprint") != fingerprint_digest(fp):
-                stale.append((done.parent, changed_keys(res.get("fingerprint_of"), fp)))
+                keys = changed_keys(res.get("fingerprint_of"), fp)
+                if keys or not res.get("fingerprint_of"):  # only knobs added since, at their defaults: same run
+                    stale.append((done.parent, keys))
     return stale
 
 
@@ -173,48 +162,15 @@ def run_one(exp: Experiment, variant: str, seed: int, run_dir: Path, *, callback
     summary = trainer.fit()
     if not trainer.dist.main:  # under torchrun only rank 0 evaluates and writes
         return {"variant": variant, "seed": seed, "status": "done-on-other-rank"}
-    if exp.task is not None:
-        return _task_result(exp, trainer, summary, variant, seed, run_dir)
-    t = cfg.train
-    lengths = token_byte_lengths(trainer.tokenizer)  # bytes of exactly the scored targets (exact bpb)
-    ev = evaluate(trainer.model, trainer.streams[exp.eval_split], seq_len=t.seq_len, batch_size=trainer.micro,
-                  max_tokens=exp.eval_max_tokens, device=trainer.device, autocast=trainer.autocast,
-                  token_bytes=lengths)
-    extra: dict[str, float] = {}
-    for n in exp.eval_seq_lens:  # the same held-out tokens in longer windows (length extrapolation)
-        ev_n = evaluate(trainer.model, trainer.streams[exp.eval_split], seq_len=n,
-                        batch_size=max(1, trainer.micro * t.seq_len // n), max_tokens=exp.eval_max_tokens,
-                        device=trainer.device, autocast=trainer.autocast, token_bytes=lengths)
-        extra[f"bpb@{n}"], extra[f"loss@{n}"] = ev_n["bpb"], ev_n["loss"]
-    result = {
-        "variant": variant, "seed": seed, "dir": str(run_dir.relative_to(run_dir.parents[1])), "status": "done",
-        "parameters": summary["parameters"], "tokens": summary["tokens"], "steps": summary["steps"],
-        "bpb": ev["bpb"], "loss": ev["loss"], "eval_tokens": ev["tokens"],
-        "final_val_bpb": summary["final_val_bpb"], "best_val_loss": summary["best_val_loss"],
-        "tokens_per_s": summary["tokens_per_s"], "wall_time": summary["wall_time"],
-        "train_time": summary["train_time"], "peak_mem_mb": summary["peak_mem_mb"],
-        "curve": read_curve(run_dir), **extra,
-    }
-    _atomic_json(run_dir / "result.json", _stamp(result, exp, variant, seed))
-    return result
-
-
-def _task_result(exp: Experiment, trainer: Trainer, summary: dict, variant: str, seed: int, run_dir: Path) -> dict:
-    """A task run's result: error, token_error and loss on ``eval.split`` (in distribution) and
-    ``<metric>@<split>`` on every OOD split, each split scored whole."""
-    metrics: dict[str, float] = {}
-    for split in [exp.eval_split, *exp.task.ood_splits()]:
-        ev = evaluate_task(trainer.model, trainer.streams[split], batch_size=trainer.micro, device=trainer.device,
-                           autocast=trainer.autocast)
-        suffix = "" if split == exp.eval_split else f"@{split}"
-        metrics.update({f"{k}{suffix}": ev[k] for k in ("error", "token_error", "loss")})
-        metrics[f"examples{suffix}"] = ev["examples"]
+    metrics, extra = exp.objective.experiment_metrics(exp, trainer)
+    primary = f"final_val_{exp.objective.primary}"
     result = {
         "variant": variant, "seed": seed, "dir": str(run_dir.relative_to(run_dir.parents[1])), "status": "done",
         "parameters": summary["parameters"], "tokens": summary["tokens"], "steps": summary["steps"], **metrics,
-        "final_val_error": summary["final_val_error"], "best_val_loss": summary["best_val_loss"],
+        primary: summary[primary], "best_val_loss": summary["best_val_loss"],
         "tokens_per_s": summary["tokens_per_s"], "wall_time": summary["wall_time"],
-        "train_time": summary["train_time"], "peak_mem_mb": summary["peak_mem_mb"], "curve": read_curve(run_dir),
+        "train_time": summary["train_time"], "peak_mem_mb": summary["peak_mem_mb"],
+        "curve": read_curve(run_dir), **extra,
     }
     _atomic_json(run_dir / "result.json", _stamp(result, exp, variant, seed))
     return result

@@ -30,7 +30,8 @@ from typing import Any
 
 from archlab.config import Config, TrainConfig, apply_overrides, load_yaml, parse_config
 from archlab.lab.stats import CORRECTIONS, DEFAULT_CORRECTION, DEFAULT_LEVEL
-from archlab.registry import INT_LIMIT, ConfigError, from_dict
+from archlab.registry import INT_LIMIT, ConfigError, flatten, from_dict
+from archlab.train.objectives import Objective, objective_for
 
 EXPERIMENT_KEYS = {"name", "description", "base", "overrides", "budget", "seeds", "baseline", "eval", "variants",
                    "metric", "also", "stats"}
@@ -61,36 +62,26 @@ class Experiment:
     level: float = 0.95  # stats.level: confidence level; 1 - level is the family-wise error rate
 
     @property
-    def task(self) -> Any:
-        """The synthetic task (its ``TaskConfig``) every variant trains on (``data.corpus: task``), else None."""
-        d = self.variants[self.baseline].data
-        return d.task if d.corpus == "task" else None
+    def objective(self) -> Objective:
+        """What every variant optimises (the baseline's data section decides; variants may not
+        change the data)."""
+        return objective_for(self.variants[self.baseline])
 
     def metric_names(self) -> list[str]:
-        """Every metric a run of this experiment reports (all lower-is-better). A task reports its
-        error rates and answer loss on ``eval.split`` and, suffixed ``@ood_*``, on each OOD split."""
-        if self.task is not None:
-            base = ["error", "token_error", "loss"]
-            return base + [f"{m}@{s}" for s in self.task.ood_splits() for m in base]
-        names = ["bpb", "loss"]
-        for n in self.eval_seq_lens:
-            names += [f"bpb@{n}", f"loss@{n}"]
-        return names
+        """Every metric a run of this experiment reports (all lower-is-better), as its objective
+        names them (bpb and loss, and ``@n`` for each ``eval.seq_lens``; a task's error rates and
+        answer loss, and ``@ood_*`` for each OOD split)."""
+        return self.objective.metric_names(self)
 
     def config_for(self, variant: str, seed: int) -> Config:
         raw = apply_overrides(self.variants[variant].to_dict(), {"train.seed": seed})
         return parse_config(raw)
 
 
-def _flatten(d: dict, prefix: str = "") -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for k, v in d.items():
-        key = f"{prefix}{k}"
-        if isinstance(v, dict) and "kind" not in v and not k.startswith("model.layers"):
-            out.update(_flatten(v, key + "."))
-        else:
-            out[key] = v
-    return out
+def _override_keys(d: dict) -> dict[str, Any]:
+    """A variant's overrides by dotted key; a part spec (a dict with ``kind``) and the per-layer
+    table stay whole."""
+    return flatten(d, whole=lambda key, v: "kind" in v or key.startswith("model.layers"))
 
 
 def _touches_fixed(key: str) -> bool:
@@ -192,7 +183,7 @@ def load_experiment(path: str | Path) -> Experiment:
         over = {} if over is None else over
         if not isinstance(over, dict):
             raise ConfigError(f"{path}: variants.{name}: expected a mapping of overrides")
-        for key in _flatten(over):
+        for key in _override_keys(over):
             if _touches_fixed(key):
                 raise ConfigError(
                     f"{path}: variants.{name}: '{key}' would change the budget, batch shape, seed or data; "
@@ -229,8 +220,7 @@ def load_experiment(path: str | Path) -> Experiment:
         eval_max_tokens=max_tokens, variants=configs, overrides=overrides,
         description=_text(raw, "description", "", path), eval_seq_lens=list(seq_lens),
     )
-    if exp.task is not None:
-        _check_task_experiment(exp, ev, path)
+    exp.objective.check_experiment(exp, ev, path)
     known = exp.metric_names()
     exp.metric = str(raw.get("metric", known[0]))
     also = _given(raw, "also", [])
@@ -259,21 +249,3 @@ def _stats(raw: dict, path: Path) -> tuple[str, float]:
     if isinstance(level, bool) or not isinstance(level, (int, float)) or not 0.0 < level < 1.0:
         raise ConfigError(f"{path}: stats.level: {level!r}; allowed: a number strictly between 0 and 1, e.g. 0.95")
     return correction, float(level)
-
-
-def _check_task_experiment(exp: Experiment, ev: dict, path: Path) -> None:
-    """A task experiment scores whole splits (no token cap, no window lengths); every variant's
-    lengths are checked against the data now, before the first run."""
-    from archlab.data.taskdata import build_task_data, check_task_lengths
-
-    for key in ("max_tokens", "seq_lens"):
-        if key in ev:
-            raise ConfigError(f"{path}: eval.{key}: not used by a task experiment (whole splits are scored; "
-                              "the OOD splits come with the task)")
-    exp.eval_max_tokens = None
-    data = build_task_data(exp.task)
-    for name, cfg in exp.variants.items():
-        try:
-            check_task_lengths(data, seq_len=cfg.train.seq_len, max_seq_len=cfg.model.max_seq_len)
-        except ConfigError as e:
-            raise ConfigError(f"{path}: variants.{name}: {e}") from None

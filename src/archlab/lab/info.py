@@ -6,9 +6,8 @@ from __future__ import annotations
 import yaml
 
 from archlab.config import Config, TrainConfig
-from archlab.lab.bench import nonembedding_params, train_flops_per_token
 from archlab.models import build_model
-from archlab.models.lm import count_parameters
+from archlab.models.counting import count_parameters, nonembedding_params, train_flops_per_token
 
 
 def _part(p) -> str:

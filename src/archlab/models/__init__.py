@@ -4,25 +4,14 @@ from __future__ import annotations
 
 from torch import nn
 
-from archlab.models import hierarchical
 from archlab.models.generation import generate
-from archlab.models.hierarchical import HierarchicalConfig, HierarchicalLM, HierarchicalTransformer
+from archlab.models.hierarchical import HierarchicalLM, HierarchicalTransformer
 from archlab.models.lm import LM, ModelCache, ModelOutput
-from archlab.registry import FAMILY, PartConfig
+from archlab.registry import FAMILY
 
 __all__ = [
     "LM", "HierarchicalLM", "HierarchicalTransformer", "ModelCache", "ModelOutput", "build_model", "generate",
 ]
-
-
-@FAMILY.register("lm", PartConfig, "decoder-only language model")
-def _lm(cfg, *args):
-    return LM(cfg)
-
-
-@FAMILY.register("hierarchical", HierarchicalConfig, "hierarchical transformer: compressed streams merged per layer")
-def _hierarchical(cfg, *args):
-    return hierarchical.from_config(cfg)
 
 
 def build_model(model_cfg) -> nn.Module:

@@ -47,6 +47,7 @@ from archlab.nn.mixers.attention import Attention
 from archlab.nn.mixers.local import LocalAttention
 from archlab.nn.norms import LayerNorm, RMSNorm
 from archlab.nn.positional.base import bias_is_relative
+from archlab.nn.residual import PreNorm
 from archlab.nn.positional.rope import RotaryEmbedding
 
 
@@ -180,7 +181,8 @@ class FastDecoder:
         tables: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
         for block in model.blocks:
             attn, ffn = block.mixer, block.ffn
-            if type(attn) not in (Attention, LocalAttention) or not block.pre or not attn.causal \
+            pre = type(block.residual1) is PreNorm and type(block.residual2) is PreNorm
+            if type(attn) not in (Attention, LocalAttention) or not pre or not attn.causal \
                     or not isinstance(block.drop, nn.Identity):
                 return None
             if type(attn) is LocalAttention and (attn.global_heads or attn.global_tokens):
@@ -195,7 +197,7 @@ class FastDecoder:
                     tables[id(pos)] = self._rope_tables(pos, attn.head_dim)
                     if tables[id(pos)] is None:
                         return None
-            elif pos.uses_rotate or pos.needs_scores or getattr(pos, "attend", None) is not None:
+            elif pos.uses_rotate or pos.needs_scores or pos.attend is not None:
                 return None  # other rotations, CoPE and other score-dependent schemes: generic path
             elif pos.uses_embed and pos is not model.position:
                 return None

@@ -7,7 +7,6 @@ LM head (tied to the embedding by default) -> logits.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 
 import torch
@@ -16,7 +15,8 @@ from torch import nn
 
 from archlab.catalog import BuildContext
 from archlab.nn.block import Block
-from archlab.registry import FFN, MIXER, NORM, POSITION
+from archlab.nn.init import Initializer
+from archlab.registry import FFN, INIT, MIXER, NORM, POSITION, RESIDUAL, PartConfig
 
 IGNORE_INDEX = -100  # targets with this value are not counted (prompt / padding tokens)
 
@@ -41,66 +41,53 @@ class ModelCache:
             c.reorder(index)
 
 
-def context_for(cfg, *, causal: bool = True, layer: int = 0, position=None) -> BuildContext:
+def context_for(cfg, *, causal: bool = True, position=None) -> BuildContext:
     return BuildContext(
         dim=cfg.dim, heads=cfg.heads, kv_heads=cfg.resolved_kv_heads(), head_dim=cfg.resolved_head_dim(),
         max_seq_len=cfg.max_seq_len, causal=causal, bias=cfg.bias, dropout=cfg.dropout,
-        init_std=cfg.init_std, position=position, layer=layer, depth=cfg.depth,
+        init_std=cfg.init_std, position=position, depth=cfg.depth,
     )
+
+
+def _policy(norm_cfg) -> PartConfig:
+    """The residual policy a layer's norm config names (``placement``)."""
+    return PartConfig(kind=norm_cfg.placement)
 
 
 def build_blocks(cfg, *, causal: bool, shared_position: nn.Module) -> nn.ModuleList:
     """One Block per layer from the resolved per-layer configs. Layers without their own
     ``position`` share the model's scheme instance (one table, one set of parameters)."""
     blocks = []
-    for i, lc in enumerate(cfg.layer_configs()):
-        ctx = context_for(cfg, causal=causal, layer=i)
+    for lc in cfg.layer_configs():
+        ctx = context_for(cfg, causal=causal)
         ctx.position = POSITION.build(lc.position, ctx) if lc.position is not None else shared_position
         blocks.append(Block(
             mixer=MIXER.build(lc.mixer, ctx), ffn=FFN.build(lc.ffn, ctx),
             norm1=NORM.build(lc.norm, ctx), norm2=NORM.build(lc.norm, ctx),
-            placement=lc.norm.placement, dropout=cfg.dropout,
+            residual1=RESIDUAL.build(_policy(lc.norm), ctx), residual2=RESIDUAL.build(_policy(lc.norm), ctx),
+            dropout=cfg.dropout,
         ))
     return nn.ModuleList(blocks)
 
 
-#: Initialisation rules for weight matrices (``model.init``).
-INIT_RULES = ("fan_in", "fixed")
+def initializer(rule: str) -> Initializer:
+    """The registered initialiser ``model.init`` names (``fan_in``, ``fixed``, ...)."""
+    return INIT.build(PartConfig(kind=rule))
 
 
 def matrix_std(fan_in: int, *, rule: str, std: float, depth: int, residual_out: bool = False) -> float:
-    """The std of a weight matrix whose matmul reads ``fan_in`` inputs.
-
-    ``fan_in`` (the default): N(0, 1/(3·fan_in)), the variance of PyTorch's own ``nn.Linear``
-    default (kaiming-uniform with a = √5, i.e. U(±1/√fan_in)) that x-transformers keeps, as a
-    normal; it scales with width, so a wider model starts with proportionally smaller weights
-    and every layer's pre-activations start at the same scale whatever the width.
-    ``fixed``: N(0, std) whatever the width (GPT-2's 0.02).
-    Both divide outputs that feed the residual stream by √(2·depth) (GPT-2), so the stream's
-    variance does not grow with depth."""
-    if rule not in INIT_RULES:
-        raise ValueError(f"model.init: unknown rule {rule!r}; allowed: {', '.join(INIT_RULES)}")
-    s = std if rule == "fixed" else 1.0 / math.sqrt(3.0 * fan_in)
-    return s / math.sqrt(2 * depth) if residual_out else s
+    """The std of a weight matrix whose matmul reads ``fan_in`` inputs, under ``rule``."""
+    return initializer(rule).matrix_std(fan_in, std=std, depth=depth, residual_out=residual_out)
 
 
 def init_weights(model: nn.Module, std: float, depth: int, rule: str = "fixed") -> None:
-    """Linear weights by :func:`matrix_std` (``rule``), biases zero. Other parameters (norm
-    gains, positional tables, embeddings) keep the initialisation their own module chose;
-    :func:`init_embedding` sets an embedding table."""
-    for mod in model.modules():
-        if isinstance(mod, nn.Linear):
-            s = matrix_std(mod.in_features, rule=rule, std=std, depth=depth,
-                           residual_out=getattr(mod, "residual_out", False))
-            nn.init.normal_(mod.weight, std=s)
-            if mod.bias is not None:
-                nn.init.zeros_(mod.bias)
+    """Linear weights by ``rule``'s :meth:`~archlab.nn.init.Initializer.matrix_std`, biases zero."""
+    initializer(rule).linears(model, std, depth)
 
 
 def init_embedding(weight: torch.Tensor, std: float, rule: str = "fixed") -> None:
-    """A token-embedding table (V, D): under ``fan_in`` it is treated as the matrix of the LM
-    head it may be tied to, whose fan-in is D; under ``fixed`` N(0, std)."""
-    nn.init.normal_(weight, std=matrix_std(weight.shape[1], rule=rule, std=std, depth=1))
+    """A token-embedding table (V, D) by ``rule`` (treated as the tied head's matrix, fan-in D)."""
+    initializer(rule).embedding(weight, std)
 
 
 class LM(nn.Module):
@@ -112,9 +99,9 @@ class LM(nn.Module):
         self.position = POSITION.build(cfg.position, context_for(cfg))
         self.blocks = build_blocks(cfg, causal=True, shared_position=self.position)
         default_norm = cfg.layers.default.norm
-        post = default_norm.placement == "post"
         # Post-norm blocks end normalised already; pre-norm needs a final norm before the head.
-        self.norm = nn.Identity() if post else NORM.build(default_norm, context_for(cfg))
+        final = RESIDUAL.build(_policy(default_norm), context_for(cfg)).final_norm
+        self.norm = NORM.build(default_norm, context_for(cfg)) if final else nn.Identity()
         self.drop = nn.Dropout(cfg.dropout) if cfg.dropout > 0 else nn.Identity()
         self.head = nn.Linear(D, V, bias=False)
         init_weights(self, cfg.init_std, cfg.depth, cfg.init)
@@ -174,14 +161,3 @@ class LM(nn.Module):
         return ModelOutput(logits=logits, loss=loss, nll=nll, aux=aux)
 
 
-def count_parameters(model: nn.Module, *, exclude_embeddings: bool = False) -> int:
-    seen, n = set(), 0
-    skip = set()
-    if exclude_embeddings and hasattr(model, "embed"):
-        skip.add(id(model.embed.weight))
-    for p in model.parameters():
-        if id(p) in seen or id(p) in skip:
-            continue
-        seen.add(id(p))
-        n += p.numel()
-    return n

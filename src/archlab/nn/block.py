@@ -1,21 +1,25 @@
-"""A residual block: norm placement policy + token mixer + feed-forward."""
+"""A residual block: residual policy (where the norms sit) + token mixer + feed-forward."""
 
 from __future__ import annotations
 
 import torch
 from torch import nn
 
+from archlab.nn.mixers.base import TokenMixer
+from archlab.nn.residual import ResidualPolicy
+
 
 class Block(nn.Module):
-    """Pre-norm: x + f(N(x)). Post-norm (original Transformer): N(x + f(x))."""
+    """``x ← residual1(x, mixer, norm1)``, then ``x ← residual2(x, ffn, norm2)``: pre-norm
+    x + f(N(x)), post-norm (original Transformer) N(x + f(x)), or any registered policy. The
+    norms stay attributes of the block (state-dict keys ``norm1``/``norm2``); dropout applies to
+    the mixer's output."""
 
-    def __init__(self, *, mixer: nn.Module, ffn: nn.Module, norm1: nn.Module, norm2: nn.Module,
-                 placement: str = "pre", dropout: float = 0.0) -> None:
+    def __init__(self, *, mixer: TokenMixer, ffn: nn.Module, norm1: nn.Module, norm2: nn.Module,
+                 residual1: ResidualPolicy, residual2: ResidualPolicy, dropout: float = 0.0) -> None:
         super().__init__()
-        if placement not in ("pre", "post"):
-            raise ValueError(f"norm placement '{placement}'; allowed: pre, post")
         self.mixer, self.ffn, self.norm1, self.norm2 = mixer, ffn, norm1, norm2
-        self.pre = placement == "pre"
+        self.residual1, self.residual2 = residual1, residual2
         self.drop = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
 
     def init_cache(self):
@@ -23,8 +27,6 @@ class Block(nn.Module):
 
     def forward(self, x: torch.Tensor, *, positions: torch.Tensor, cache=None,
                 mask: torch.Tensor | None = None) -> torch.Tensor:
-        if self.pre:
-            x = x + self.drop(self.mixer(self.norm1(x), positions=positions, cache=cache, mask=mask))
-            return x + self.ffn(self.norm2(x))
-        x = self.norm1(x + self.drop(self.mixer(x, positions=positions, cache=cache, mask=mask)))
-        return self.norm2(x + self.ffn(x))
+        x = self.residual1(x, lambda h: self.drop(self.mixer(h, positions=positions, cache=cache, mask=mask)),
+                           self.norm1)
+        return self.residual2(x, self.ffn, self.norm2)

@@ -10,7 +10,22 @@ from __future__ import annotations
 import torch
 
 
-class KVCache:
+class _RowCache:
+    """What the key/value caches share: ``k``, ``v`` (B, H, T, D) and ``pos`` ((T,) or (B, T))."""
+
+    k: torch.Tensor | None
+    v: torch.Tensor | None
+    pos: torch.Tensor | None
+
+    def reorder(self, index: torch.Tensor) -> None:
+        """Select batch rows (beam search / HF cache reordering)."""
+        if self.k is not None:
+            self.k, self.v = self.k.index_select(0, index), self.v.index_select(0, index)
+            if self.pos.dim() == 2:
+                self.pos = self.pos.index_select(0, index)
+
+
+class KVCache(_RowCache):
     def __init__(self) -> None:
         self.k: torch.Tensor | None = None
         self.v: torch.Tensor | None = None
@@ -46,15 +61,7 @@ class KVCache:
         self.length = need
         return self.k[:, :, :need], self.v[:, :, :need], self.pos[..., :need]
 
-    def reorder(self, index: torch.Tensor) -> None:
-        """Select batch rows (beam search / HF cache reordering)."""
-        if self.k is not None:
-            self.k, self.v = self.k.index_select(0, index), self.v.index_select(0, index)
-            if self.pos.dim() == 2:
-                self.pos = self.pos.index_select(0, index)
-
-
-class WindowedKVCache:
+class WindowedKVCache(_RowCache):
     """Bounded cache for causal sliding-window attention of ``window`` keys.
 
     A query at position p sees keys at positions p − window + 1 … p, plus (global tokens) keys
@@ -128,10 +135,3 @@ class WindowedKVCache:
         else:
             self.k, self.v, self.pos, self.slots = k, v, pos, slots
         return k, v, pos
-
-    def reorder(self, index: torch.Tensor) -> None:
-        """Select batch rows (beam search / HF cache reordering)."""
-        if self.k is not None:
-            self.k, self.v = self.k.index_select(0, index), self.v.index_select(0, index)
-            if self.pos.dim() == 2:
-                self.pos = self.pos.index_select(0, index)

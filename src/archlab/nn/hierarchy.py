@@ -24,7 +24,7 @@ from archlab.nn.cache import KVCache, WindowedKVCache
 from archlab.nn.compress import expand_to_fine
 from archlab.nn.positional.rope import RotaryEmbedding
 
-from archlab.nn.mixers.local import sliding_window_attention
+from archlab.nn.kernels.sliding_window import sliding_window_attention
 
 
 def attention_cache(window: int | None) -> KVCache | WindowedKVCache:

@@ -31,91 +31,22 @@ import copy
 import dataclasses
 import math
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
 from torch import nn
 
-from archlab.registry import ConfigError, PartConfig, Registry, to_dict
+from archlab.catalog.dynamics import (  # noqa: F401  (the configs and registry, re-exported)
+    CONTROLLER,
+    ControllerConfig,
+    DropoutConfig,
+    RopeBaseConfig,
+    WindowConfig,
+    parse_dynamics,
+)
+from archlab.registry import ConfigError
 
 __all__ = ["CONTROLLER", "Controller", "ControllerConfig", "adapted_model_config", "build_controllers",
            "parse_dynamics", "restore"]
-
-CONTROLLER = Registry("dynamics")
-
-
-@dataclass
-class ControllerConfig(PartConfig):
-    """Knobs shared by every controller kind (see the module docstring for the rule)."""
-
-    every: int = 100  # steps between checks
-    decay: float = 0.95  # EMA decay d of the training loss
-    threshold: float = 0.01  # relative EMA improvement below which the run counts as stalled
-    factor: float = 2.0  # value multiplier on a plateau
-    relax: float = 1.0  # value multiplier when the loss improved (1.0: leave the value)
-    min: float = 0.0  # clamp range of the value
-    max: float = math.inf
-    start: int = 0  # no check before this step (e.g. the end of warmup)
-
-    def validate(self, where: str) -> None:
-        if self.every <= 0:
-            raise ConfigError(f"{where}.every: must be a positive number of steps, got {self.every}")
-        if not 0.0 <= self.decay < 1.0:
-            raise ConfigError(f"{where}.decay: must be in [0, 1), got {self.decay}")
-        if self.threshold < 0:
-            raise ConfigError(f"{where}.threshold: must be ≥ 0 (a relative improvement), got {self.threshold}")
-        if self.factor <= 0 or self.factor == 1.0:
-            raise ConfigError(f"{where}.factor: must be positive and not 1 (1 would change nothing), got {self.factor}")
-        if self.relax <= 0:
-            raise ConfigError(f"{where}.relax: must be positive (1.0 leaves the value when the loss improves), "
-                              f"got {self.relax}")
-        if not self.min <= self.max:
-            raise ConfigError(f"{where}: min {self.min} must be ≤ max {self.max}")
-        if self.start < 0:
-            raise ConfigError(f"{where}.start: must be ≥ 0, got {self.start}")
-
-    def check(self, ctx: dict, where: str) -> None:
-        """Refusals that need the rest of the config (none by default)."""
-
-
-@dataclass
-class RopeBaseConfig(ControllerConfig):
-    min: float = 100.0
-    max: float = 1.0e6
-
-    def validate(self, where: str) -> None:
-        super().validate(where)
-        if self.min <= 1.0:
-            raise ConfigError(f"{where}.min: a rotary base must stay > 1, got min {self.min}")
-
-
-@dataclass
-class WindowConfig(ControllerConfig):
-    min: float = 16.0
-    max: float = 4096.0
-
-    def validate(self, where: str) -> None:
-        super().validate(where)
-        if self.min < 1:
-            raise ConfigError(f"{where}.min: a window must stay ≥ 1 token, got min {self.min}")
-
-
-@dataclass
-class DropoutConfig(ControllerConfig):
-    factor: float = 0.5
-    min: float = 0.0
-    max: float = 0.5
-
-    def validate(self, where: str) -> None:
-        super().validate(where)
-        if not 0.0 <= self.min <= self.max < 1.0:
-            raise ConfigError(f"{where}: dropout range [min, max] must lie in [0, 1), got [{self.min}, {self.max}]")
-
-    def check(self, ctx: dict, where: str) -> None:
-        if ctx["model"].dropout <= 0:
-            raise ConfigError(f"{where}: the dropout controller needs model.dropout > 0 (with 0 the model "
-                              "has no dropout layers to adapt)")
-
 
 class Controller:
     """One adapted scalar: the EMA/threshold/multiply/clamp rule, applied through ``write``.
@@ -211,8 +142,7 @@ def _in_range(value: float, cfg: ControllerConfig, what: str, where: str) -> Non
         raise ConfigError(f"{where}: the model's {what} {value:g} is outside [min, max] = [{cfg.min:g}, {cfg.max:g}]")
 
 
-@CONTROLLER.register("rope_base", RopeBaseConfig, "rotary base of every module with set_base()")
-def _rope_base(cfg: RopeBaseConfig, model: nn.Module, name: str, where: str) -> Controller:
+def rope_base_controller(cfg: RopeBaseConfig, model: nn.Module, name: str, where: str) -> Controller:
     mods = _targets(model, "set_base", "a rotary position scheme", cfg.kind, where)
     value = _common([float(m.base) for m in mods], "rotary base", where)
     _in_range(value, cfg, "rotary base", where)
@@ -224,8 +154,7 @@ def _rope_base(cfg: RopeBaseConfig, model: nn.Module, name: str, where: str) -> 
     return Controller(name=name, cfg=cfg, read=lambda: value, write=write)
 
 
-@CONTROLLER.register("window", WindowConfig, "attention window of every module with set_window()")
-def _window(cfg: WindowConfig, model: nn.Module, name: str, where: str) -> Controller:
+def window_controller(cfg: WindowConfig, model: nn.Module, name: str, where: str) -> Controller:
     mods = _targets(model, "set_window", "local attention", cfg.kind, where)
     bad = [m for m in mods if not isinstance(getattr(m, "window", None), int)]
     if bad:
@@ -241,8 +170,7 @@ def _window(cfg: WindowConfig, model: nn.Module, name: str, where: str) -> Contr
     return Controller(name=name, cfg=cfg, read=lambda: value, write=write, integer=True)
 
 
-@CONTROLLER.register("dropout", DropoutConfig, "rate p of every nn.Dropout layer")
-def _dropout(cfg: DropoutConfig, model: nn.Module, name: str, where: str) -> Controller:
+def dropout_controller(cfg: DropoutConfig, model: nn.Module, name: str, where: str) -> Controller:
     # Only nn.Dropout layers (embedding, residual, feed-forward); attention-probability dropout
     # is a float inside scaled_dot_product_attention calls and stays at model.dropout.
     mods = [m for m in model.modules() if isinstance(m, nn.Dropout)]
@@ -259,27 +187,6 @@ def _dropout(cfg: DropoutConfig, model: nn.Module, name: str, where: str) -> Con
 
 
 # ----------------------------------------------------------------------------- config and building
-
-
-def parse_dynamics(specs: Any, ctx: dict, where: str = "train.dynamics") -> list[dict]:
-    """Validate ``train.dynamics`` and return it normalised (every knob filled in).
-
-    Called by the config's validation; each item is a ``{kind: ..., **knobs}`` mapping or a
-    bare kind name. One controller per kind: two would fight over the same scalar.
-    """
-    if not isinstance(specs, (list, tuple)):
-        raise ConfigError(f"{where}: expected a list of controllers, e.g. [{{kind: rope_base}}]; "
-                          f"kinds: {', '.join(CONTROLLER.kinds())}")
-    out, seen = [], set()
-    for i, spec in enumerate(specs):
-        at = f"{where}[{i}]"
-        cfg = CONTROLLER.parse(spec, at)
-        if cfg.kind in seen:
-            raise ConfigError(f"{at}: a second '{cfg.kind}' controller; one per kind (they would fight over one value)")
-        seen.add(cfg.kind)
-        cfg.check(ctx, at)
-        out.append(to_dict(cfg))
-    return out
 
 
 def build_controllers(specs: list, model: nn.Module, where: str = "train.dynamics") -> list[Controller]:

@@ -22,6 +22,7 @@ from archlab.data.tokenizer import check_tokenizer
 from archlab.models import build_model
 from archlab.registry import ConfigError
 from archlab.train.checkpoint import CHECKPOINT, CheckpointError, load_checkpoint, read_checkpoint
+from archlab.train.objectives import objective_for
 
 HF_CONFIG = "config.json"
 HF_WEIGHTS = "model.safetensors"
@@ -153,10 +154,10 @@ def _load_hf_weights(folder: Path, model: nn.Module) -> Path:
 
 
 def _tokenizer(folder: Path, cfg: Config) -> object:
+    kind = objective_for(cfg).tokenizer_kind(cfg)
     if (folder / "tokenizer.json").exists():
-        kind = "task" if cfg.data.corpus == "task" else cfg.data.tokenizer
         return check_tokenizer(load_tokenizer(folder), kind=kind, model_vocab=cfg.model.vocab_size,
                                where=str(folder / "tokenizer.json"))
-    if cfg.data.tokenizer == "bytes" and cfg.data.corpus != "task":
+    if kind == "bytes":  # the byte tokenizer has no state to lose
         return ByteTokenizer()
     raise CheckpointError(f"{folder}: tokenizer.json is missing (needed for the run's tokenizer)")

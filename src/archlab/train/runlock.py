@@ -28,7 +28,7 @@ from typing import Any
 
 from archlab.atomic import pid_alive, write_text_atomic
 from archlab.config import Config, load_yaml, parse_config
-from archlab.registry import ConfigError
+from archlab.registry import ConfigError, flatten
 from archlab.train.checkpoint import CHECKPOINT
 
 try:
@@ -147,17 +147,6 @@ class RunLock:
 RESUMABLE_CHANGES = {"train.steps", "train.tokens", "train.seconds"}
 
 
-def _flat(d: dict, prefix: str = "") -> dict[str, Any]:
-    out = {}
-    for k, v in d.items():
-        key = f"{prefix}{k}"
-        if isinstance(v, dict):
-            out.update(_flat(v, key + "."))
-        else:
-            out[key] = v
-    return out
-
-
 def check_run_folder(folder: Path, cfg: Config, *, resume: bool) -> None:
     """Refuse, in one line, a start that would overwrite a run or a resume with nothing (or
     something else) to resume: a resume needs the folder's config.yaml *and* checkpoint, and
@@ -180,11 +169,11 @@ def check_run_folder(folder: Path, cfg: Config, *, resume: bool) -> None:
         raise ConfigError(f"--resume: {folder} has a config.yaml but no {CHECKPOINT} (the run stopped "
                           "before its first save); start it again without --resume")
     try:
-        old = _flat(parse_config(load_yaml(saved_cfg, "the run's config.yaml"), require_budget=False).to_dict())
+        old = flatten(parse_config(load_yaml(saved_cfg, "the run's config.yaml"), require_budget=False).to_dict())
     except ConfigError as e:  # load_yaml's lines name the file already; parse_config's do not
         msg = str(e)
         raise ConfigError(msg if str(saved_cfg) in msg else f"{saved_cfg}: {msg}") from None
-    new = _flat(cfg.to_dict())
+    new = flatten(cfg.to_dict())
     diff = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k) and k not in RESUMABLE_CHANGES)
     if diff:
         raise ConfigError(

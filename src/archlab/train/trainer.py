@@ -37,17 +37,16 @@ import yaml
 
 from archlab.atomic import write_text_atomic
 from archlab.config import Config
-from archlab.data import WindowSampler, check_streams, iter_texts, load_tokenizer, make_tokenizer, prepare_corpus
+from archlab.data import load_tokenizer
 from archlab.data.tokenizer import check_tokenizer
-from archlab.data.taskdata import TaskSampler, build_task_data, check_task_lengths
 from archlab.models import build_model
-from archlab.models.lm import IGNORE_INDEX, count_parameters
-from archlab.registry import ConfigError
+from archlab.models.counting import count_parameters
+from archlab.models.lm import IGNORE_INDEX
+from archlab.registry import METHOD, ConfigError, PartConfig
 from archlab.train import distributed
 from archlab.train.checkpoint import CHECKPOINT, load_checkpoint, save_checkpoint
 from archlab.train.dynamics import build_controllers
-from archlab.train.evaluate import evaluate, token_byte_lengths
-from archlab.train.taskeval import evaluate_task
+from archlab.train.objectives import objective_for
 from archlab.train.optim import build_optimizer, lr_at
 from archlab.train.runlock import RunLock, check_run_folder, trim_metrics
 from archlab.train.runtime import autocast_factory, peak_memory_mb, pick_device, seed_everything
@@ -88,23 +87,19 @@ class Callback(Protocol):
 
 def setup_tokenizer(cfg: Config, run_dir: Path, *, log: Callable[[str], None] | None = None,
                     resume: bool = False):
-    """The run's tokenizer: bytes, a BPE trained on the train split, or a synthetic task's word
-    vocabulary; saved with the run. ``log`` announces a BPE training (None: silent). A resumed
-    BPE run must find its own: a BPE trained again need not give the ids its weights learnt."""
+    """The run's tokenizer (its objective's: bytes, a BPE trained on the train split, or a
+    synthetic task's word vocabulary); saved with the run. ``log`` announces a BPE training (None:
+    silent). A resumed BPE run must find its own: a BPE trained again need not give the ids its
+    weights learnt."""
+    objective = objective_for(cfg)
     saved = run_dir / "tokenizer.json"
-    if resume and not saved.exists() and cfg.data.corpus != "task" and cfg.data.tokenizer == "bpe":
+    if resume and not saved.exists() and not objective.can_rebuild_tokenizer(cfg):
         raise ConfigError(f"--resume: {saved} is missing; the run's BPE tokenizer cannot be trained again "
                           "to the same ids, so restore it or start a new run")
     if saved.exists():
-        kind = "task" if cfg.data.corpus == "task" else cfg.data.tokenizer
-        return check_tokenizer(load_tokenizer(run_dir), kind=kind, model_vocab=cfg.model.vocab_size, where=str(saved))
-    if cfg.data.corpus == "task":
-        tok = build_task_data(cfg.data.task).tokenizer
-    elif cfg.data.tokenizer == "bytes":
-        tok = make_tokenizer("bytes")
-    else:
-        texts = iter_texts(cfg.data.corpus, "train", path=cfg.data.path)
-        tok = make_tokenizer("bpe", vocab_size=cfg.data.bpe_vocab, train_texts=texts, log=log)
+        return check_tokenizer(load_tokenizer(run_dir), kind=objective.tokenizer_kind(cfg),
+                               model_vocab=cfg.model.vocab_size, where=str(saved))
+    tok = objective.new_tokenizer(cfg, log=log)
     tok.save(run_dir)
     return tok
 
@@ -157,6 +152,7 @@ class Trainer:
 
     def _setup(self) -> None:
         cfg, t = self.cfg, self.cfg.train
+        self.objective = objective_for(cfg)
         self.device = pick_device(t.device)
         self.dist = distributed.setup(self.device.type)
         self.rank, self.world = self.dist.rank, self.dist.world
@@ -185,10 +181,11 @@ class Trainer:
             if self.dist.main == turn:
                 self.tokenizer = setup_tokenizer(cfg, self.dir, log=None if self.quiet else self.log,
                                                  resume=self.resume)
-                self.streams = self._prepare_data()
+                self.streams = self.objective.prepare(cfg, self.tokenizer, self.dir)
             distributed.barrier(self.dist)
         self.model = build_model(cfg.model).to(self.device)
         self.optimizer = build_optimizer(self.model, t, self.device)
+        self.method = METHOD.build(PartConfig(kind=t.method))  # how each micro-batch's gradient is obtained
         # Controllers change the model between steps, so they run before other callbacks (which
         # then see, save or stop at the step's final state); resume restores them below.
         self.callbacks = [*build_controllers(t.dynamics, self.model), *self.callbacks]
@@ -203,12 +200,8 @@ class Trainer:
             self.forward = torch.compile(self.forward)
         self.total_steps = t.total_steps()
         micro = t.batch // (t.grad_accum * self.world)  # rows per rank per micro-step
-        if self.task is not None:  # answer-only targets, padded to train.seq_len
-            self.sampler = TaskSampler(self.streams["train"], width=t.seq_len, batch_size=t.batch, seed=t.seed,
-                                       ignore_index=IGNORE_INDEX, rank=self.rank, world_size=self.world)
-        else:
-            self.sampler = WindowSampler(self.streams["train"], seq_len=t.seq_len, batch_size=t.batch,
-                                         seed=t.seed, rank=self.rank, world_size=self.world)
+        self.sampler = self.objective.sampler(self.streams["train"], cfg, ignore_index=IGNORE_INDEX,
+                                              rank=self.rank, world=self.world)
         self.micro = micro
         if self.resume:
             state = load_checkpoint(self.dir / CHECKPOINT, model=self.model, optimizer=self.optimizer)
@@ -264,38 +257,19 @@ class Trainer:
         self.saved_step = self.step
         return path
 
-    def _prepare_data(self) -> dict:
-        """Token streams of a text corpus, or the splits of a synthetic task (``self.task``)."""
-        d, t = self.cfg.data, self.cfg.train
-        self.task = None
-        if d.corpus != "task":
-            streams = prepare_corpus(corpus=d.corpus, path=d.path, tokenizer=self.tokenizer, cache_dir=d.cache_dir)
-            check_streams(streams, seq_len=t.seq_len)  # a split too short for one window: one line, now
-            return streams
-        self.task = build_task_data(d.task)
-        if self.tokenizer.fingerprint() != self.task.tokenizer.fingerprint():
-            raise ConfigError(f"data.task: the run's tokenizer.json in {self.dir} is not this task's vocabulary")
-        check_task_lengths(self.task, seq_len=t.seq_len, max_seq_len=self.cfg.model.max_seq_len)
-        return self.task.splits
-
     @property
     def val_metrics(self) -> tuple[str, ...]:
-        """What :meth:`evaluate` reports: answer loss and error rates for a task, else loss and bpb."""
-        return ("loss", "error", "token_error") if self.task is not None else ("loss", "bpb", "bits_per_token")
+        """What :meth:`evaluate` reports (the objective's: loss and bpb, or loss and error rates)."""
+        return self.objective.val_metrics
 
     def evaluate(self, split: str = "validation", max_tokens: int | None = None) -> dict[str, float]:
-        """Held-out metrics on the first ``max_tokens`` targets (default ``train.eval_tokens``; 0: all).
-        For a task the limit is in padded token slots: the first ``ceil(limit / train.seq_len)``
-        examples are scored (:func:`archlab.train.taskeval.evaluate_task`)."""
+        """Held-out metrics (the objective's) on the first ``max_tokens`` targets (default
+        ``train.eval_tokens``; 0: all)."""
         t = self.cfg.train
         limit = max_tokens if max_tokens is not None else (t.eval_tokens or None)
-        if self.task is not None:
-            n = None if limit is None else -(-limit // t.seq_len)
-            return evaluate_task(self.model, self.streams[split], batch_size=self.micro, max_examples=n,
-                                 device=self.device, autocast=self.autocast)
-        return evaluate(self.model, self.streams[split], seq_len=t.seq_len, batch_size=self.micro,
-                        max_tokens=limit, device=self.device, autocast=self.autocast,
-                        token_bytes=token_byte_lengths(self.tokenizer))  # exact bytes of the scored targets
+        return self.objective.evaluate(self.model, self.streams[split], self.cfg, tokenizer=self.tokenizer,
+                                       batch_size=self.micro, limit=limit, device=self.device,
+                                       autocast=self.autocast)
 
     # ------------------------------------------------------------------ loop
 
@@ -317,13 +291,9 @@ class Trainer:
             # DDP: all-reduce gradients only on the last micro-step of the accumulation.
             sync = contextlib.nullcontext() if last_micro or not self.dist.enabled else self.ddp.no_sync()
             with sync:
-                with self.autocast():
-                    out = self.forward(xs, targets=ys)
-                loss = out.loss / t.grad_accum
-                finite = distributed.all_true(bool(torch.isfinite(loss)), self.dist, self.device)
+                out, finite = self.method.micro_step(self, xs, ys, accum=t.grad_accum)
                 if not finite:
                     break
-                loss.backward()
             total += float(out.nll.detach()) / t.grad_accum
             for k, v in out.aux.items():
                 aux[k] = aux.get(k, 0.0) + float(v.detach()) / t.grad_accum

@@ -89,7 +89,7 @@ class Attention(nn.Module):
         q, k, v = self.project(x)
         pos = self.position
         if pos.uses_rotate:
-            if getattr(pos, "uses_input", False):  # rotation predicted from the hidden state
+            if pos.uses_input:  # rotation predicted from the hidden state
                 q, k = pos.rotate(q, k, positions, positions, x=x)
             else:
                 q, k = pos.rotate(q, k, positions, positions)
@@ -130,7 +130,7 @@ class Attention(nn.Module):
             rep = self.heads // self.kv_heads
             k, v = k.repeat_interleave(rep, dim=1), v.repeat_interleave(rep, dim=1)
         allowed = allowed_mask(q_pos, k_pos, causal=self.causal, key_mask=mask)
-        fused = getattr(self.position, "attend", None)  # a scheme's own leaner path (CoPE)
+        fused = self.position.attend  # a scheme's own leaner path (CoPE), or None
         if fused is not None:
             return fused(q, k, v, q_pos, k_pos, allowed=allowed, scale=1.0 / math.sqrt(self.head_dim), dropout_p=p)
         scores = (q @ k.transpose(-1, -2)) * (1.0 / math.sqrt(self.head_dim))

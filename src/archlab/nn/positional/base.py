@@ -14,15 +14,27 @@ passed explicitly, so cache offsets, strided streams and encoder frames use the 
 
 from __future__ import annotations
 
+from typing import Callable
+
 import torch
 from torch import nn
 
 
 class PositionalScheme(nn.Module):
+    """Which of the three points a scheme acts at (``uses_*``), and its optional capabilities,
+    declared here with their defaults so attention never probes for them."""
+
     uses_embed: bool = False
     uses_rotate: bool = False
     uses_bias: bool = False
     needs_scores: bool = False  # bias depends on q·k: attention must materialise the scores
+    uses_input: bool = False  # rotate() also takes the layer input x (a rotation predicted from it)
+    # bias() depends on the positions only through i − j (not on q, k or absolute positions), so
+    # one band table serves every query block and decoding step (local attention, fast decoding)
+    relative_bias: bool = False
+    # A scheme's own attention path (scores, bias, softmax and values in one call, as CoPE has):
+    # attend(q, k, v, q_pos, k_pos, *, allowed, scale, dropout_p) -> output; None: the standard one.
+    attend: Callable[..., torch.Tensor] | None = None
 
     def embed(self, x: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
         return x
@@ -47,18 +59,9 @@ class PositionalScheme(nn.Module):
         return None
 
 
-def bias_is_relative(position) -> bool:
-    """Whether a scheme's bias depends on positions only through i − j (not on q, k or the
-    absolute positions), so one table serves every query block or decoding step. A scheme says
-    so with a class attribute ``relative_bias``; the built-in relative biases are known."""
-    flag = getattr(position, "relative_bias", None)
-    if flag is not None:
-        return bool(flag)
-    from archlab.nn import positional as P
-
-    known = tuple(getattr(P, n) for n in ("ALiBi", "T5RelativeBias", "ClippedRelativeBias", "DynamicPositionBias")
-                  if hasattr(P, n))
-    return isinstance(position, known)
+def bias_is_relative(position: PositionalScheme) -> bool:
+    """Whether a scheme's bias depends on positions only through i − j (its ``relative_bias``)."""
+    return bool(position.relative_bias)
 
 
 def relative_positions(q_pos: torch.Tensor, k_pos: torch.Tensor) -> torch.Tensor:

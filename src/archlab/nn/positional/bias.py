@@ -30,6 +30,7 @@ class ALiBi(PositionalScheme):
     """bias[h, i, j] = −m_h · (i − j) (causal) or −m_h · |i − j| (bidirectional)."""
 
     uses_bias = True
+    relative_bias = True
 
     def __init__(self, *, heads: int, bidirectional: bool = False) -> None:
         super().__init__()
@@ -71,6 +72,7 @@ class T5RelativeBias(PositionalScheme):
     """bias[h, i, j] = b[bucket(i − j), h] with a trainable table b (one per scheme instance)."""
 
     uses_bias = True
+    relative_bias = True
 
     def __init__(self, *, heads: int, num_buckets: int = 32, max_distance: int = 128,
                  bidirectional: bool = False) -> None:

@@ -1,4 +1,4 @@
-"""Side-by-side comparisons built on the primitives in :mod:`archlab.lab.bench`:
+"""Side-by-side comparisons built on the primitives in :mod:`archlab.bench.harness`:
 alternating contenders round by round (:func:`interleaved`), ratios against the best peer,
 and the JSON-ready results of ``archlab bench train|generate``.
 """
@@ -18,7 +18,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from archlab.lab.bench import (
+from archlab.atomic import write_text_atomic
+from archlab.bench.harness import (
     REFERENCE_SHAPE,
     ReferenceShape,
     TrainBench,
@@ -28,8 +29,9 @@ from archlab.lab.bench import (
     measure_matmul_peak,
     mfu,
     next_token_loss,
-    train_flops_per_token,
 )
+from archlab.environment import benchmark_environment as environment
+from archlab.models.counting import train_flops_per_token
 
 
 # ---------------------------------------------------------------------------------------------
@@ -278,39 +280,6 @@ def compare_generate(
 # Environment and output
 
 
-def cpu_model() -> str:
-    """CPU model name from /proc/cpuinfo (Linux), falling back to :mod:`platform`."""
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as fh:
-            for line in fh:
-                if line.lower().startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-def environment() -> dict[str, Any]:
-    """What a reader needs to judge a number: library versions, threads, CPU, accelerator."""
-    env: dict[str, Any] = {
-        "torch": torch.__version__,
-        "python": platform.python_version(),
-        "platform": platform.platform(),
-        "cpu_model": cpu_model(),
-        "cpu_count": os.cpu_count(),
-        "torch_threads": torch.get_num_threads(),
-        "torch_interop_threads": torch.get_num_interop_threads(),
-        "mkl": torch.backends.mkl.is_available(),
-        "mkldnn": torch.backends.mkldnn.is_available(),
-        "env_threads": {k: os.environ[k] for k in ("OMP_NUM_THREADS", "MKL_NUM_THREADS") if k in os.environ},
-        "cuda": torch.cuda.is_available(),
-        "timestamp": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-    }
-    if torch.cuda.is_available():
-        env["cuda_device"] = torch.cuda.get_device_name()
-    return env
-
-
 def summarize(summary: Mapping[str, Any], baseline: str | None = None) -> dict[str, Any]:
     """Compact ``{name: median}`` plus each other contender's ratio to ``baseline``.
 
@@ -352,8 +321,8 @@ def _jsonable(obj: Any) -> Any:
 
 
 def write_json(path: str | os.PathLike[str], result: Mapping[str, Any]) -> Path:
-    """Write ``result`` as indented JSON (creating parent folders) and return the path."""
+    """Write ``result`` as indented JSON, atomically (creating parent folders); return the path."""
     p = Path(path)
     p.parent.mkdir(parents=True, exist_ok=True)
-    p.write_text(json.dumps(_jsonable(result), indent=2, sort_keys=False) + "\n", encoding="utf-8")
+    write_text_atomic(p, json.dumps(_jsonable(result), indent=2, sort_keys=False) + "\n")
     return p

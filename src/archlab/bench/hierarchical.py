@@ -13,7 +13,7 @@ reconstruction and next-latent auxiliary losses on) and at its cheapest (``peer-
 both off, cross-entropy only); ours computes its full training loss (fine cross-entropy plus
 each coarse stream's next-token loss). Parameter counts of all are reported, since the two
 implementations compress and merge differently. Contenders alternate step by step
-(:func:`archlab.lab.contest.interleaved`); the headline is the ratio to the best peer variant.
+(:func:`archlab.bench.interleave.interleaved`); the headline is the ratio to the best peer variant.
 
 ``--generate`` adds batch-1 decoding: ours uses its KV caches; the peer has none and recomputes
 the whole (cropped) sequence for every new token.
@@ -28,9 +28,9 @@ from typing import Any
 
 import torch
 
-from archlab.lab import contest
-from archlab.lab.bench import ReferenceShape, TrainBench
-from archlab.lab.contest import Contender
+from archlab.bench import interleave
+from archlab.bench.harness import ReferenceShape, TrainBench
+from archlab.bench.interleave import Contender
 
 PEER = "simple_hierarchical_transformer"
 INSTALL_HINT = "pip install simple-hierarchical-transformer (or 'archlab[peers]')"
@@ -146,10 +146,10 @@ def compare_train(contenders: list[Contender], shape: ReferenceShape, *, clock: 
         tb = cls(c.model, loss_fn=c.loss_fn, batch_size=shape.batch_size, seq_len=shape.seq_len, vocab_size=shape.vocab)
         benches[c.name] = tb.warmup(warmup)
     runs = {name: (lambda tb=tb: tb.run(steps_per_round)) for name, tb in benches.items()}
-    summary = contest.interleaved(runs, rounds, max_foreign_cpu=max_foreign_cpu)
+    summary = interleave.interleaved(runs, rounds, max_foreign_cpu=max_foreign_cpu)
     per = {c.name: {"tokens_per_s": summary["results"][c.name]["median"], "values": summary["results"][c.name]["values"],
                     "final_loss": benches[c.name].last_loss, "info": c.info} for c in contenders}
-    return {"kind": "train", "shape": shape.to_dict(), "contenders": per, "comparison": contest.summarize(summary),
+    return {"kind": "train", "shape": shape.to_dict(), "contenders": per, "comparison": interleave.summarize(summary),
             "interleaving": {k: summary[k] for k in ("order", "rounds", "kept_rounds")}}
 
 
@@ -183,7 +183,7 @@ def counted_flops(model: torch.nn.Module, loss_fn: Any, *, batch: int, seq_len: 
 def work_bound(result: dict[str, Any], contenders: list[Contender], shape: ReferenceShape, goal: float = 2.0) -> dict[str, Any]:
     """What the measured rates mean against the machine: counted GFLOP/s of each contender as a
     fraction of the measured matmul peak, and the rate the ``goal`` (× the best peer) needs."""
-    from archlab.lab.bench import measure_matmul_peak
+    from archlab.bench.harness import measure_matmul_peak
 
     peak = measure_matmul_peak()
     per_step = shape.batch_size * shape.seq_len
@@ -206,9 +206,12 @@ def work_bound(result: dict[str, Any], contenders: list[Contender], shape: Refer
 
 def main(argv: list[str] | None = None, mode: str | None = None) -> int:
     from archlab.argparsing import ArgumentParser, plain
+    from archlab.bench.options import common_options
 
     summary, examples = __doc__.split("\n\n")[:2]
-    ap = ArgumentParser(prog=f"archlab bench {mode or 'hier'}", description=plain(summary),
+    shared = common_options(rounds=6, steps_per_round=1, warmup=2, clock=True, max_foreign_cpu=-1.0, out=None,
+                            verbose=False)
+    ap = ArgumentParser(prog=f"archlab bench {mode or 'hier'}", description=plain(summary), parents=[shared],
                         epilog="examples:\n" + examples.replace("    archlab", "  archlab"))
     ap.add_argument("--hierarchies", type=_ints, default=(1, 2), help="compression factors, e.g. 1,2,4")
     ap.add_argument("--dim", type=_ints, default=(256,), help="model width: one, or one per hierarchy")
@@ -224,20 +227,10 @@ def main(argv: list[str] | None = None, mode: str | None = None) -> int:
     ap.add_argument("--contenders", default="ours,peer-sht-default,peer-sht-lean",
                     help="comma-separated, from ours, peer-sht-default, peer-sht-lean")
     ap.add_argument("--explicit", action="store_true", help="ours with use_flash_attn=False (the explicit path)")
-    ap.add_argument("--rounds", type=int, default=6, help="interleaved rounds; every contender runs once per round")
-    ap.add_argument("--steps-per-round", type=int, default=1, help="training steps per contender per round")
-    ap.add_argument("--warmup", type=int, default=2, help="untimed training steps per contender first")
     ap.add_argument("--generate", action="store_true", help="also batch-1 decoding tokens/s")
     ap.add_argument("--new-tokens", type=int, default=64, help="tokens decoded per generation (with --generate)")
-    ap.add_argument("--max-foreign-cpu", type=float, default=-1.0,
-                    help="drop rounds where other processes used more than this CPU fraction (<0: keep all)")
-    ap.add_argument("--clock", choices=["wall", "cpu"], default="wall",
-                    help="time steps by wall clock, or by this process's CPU time (use with --threads 1 on a shared machine)")
-    ap.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's choice)")
     ap.add_argument("--no-flops", action="store_true",
                     help="skip counting FLOPs and measuring the matmul peak (the work bound)")
-    ap.add_argument("--seed", type=int, default=0, help="seed of the weights and batches")
-    ap.add_argument("--out", default=None, help="write the JSON result here (default: print only)")
     args = ap.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -261,7 +254,7 @@ def main(argv: list[str] | None = None, mode: str | None = None) -> int:
                            batch_size=args.batch, prompt_len=16, new_tokens=args.new_tokens)
     foreign = None if args.max_foreign_cpu < 0 else args.max_foreign_cpu
     result: dict[str, Any] = {"command": " ".join(["archlab", "bench", mode or "hier", *(argv or [])]),
-                              "config": kw, "clock": args.clock, "environment": contest.environment()}
+                              "config": kw, "clock": args.clock, "environment": interleave.environment()}
     t0 = time.perf_counter()
     result["train"] = compare_train(contenders, shape, clock=args.clock, rounds=args.rounds,
                                     steps_per_round=args.steps_per_round, warmup=args.warmup, max_foreign_cpu=foreign)
@@ -270,12 +263,12 @@ def main(argv: list[str] | None = None, mode: str | None = None) -> int:
         result["work"] = work_bound(result["train"], contenders, shape)
         _print_work(result["work"])
     if args.generate:
-        result["generate"] = contest.compare_generate(contenders, shape, rounds=max(2, args.rounds // 2),
+        result["generate"] = interleave.compare_generate(contenders, shape, rounds=max(2, args.rounds // 2),
                                                       max_foreign_cpu=foreign)
         _print(result["generate"], "decode tok/s (wall clock)")
     result["wall_s"] = time.perf_counter() - t0
     if args.out:
-        print(f"\nwrote {contest.write_json(args.out, result)}")
+        print(f"\nwrote {interleave.write_json(args.out, result)}")
     return 0
 
 

@@ -129,8 +129,11 @@ def plot_scaling(result: dict, path: Path) -> Path:
 def main(argv: list[str] | None = None, mode: str = "scaling") -> int:
     """``archlab bench scaling``: time and peak memory of one block per mixer against T."""
     from archlab.argparsing import ArgumentParser, plain
+    from archlab.bench.options import common_options
 
-    sp = ArgumentParser(prog=f"archlab bench {mode}", description=plain(__doc__),
+    shared = common_options(threads=False, seed=False, out="runs/bench/scaling",
+                            out_help="folder for scaling.json and the plot", verbose=False)
+    sp = ArgumentParser(prog=f"archlab bench {mode}", description=plain(__doc__), parents=[shared],
                         epilog="examples:\n  archlab bench scaling\n"
                                "  archlab bench scaling --mixers attention,local --lengths 512,2048,8192")
     sp.add_argument("--lengths", default=",".join(map(str, DEFAULT_LENGTHS)),
@@ -139,7 +142,6 @@ def main(argv: list[str] | None = None, mode: str = "scaling") -> int:
     sp.add_argument("--dim", type=int, default=256, help="model width of the block")
     sp.add_argument("--heads", type=int, default=4, help="attention heads")
     sp.add_argument("--repeats", type=int, default=3, help="timed forward+backward passes per point")
-    sp.add_argument("--out", default="runs/bench/scaling", help="folder for scaling.json and the plot")
     o = sp.parse_args(argv)
     res = run_scaling(mixers=o.mixers.split(",") if o.mixers else None,
                       lengths=[int(x) for x in o.lengths.split(",")], dim=o.dim, heads=o.heads,

@@ -5,7 +5,7 @@
     archlab bench all --contenders peer-xt-flash,ours --rounds 12
     archlab bench train --contenders peer-xt-flash,peer-xt-cope,ours,ours-cope --rounds 6   # CoPE
 
-Contenders run in one process, alternating (see ``archlab.lab.contest.interleaved``); the
+Contenders run in one process, alternating (see ``archlab.bench.interleave.interleaved``); the
 headline is the ratio of "ours" to the best x-transformers variant, never an absolute number.
 Rounds during which other processes took CPU are dropped (``--max-foreign-cpu``).
 
@@ -26,9 +26,11 @@ from typing import Any
 
 import torch
 
-from archlab.lab import bench, contest, peers
-from archlab.lab.bench import ReferenceShape
-from archlab.lab.contest import Contender
+from archlab.bench import harness, interleave, peers
+from archlab.models import counting
+from archlab.bench.harness import ReferenceShape
+from archlab.bench.interleave import Contender
+from archlab.bench.options import common_options
 from archlab.registry import ConfigError
 
 DEFAULT_CONFIG = str(Path(__file__).resolve().parents[3] / "configs" / "lm_ref.yaml")
@@ -41,7 +43,7 @@ Factory = Callable[[ReferenceShape, argparse.Namespace], "Contender | None"]
 
 
 def _make_peer(variant: str) -> Factory:
-    """Factory for an x-transformers variant from :data:`archlab.lab.peers.XT_VARIANTS`."""
+    """Factory for an x-transformers variant from :data:`archlab.bench.peers.XT_VARIANTS`."""
 
     def make(shape: ReferenceShape, args: argparse.Namespace) -> Contender | None:
         if not peers.peers_available():
@@ -62,7 +64,7 @@ def _make_peer(variant: str) -> Factory:
             model=model,
             loss_fn=peers.xtransformers_loss,
             generate_fn=peers.xtransformers_generate_fn(model),
-            n_params_nonembedding=bench.nonembedding_params(model, exclude=peers.xtransformers_head(model)),
+            n_params_nonembedding=counting.nonembedding_params(model, exclude=peers.xtransformers_head(model)),
             info={"library": "x-transformers", "version": getattr(x_transformers, "__version__", None)
                   or _dist_version("x-transformers"), "kwargs": kw, "tie_embedding": True},
         )
@@ -107,7 +109,7 @@ def make_ours(shape: ReferenceShape, args: argparse.Namespace, *, name: str = "o
         name=name,
         model=model,
         generate_fn=gen,
-        n_params_nonembedding=bench.nonembedding_params(model, exclude=excluded),
+        n_params_nonembedding=counting.nonembedding_params(model, exclude=excluded),
         info={"config": str(cfg_path), "overrides": list(sets), "model": _describe(m)},
     )
 
@@ -168,7 +170,7 @@ def step_breakdown(c: Contender, shape: ReferenceShape, steps: int = 2) -> dict[
     and ``unattributed_ms`` what no operator accounts for (Python, autograd bookkeeping)."""
     from torch.profiler import ProfilerActivity, profile
 
-    tb = bench.TrainBench(c.model, loss_fn=c.loss_fn or bench.next_token_loss, batch_size=shape.batch_size,
+    tb = harness.TrainBench(c.model, loss_fn=c.loss_fn or harness.next_token_loss, batch_size=shape.batch_size,
                           seq_len=shape.seq_len, vocab_size=shape.vocab).warmup(2)
     with profile(activities=[ProfilerActivity.CPU]) as prof:
         wall = sum(tb.step() for _ in range(steps))
@@ -236,7 +238,12 @@ def build_parser(mode: str | None = None) -> argparse.ArgumentParser:
     which = mode or "all"
     trains, generates = which in ("train", "all"), which in ("generate", "all")
     shown = (mode,) if mode else ("train", "generate", "all")
-    ap = ArgumentParser(prog=f"archlab bench {mode}" if mode else None,
+    rounds = {"train": "10", "generate": "5", "all": "train 10, generate 5"}[which]
+    shared = common_options(rounds=None, rounds_help=f"interleaved rounds; every contender runs once per round "
+                                                      f"(default: {rounds})",
+                            steps_per_round=2 if trains else None, warmup=3 if trains else None,
+                            max_foreign_cpu=0.15, out=None)
+    ap = ArgumentParser(prog=f"archlab bench {mode}" if mode else None, parents=[shared],
                         description=textwrap.fill(MODE_HELP[which] + ".", 88, break_on_hyphens=False) + "\n\n" + textwrap.fill(
                             "The headline is the ratio of 'ours' to the best x-transformers variant, never an "
                             "absolute number; rounds during which other processes took CPU are dropped "
@@ -244,32 +251,21 @@ def build_parser(mode: str | None = None) -> argparse.ArgumentParser:
                         epilog="examples:\n" + "\n".join(f"  {e}" for m in shown for e in _EXAMPLES[m]))
     # what a mode leaves out keeps its default, so the code below reads one namespace
     ap.set_defaults(mode=mode or "train", compile="", steps_per_round=2, warmup=3, breakdown=False,
-                    new_tokens=bench.REFERENCE_SHAPE.new_tokens)
+                    new_tokens=harness.REFERENCE_SHAPE.new_tokens)
     if mode is None:
         ap.add_argument("--mode", choices=["train", "generate", "all"], default="train", help="what to measure")
     ap.add_argument("--contenders", default=",".join(DEFAULT_CONTENDERS),
                     help=f"comma-separated, from {', '.join(sorted(FACTORIES))}")
     ap.add_argument("--config", default=DEFAULT_CONFIG,
                     help="config of the 'ours' contenders (default: configs/lm_ref.yaml)")
-    rounds = {"train": "10", "generate": "5", "all": "train 10, generate 5"}[which]
-    ap.add_argument("--rounds", type=int, default=None,
-                    help=f"interleaved rounds; every contender runs once per round (default: {rounds})")
     if trains:
         ap.add_argument("--compile", default="",
                         help="comma-separated contenders to also train under torch.compile (default: none)")
-        ap.add_argument("--steps-per-round", type=int, default=2, help="training steps per contender per round")
-        ap.add_argument("--warmup", type=int, default=3, help="untimed training steps per contender first")
         ap.add_argument("--breakdown", action="store_true",
                         help="also profile two training steps per contender: time in matmuls, attention, the rest")
     if generates:
-        ap.add_argument("--new-tokens", type=int, default=bench.REFERENCE_SHAPE.new_tokens,
+        ap.add_argument("--new-tokens", type=int, default=harness.REFERENCE_SHAPE.new_tokens,
                         help="tokens decoded per generation")
-    ap.add_argument("--max-foreign-cpu", type=float, default=0.15,
-                    help="drop rounds where other processes used more than this fraction of the CPUs (<0: keep all)")
-    ap.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's choice)")
-    ap.add_argument("--seed", type=int, default=0, help="seed of the weights and batches")
-    ap.add_argument("--out", default=None, help="write the JSON result here (default: print only)")
-    ap.add_argument("-v", "--verbose", action="store_true", help="print every round")
     return ap
 
 
@@ -297,7 +293,7 @@ def main(argv: list[str] | None = None, mode: str | None = None) -> int:
     t0 = time.perf_counter()
     if args.mode in ("train", "all"):
         train_set = contenders + [_compiled(c) for c in contenders if c.name in to_compile]
-        result["train"] = contest.compare_train(
+        result["train"] = interleave.compare_train(
             train_set, shape, rounds=args.rounds or 10, steps_per_round=args.steps_per_round,
             warmup=args.warmup, max_foreign_cpu=max_foreign, on_result=verbose,
         )
@@ -306,13 +302,13 @@ def main(argv: list[str] | None = None, mode: str | None = None) -> int:
             result["train"]["breakdown"] = {c.name: step_breakdown(c, shape) for c in train_set}
             _print_breakdown(result["train"]["breakdown"])
     if args.mode in ("generate", "all"):
-        result["generate"] = contest.compare_generate(
+        result["generate"] = interleave.compare_generate(
             contenders, shape, rounds=args.rounds or 5, max_foreign_cpu=max_foreign, on_result=verbose,
         )
         _print_table(result["generate"], "tok/s")
     result["wall_s"] = time.perf_counter() - t0
     if args.out:
-        path = contest.write_json(args.out, result)
+        path = interleave.write_json(args.out, result)
         print(f"\nwrote {path}")
     return 0
 

@@ -133,7 +133,7 @@ def xtransformers_head(model: nn.Module) -> list[nn.Module]:
 def xtransformers_loss(model: nn.Module, tokens: torch.Tensor) -> torch.Tensor:
     """Next-token cross-entropy for an x-transformers ``TransformerWrapper``.
 
-    Same computation as :func:`archlab.lab.bench.next_token_loss` (logits of
+    Same computation as :func:`archlab.bench.harness.next_token_loss` (logits of
     ``tokens[:, :-1]`` scored on ``tokens[:, 1:]`` via a ``(B·T, V)`` view). It deliberately
     does not go through ``AutoregressiveWrapper.forward``, which would add a ``where`` over the
     inputs and a transpose of the logits, so that the loss is not what is compared.
@@ -143,7 +143,7 @@ def xtransformers_loss(model: nn.Module, tokens: torch.Tensor) -> torch.Tensor:
 
 
 def xtransformers_generate_fn(model: nn.Module, **generate_kw: Any) -> Callable[[torch.Tensor, int], torch.Tensor]:
-    """A ``generate_fn(prompt, new_tokens)`` for :func:`archlab.lab.bench.bench_generate`.
+    """A ``generate_fn(prompt, new_tokens)`` for :func:`archlab.bench.harness.bench_generate`.
 
     Wraps ``model`` in ``AutoregressiveWrapper`` and calls its ``generate`` with
     ``cache_kv=True`` and greedy decoding unless overridden in ``generate_kw``. Returns only

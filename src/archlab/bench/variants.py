@@ -1,6 +1,6 @@
 """``archlab bench variants``: training-step time of config variants relative to a baseline.
 
-    archlab bench variants                                   # the Echo positional variants vs rope
+    archlab bench variants                                   # the rotary variants vs rope
     archlab bench variants experiments/positional.yaml       # an experiment's variants and baseline
     archlab bench variants configs/lm_ref.yaml \\
         --variant givens=model.position.kind=givens_rope \\
@@ -9,8 +9,8 @@
 Every variant is built at the reference LM shape (configs/lm_ref.yaml: byte vocabulary, dim
 256, depth 4, heads 4, seq 256, batch 16) unless ``--shape file`` keeps the file's own shape;
 ``--set`` refines the base of every variant. The variants train side by side in one process,
-alternating step by step (:func:`archlab.lab.contest.interleaved` over
-:class:`archlab.lab.bench.TrainBench`), on the model's own training loss (auxiliary terms such
+alternating step by step (:func:`archlab.bench.interleave.interleaved` over
+:class:`archlab.bench.harness.TrainBench`), on the model's own training loss (auxiliary terms such
 as an orthogonality penalty included). The headline is each variant's median step time divided
 by the baseline's, plus the steadier paired ratio (median over rounds of the per-round ratio);
 absolute times on a shared machine are noise. ``--clock cpu`` times by this process's CPU time
@@ -35,14 +35,15 @@ from typing import Any
 import torch
 import yaml
 
-from archlab.lab import bench, contest
-from archlab.lab.bench import ReferenceShape
-from archlab.lab.contest import Contender
+from archlab.bench import harness, interleave
+from archlab.models import counting
+from archlab.bench.harness import ReferenceShape
+from archlab.bench.interleave import Contender
 from archlab.registry import ConfigError
 
 DEFAULT_CONFIG = str(Path(__file__).resolve().parents[3] / "configs" / "lm_ref.yaml")
 
-#: What runs when no variant is given: RoPE against each Echo positional idea.
+#: What runs when no variant is given: RoPE against each rotary variant.
 DEFAULT_VARIANTS: dict[str, dict[str, Any]] = {
     "rope": {},
     "rope_learned": {"model.position.learn_freq": True, "model.position.learn_scale": True,
@@ -110,7 +111,7 @@ def resolve_variants(source: str | None, variants: list[str], *, shape: str = "r
     elif variants:  # a config: the baseline "base", modified by each --variant
         base = apply_overrides(raw, pinned)
         overs, base_name = {"base": {}}, baseline or "base"
-    else:  # a config alone: the built-in Echo positional variants on top of it
+    else:  # a config alone: the built-in rotary variants on top of it
         base = apply_overrides(raw, pinned)
         overs, base_name = dict(DEFAULT_VARIANTS), baseline or "rope"
     for spec in variants:
@@ -148,7 +149,7 @@ def make_contender(name: str, cfg: Any, *, seed: int, device: torch.device, comp
 
     torch.manual_seed(seed)
     model = build_model(cfg.model).to(device)
-    n_ne = bench.nonembedding_params(model)
+    n_ne = counting.nonembedding_params(model)
     run = torch.compile(model) if compile else model
     return Contender(name=name, model=run, loss_fn=training_loss, n_params_nonembedding=n_ne,
                      info={"model": to_dict(cfg.model), "torch_compile": compile})
@@ -162,15 +163,15 @@ def step_time_ratios(per: dict[str, Any], baseline: str, kept: list[int], tokens
     for name, rec in per.items():
         ratio = base["tokens_per_s"] / rec["tokens_per_s"] if rec["tokens_per_s"] else float("nan")
         pairs = [base["values"][r] / rec["values"][r] for r in kept if rec["values"][r]]
-        out[name] = {"ratio": ratio, "paired": bench._median(pairs), "step_ms": 1e3 * tokens_per_step / rec["tokens_per_s"]}
+        out[name] = {"ratio": ratio, "paired": harness._median(pairs), "step_ms": 1e3 * tokens_per_step / rec["tokens_per_s"]}
     return out
 
 
 def run_variants(configs: dict[str, Any], baseline: str, *, rounds: int = 8, steps_per_round: int = 1,
                  warmup: int = 2, seed: int = 0, device: str = "cpu", compile: bool = False, clock: str = "wall",
                  max_foreign_cpu: float | None = 0.15, verbose: bool = False) -> dict[str, Any]:
-    """Interleaved training steps of every variant (:func:`archlab.lab.contest.interleaved` over
-    :class:`archlab.lab.bench.TrainBench`es), timed by the wall clock or, with ``clock="cpu"``,
+    """Interleaved training steps of every variant (:func:`archlab.bench.interleave.interleaved` over
+    :class:`archlab.bench.harness.TrainBench`es), timed by the wall clock or, with ``clock="cpu"``,
     by this process's CPU time (robust to other processes on a shared machine when torch runs
     one thread; with several threads it also counts their spinning)."""
     dev = torch.device(device)
@@ -179,13 +180,13 @@ def run_variants(configs: dict[str, Any], baseline: str, *, rounds: int = 8, ste
     contenders = [make_contender(n, c, seed=seed, device=dev, compile=compile) for n, c in configs.items()]
     benches, warm_s = {}, {}
     for c in contenders:
-        tb = bench.TrainBench(c.model, loss_fn=c.loss_fn, batch_size=B, seq_len=T, vocab_size=V, seed=seed)
+        tb = harness.TrainBench(c.model, loss_fn=c.loss_fn, batch_size=B, seq_len=T, vocab_size=V, seed=seed)
         t0 = time.perf_counter()
         tb.warmup(warmup)
         warm_s[c.name] = time.perf_counter() - t0
         benches[c.name] = tb
 
-    def timed(tb: bench.TrainBench) -> dict[str, Any]:
+    def timed(tb: harness.TrainBench) -> dict[str, Any]:
         c0 = time.process_time()
         r = tb.run(steps_per_round)
         r["cpu_s"] = time.process_time() - c0
@@ -194,7 +195,7 @@ def run_variants(configs: dict[str, Any], baseline: str, *, rounds: int = 8, ste
 
     key = "cpu_tokens_per_s" if clock == "cpu" else "tokens_per_s"
     on_result = (lambda r, n, x: print(f"  round {r} {n}: {x[key]:.0f} tok/s", flush=True)) if verbose else None
-    summary = contest.interleaved({n: (lambda tb=tb: timed(tb)) for n, tb in benches.items()}, rounds, key=key,
+    summary = interleave.interleaved({n: (lambda tb=tb: timed(tb)) for n, tb in benches.items()}, rounds, key=key,
                                   max_foreign_cpu=max_foreign_cpu if clock == "wall" else None, on_result=on_result)
     per = {}
     for c in contenders:
@@ -212,7 +213,7 @@ def run_variants(configs: dict[str, Any], baseline: str, *, rounds: int = 8, ste
         "contenders": per,
         "interleaving": {k: summary[k] for k in ("order", "rounds", "kept_rounds")},
         "foreign_cpu": {n: [r.get("foreign_cpu") for r in rec["runs"]] for n, rec in summary["results"].items()},
-        "environment": contest.environment(),
+        "environment": interleave.environment(),
     }
 
 
@@ -224,7 +225,7 @@ def run_pairwise(configs: dict[str, Any], baseline: str, **kw: Any) -> dict[str,
     if not pairs:
         raise ConfigError(f"--pairwise: no variant besides the baseline '{baseline}'")
     first = next(iter(pairs.values()))
-    base_ms = bench._median([p["step_time_ratios"][baseline]["step_ms"] for p in pairs.values()])
+    base_ms = harness._median([p["step_time_ratios"][baseline]["step_ms"] for p in pairs.values()])
     ratios = {baseline: {"ratio": 1.0, "paired": 1.0, "step_ms": base_ms}}
     ratios.update({n: p["step_time_ratios"][n] for n, p in pairs.items()})
     return {
@@ -248,13 +249,16 @@ def _print(result: dict[str, Any]) -> None:
 
 def main(argv: list[str] | None = None, mode: str = "variants") -> int:
     from archlab.argparsing import ArgumentParser, plain
+    from archlab.bench.options import common_options
 
     summary, examples = __doc__.split("\n\n")[:2]
-    ap = ArgumentParser(prog=f"archlab bench {mode}", description=plain(summary),
+    shared = common_options(rounds=8, steps_per_round=1, warmup=2, clock=True, max_foreign_cpu=0.15,
+                            out="runs/bench/variants.json", who="variant")
+    ap = ArgumentParser(prog=f"archlab bench {mode}", description=plain(summary), parents=[shared],
                         epilog="examples:\n" + examples.replace("\\\\\n", "\\\n").replace("    archlab", "  archlab"))
     ap.add_argument("source", nargs="?", default=None,
                     help="experiment YAML (its variants) or config YAML (the baseline); default: the reference "
-                         "config with the built-in Echo positional variants")
+                         "config with the built-in rotary variants")
     ap.add_argument("--variant", action="append", default=[], metavar="NAME=KEY=VALUE[,KEY=VALUE]",
                     help="a variant as overrides of the base (repeatable)")
     ap.add_argument("--baseline", default=None, help="variant the ratios are taken against")
@@ -262,21 +266,10 @@ def main(argv: list[str] | None = None, mode: str = "variants") -> int:
     ap.add_argument("--shape", choices=["reference", "file"], default="reference",
                     help="reference: dim 256, depth 4, heads 4, seq 256, batch 16, bytes; file: as the file says")
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override for every variant")
-    ap.add_argument("--rounds", type=int, default=8, help="interleaved rounds; every variant runs once per round")
-    ap.add_argument("--steps-per-round", type=int, default=1, help="training steps per variant per round")
-    ap.add_argument("--warmup", type=int, default=2, help="untimed training steps per variant first")
     ap.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda")
     ap.add_argument("--compile", action="store_true", help="torch.compile every variant")
     ap.add_argument("--pairwise", action="store_true",
                     help="time each variant in its own alternation with the baseline (not all together)")
-    ap.add_argument("--clock", choices=["wall", "cpu"], default="wall",
-                    help="wall: elapsed time; cpu: this process's CPU time (shared machines; use with --threads 1)")
-    ap.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's choice)")
-    ap.add_argument("--max-foreign-cpu", type=float, default=0.15,
-                    help="drop rounds where other processes used more than this fraction of the CPUs (<0: keep all)")
-    ap.add_argument("--seed", type=int, default=0, help="seed of the weights and batches")
-    ap.add_argument("--out", default="runs/bench/variants.json", help="write the JSON result here")
-    ap.add_argument("-v", "--verbose", action="store_true", help="print every round")
     a = ap.parse_args(argv)
     if a.threads:
         torch.set_num_threads(a.threads)
@@ -295,6 +288,6 @@ def main(argv: list[str] | None = None, mode: str = "variants") -> int:
     result["command"] = " ".join(["archlab", "bench", mode, *(argv or [])])
     result["wall_s"] = time.perf_counter() - t0
     _print(result)
-    path = contest.write_json(a.out, result)
+    path = interleave.write_json(a.out, result)
     print(f"\nwrote {path}")
     return 0

@@ -7,7 +7,7 @@ Two levels are timed (``--level``):
   :class:`~archlab.nn.mixers.attention.Attention` runs it (``scaled_dot_product_attention``
   with ``is_causal``), (b) lucidrains' ``local_attention.LocalAttention`` (``window_size=w,
   causal=True, look_backward=1``, its own rotary embedding off), (c) archlab's
-  :func:`~archlab.nn.mixers.local.sliding_window_attention`;
+  :func:`~archlab.nn.kernels.sliding_window.sliding_window_attention`;
 * ``layer``: a whole attention layer (dim, heads; q/k/v and output projections included):
   archlab's ``Attention``, the package between the same projections, archlab's ``LocalAttention``.
 
@@ -32,14 +32,11 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from archlab.lab.bench import ForeignCpu, _stats
-from archlab.lab.contest import environment, interleaved, paired_ratio, write_json
+from archlab.bench.harness import ForeignCpu, _stats
+from archlab.bench.interleave import environment, interleaved, paired_ratio, write_json
 from archlab.nn.mixers.attention import Attention
-from archlab.nn.mixers.local import (
-    LocalAttention,
-    default_block,
-    sliding_window_attention,
-)
+from archlab.nn.kernels.sliding_window import default_block, sliding_window_attention
+from archlab.nn.mixers.local import LocalAttention
 from archlab.nn.positional import NoPosition
 
 SEMANTICS = ("archlab local: each query sees exactly `window` keys (0 <= i-j < w). "
@@ -133,8 +130,11 @@ def run_level(level: str, o: argparse.Namespace, peer) -> dict[str, Any]:
 
 def main(argv: list[str] | None = None, mode: str = "local") -> int:
     from archlab.argparsing import ArgumentParser, plain
+    from archlab.bench.options import common_options
 
-    sp = ArgumentParser(prog=f"archlab bench {mode}", description=plain(__doc__),
+    shared = common_options(rounds=5, rounds_help="rounds; every contender runs once per round", max_foreign_cpu=None,
+                            seed=False, out=None, verbose=False)
+    sp = ArgumentParser(prog=f"archlab bench {mode}", description=plain(__doc__), parents=[shared],
                         epilog="examples:\n  archlab bench local\n"
                                "  archlab bench local --seq-len 2048 --window 128 --level kernel --forward-only\n"
                                "  archlab bench local --out runs/bench/local.json")
@@ -144,18 +144,12 @@ def main(argv: list[str] | None = None, mode: str = "local") -> int:
     sp.add_argument("--heads", type=int, default=4, help="attention heads")
     sp.add_argument("--batch", type=int, default=1, help="sequences per call")
     sp.add_argument("--block", type=int, default=None, help="query block size (default: archlab's choice)")
-    sp.add_argument("--rounds", type=int, default=5, help="rounds; every contender runs once per round")
     sp.add_argument("--level", choices=["kernel", "layer", "both"], default="both",
                     help="kernel: attention on given q, k, v; layer: whole attention layers")
     sp.add_argument("--forward-only", action="store_true", help="time forward passes only (no_grad)")
     sp.add_argument("--no-peer", action="store_true", help="leave the local-attention package out")
     sp.add_argument("--peer-exact", action="store_true", help="the package with exact_windowsize=True")
-    sp.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: unchanged)")
     sp.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32", help="tensor type")
-    sp.add_argument("--max-foreign-cpu", type=float, default=None,
-                    help="drop rounds in which other processes used more than this share of the CPU "
-                         "(default: keep all)")
-    sp.add_argument("--out", default=None, help="write the results as JSON here (default: print only)")
     o = sp.parse_args(argv)
     if o.dim % o.heads or o.window < 1 or o.seq_len < 1:
         sp.error("need dim divisible by heads, window ≥ 1 and seq-len ≥ 1")

@@ -1,0 +1,198 @@
+"""Model families by kind (``model.family``): the knobs of each family and their validation.
+
+The models themselves are built by ``models/`` (declared here with ``FAMILY.declare`` so the
+config validates a family and its ``family_options`` without importing the model code).
+``hierarchical``'s options, their resolution into per-stream levels and the checks that name
+the offending config key live here; :mod:`archlab.models.hierarchical` builds the streams.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+from archlab.nn.compress import COMPRESSORS
+from archlab.registry import FAMILY, ConfigError, PartConfig
+
+AUTO = "auto"
+
+
+@dataclass(frozen=True)
+class Level:
+    """One hierarchy, resolved: compression factor, stride, width and attention shape."""
+
+    factor: int
+    stride: int
+    dim: int
+    heads: int
+    dim_head: int
+    ff_mult: float
+    window: int | None  # None: full causal attention; 0: no attention
+
+    @property
+    def axial(self) -> int:
+        return self.factor // self.stride
+
+
+def _per_level(name: str, value: Any, n: int, hierarchies: tuple) -> list:
+    if isinstance(value, (list, tuple)):
+        if len(value) != n:
+            raise ConfigError(f"{name}: {len(value)} values for {n} hierarchies {list(hierarchies)}; "
+                              f"give one value for all or exactly {n}")
+        return list(value)
+    return [value] * n
+
+
+def check_int(name: str, v: Any, lo: int) -> int:
+    if isinstance(v, bool) or not isinstance(v, int) or v < lo:
+        raise ConfigError(f"{name}: expected an integer ≥ {lo}, got {v!r}")
+    return v
+
+
+def resolve_levels(*, hierarchies: Any, dim: Any, heads: Any, dim_head: Any, ff_mult: Any, stride: Any,
+                   window_sizes: Any, seq_len: int, name: Callable[[str], str] = str) -> list[Level]:
+    """Scalars broadcast to every hierarchy; tuples must have one entry per hierarchy.
+    Raises a one-line ConfigError naming the argument (``name`` maps to config keys)."""
+    hs = tuple(hierarchies) if isinstance(hierarchies, (list, tuple)) else (hierarchies,)
+    hs = tuple(check_int(f"{name('hierarchies')}[{i}]", h, 1) for i, h in enumerate(hs))
+    if not hs or hs[0] != 1 or any(b <= a for a, b in zip(hs, hs[1:])):
+        raise ConfigError(f"{name('hierarchies')}: must start with 1 (the full-resolution stream that predicts) "
+                          f"and increase strictly, got {list(hs)}")
+    n = len(hs)
+    per = {k: _per_level(name(k), v, n, hs) for k, v in (("dim", dim), ("heads", heads), ("dim_head", dim_head),
+                                                          ("ff_mult", ff_mult), ("hierarchical_stride", stride),
+                                                          ("window_sizes", window_sizes))}
+    levels = []
+    for i, c in enumerate(hs):
+        d = check_int(f"{name('dim')}[{i}]", per["dim"][i], 1)
+        h = check_int(f"{name('heads')}[{i}]", per["heads"][i], 1)
+        dh = per["dim_head"][i]
+        if dh is None:
+            if d % h:
+                raise ConfigError(f"{name('heads')}[{i}]: {h} heads do not divide width {d}; set {name('dim_head')}")
+            dh = d // h
+        dh = check_int(f"{name('dim_head')}[{i}]", dh, 1)
+        fm = per["ff_mult"][i]
+        if isinstance(fm, bool) or not isinstance(fm, (int, float)) or not 0 < fm < math.inf:
+            raise ConfigError(f"{name('ff_mult')}[{i}]: expected a positive finite number, got {fm!r}")
+        s = check_int(f"{name('hierarchical_stride')}[{i}]", per["hierarchical_stride"][i], 1)
+        if c % s or (i == 0 and s != 1):
+            raise ConfigError(f"{name('hierarchical_stride')}[{i}]: stride {s} must divide the compression factor {c}"
+                              + (" (the full-resolution stream has stride 1)" if i == 0 else ""))
+        w = per["window_sizes"][i]
+        if w == AUTO:
+            w = max(1, seq_len // c // 2)  # half the stream's (axial) length
+        elif w is not None:
+            w = check_int(f"{name('window_sizes')}[{i}]", w, 0)
+        levels.append(Level(factor=c, stride=s, dim=d, heads=h, dim_head=dh, ff_mult=float(fm), window=w))
+    return levels
+
+
+@dataclass
+class HierarchicalConfig(PartConfig):
+    """``model.family_options`` of family ``hierarchical``. ``None`` takes the value from the
+    model section (dims: model.dim, heads: model.heads, dim_head: model.head_dim, ff_mult:
+    model.layers.default.ffn.mult, seq_len: model.max_seq_len); lists give one per hierarchy."""
+
+    hierarchies: Any = field(default_factory=lambda: [1, 2])
+    dims: Any = None
+    heads: Any = None
+    dim_head: Any = None
+    ff_mult: Any = None
+    hierarchical_stride: Any = 1
+    window_sizes: Any = AUTO  # int: local window; null: full causal; 0: no attention; auto: half the stream
+    compressor: str = "conv"
+    merge_all: bool = False
+    token_shift: bool = True
+    use_flash_attn: bool = True
+    aux_loss_weight: float = 0.1
+    seq_len: int | None = None
+    dim_embed: int | None = None
+    vq_codes: int = 512
+    vq_dim: int = 32
+    vq_beta: float = 0.25
+    vq_weight: float = 1.0
+
+    def check(self, ctx: dict, where: str) -> None:
+        model_kwargs(ctx["model"], self, where)
+
+
+def model_kwargs(m: Any, opts: HierarchicalConfig, where: str = "model.family_options") -> dict[str, Any]:
+    """Keyword arguments of :class:`HierarchicalLM` for a ModelConfig, validated (one-line
+    ConfigErrors naming the config key)."""
+    default = m.layers.default
+    if m.layers.overrides:
+        raise ConfigError("model.layers.overrides: not used by family 'hierarchical'; "
+                          f"set per-hierarchy values in {where} (window_sizes, heads, ...)")
+    if default.mixer.kind != "attention" or default.position is not None:
+        raise ConfigError("model.layers.default: family 'hierarchical' uses its own attention; "
+                          "leave mixer (attention) and position (unset) at their defaults")
+    if m.bias:
+        raise ConfigError("model.bias: biases in linear layers are not supported by family 'hierarchical'; "
+                          "allowed: false")
+    if m.kv_heads is not None:
+        raise ConfigError("model.kv_heads: grouped-query attention is not supported by family 'hierarchical'")
+    if m.position.kind == "rope":
+        rope_base, rope_fraction = m.position.base, m.position.fraction
+        fixed = type(m.position)(kind="rope", base=rope_base, fraction=rope_fraction)
+        other = [f.name for f in dataclasses.fields(m.position) if getattr(m.position, f.name) != getattr(fixed, f.name)]
+        if other:
+            raise ConfigError(f"model.position.{other[0]}: not supported by family 'hierarchical'; "
+                              "its rotary embedding takes base and fraction only")
+    elif m.position.kind == "none":
+        rope_base, rope_fraction = None, 1.0
+    else:
+        raise ConfigError(f"model.position.kind: '{m.position.kind}' is not supported by family 'hierarchical'; "
+                          "allowed: rope, none")
+    if default.ffn.kind not in ("gelu", "swiglu"):
+        raise ConfigError(f"model.layers.default.ffn.kind: '{default.ffn.kind}'; allowed for family "
+                          "'hierarchical': gelu, swiglu")
+
+    model_keys = {"ffn": "model.layers.default.ffn", "norm": "model.layers.default.norm", "depth": "model.depth",
+                  "tie_embeddings": "model.tie_embeddings"}
+
+    def name(k: str) -> str:
+        return model_keys.get(k) or f"{where}.{'dims' if k == 'dim' else k}"
+
+    if opts.seq_len is not None:
+        check_int(f"{where}.seq_len", opts.seq_len, 1)
+    kw = dict(
+        num_tokens=m.vocab_size, depth=m.depth, seq_len=opts.seq_len if opts.seq_len is not None else m.max_seq_len,
+        dim=opts.dims if opts.dims is not None else m.dim,
+        heads=opts.heads if opts.heads is not None else m.heads,
+        dim_head=opts.dim_head if opts.dim_head is not None else m.head_dim,
+        ff_mult=opts.ff_mult if opts.ff_mult is not None else default.ffn.mult,
+        hierarchies=opts.hierarchies, hierarchical_stride=opts.hierarchical_stride, window_sizes=opts.window_sizes,
+        compressor=opts.compressor, merge_all=opts.merge_all, token_shift=opts.token_shift,
+        use_flash_attn=opts.use_flash_attn, aux_loss_weight=opts.aux_loss_weight, dim_embed=opts.dim_embed,
+        ffn=default.ffn, norm=default.norm, rope_base=rope_base, rope_fraction=rope_fraction,
+        tie_embeddings=m.tie_embeddings, dropout=m.dropout, init_std=m.init_std, init=m.init, vq_codes=opts.vq_codes,
+        vq_dim=opts.vq_dim, vq_beta=opts.vq_beta, vq_weight=opts.vq_weight, names=name,
+    )
+    levels = resolve_levels(hierarchies=kw["hierarchies"], dim=kw["dim"], heads=kw["heads"], dim_head=kw["dim_head"],
+                            ff_mult=kw["ff_mult"], stride=kw["hierarchical_stride"], window_sizes=kw["window_sizes"],
+                            seq_len=kw["seq_len"], name=name)
+    if opts.compressor not in COMPRESSORS:
+        raise ConfigError(f"{where}.compressor: '{opts.compressor}' is not allowed; allowed: {', '.join(COMPRESSORS)}")
+    if opts.compressor == "attn":
+        for i, lv in enumerate(levels[1:], 1):
+            if lv.dim % lv.heads:
+                raise ConfigError(f"{where}.heads[{i}]: attention pooling needs heads dividing the width {lv.dim}")
+    for k in ("aux_loss_weight", "vq_weight", "vq_beta"):
+        if getattr(opts, k) < 0:
+            raise ConfigError(f"{where}.{k}: must be ≥ 0, got {getattr(opts, k)}")
+    for k in ("vq_codes", "vq_dim"):
+        check_int(f"{where}.{k}", getattr(opts, k), 1)
+    D = opts.dim_embed if opts.dim_embed is not None else max(lv.dim for lv in levels)
+    if m.tie_embeddings and D != levels[0].dim:
+        raise ConfigError(f"model.tie_embeddings: the head (width {levels[0].dim}) can share the embedding only when "
+                          f"{where}.dim_embed is {levels[0].dim} (default: the widest stream, {D}); "
+                          "set model.tie_embeddings=false or dim_embed")
+    return kw
+
+
+FAMILY.declare("lm", PartConfig, "decoder-only language model", build="archlab.models.lm:LM")
+FAMILY.declare("hierarchical", HierarchicalConfig, "hierarchical transformer: compressed streams merged per layer",
+               build="archlab.models.hierarchical:from_config")

@@ -1,0 +1,35 @@
+"""Registration of archlab's model types with transformers' Auto classes, on their public API.
+
+One row per model class: its ``model_type``, its config class and the Auto class that builds it
+(``AutoModelForCausalLM`` for the LM; an encoder–decoder would add a row for
+``AutoModelForSpeechSeq2Seq``). :func:`register` is what ``import archlab.hf`` runs; it is
+idempotent, and nothing in ``archlab.hf`` calls back into it.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+# (model_type, "module:ConfigClass", Auto class name in transformers, "module:ModelClass")
+MODELS: tuple[tuple[str, str, str, str], ...] = (
+    ("archlab", "archlab.hf.configuration:ArchlabConfig", "AutoModelForCausalLM",
+     "archlab.hf.modeling:ArchlabForCausalLM"),
+)
+
+
+def _load(ref: str) -> type:
+    module, name = ref.split(":")
+    return getattr(importlib.import_module(module), name)
+
+
+def register() -> None:
+    """Make ``AutoConfig`` and each row's Auto model class know archlab's model types."""
+    import transformers
+
+    for model_type, config_ref, auto_name, model_ref in MODELS:
+        config_cls, model_cls = _load(config_ref), _load(model_ref)
+        transformers.AutoConfig.register(model_type, config_cls, exist_ok=True)
+        getattr(transformers, auto_name).register(config_cls, model_cls, exist_ok=True)
+
+
+__all__ = ["MODELS", "register"]

@@ -1,0 +1,1 @@
+"""Compute kernels shared by several mixers (no parameters, no config)."""
