@@ -81,7 +81,7 @@ def _slots() -> list[Slot]:
     where = {"position": "model.position", "mixer": "model.layers.default.mixer", "ffn": "model.layers.default.ffn",
              "norm": "model.layers.default.norm", "task": "data.task", "family": "model.family_options"}
     for group, reg in REGISTRIES.items():
-        if group in ("residual", "init", "method"):  # chosen by a name (norm.placement, model.init, train.method)
+        if group in ("residual", "init", "method", "compressor"):  # chosen by a name (norm.placement, model.init, ...)
             continue
         for kind in reg.kinds():
             cls, at = reg.entry(kind).config_cls, where[group]

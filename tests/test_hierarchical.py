@@ -190,7 +190,7 @@ def test_scalars_broadcast_and_auto_windows():
     (dict(hierarchies=(2, 4)), r"^hierarchies: must start with 1"),
     (dict(hierarchies=(1, 4, 2)), r"^hierarchies: must start with 1 .* increase strictly"),
     (dict(hierarchies=(1, 2), window_sizes=(4, -1)), r"^window_sizes\[1\]: expected an integer ≥ 0"),
-    (dict(hierarchies=(1, 2), compressor="mean"), r"^compressor: 'mean' is not allowed; allowed: conv, attn, vq"),
+    (dict(hierarchies=(1, 2), compressor="mean"), r"^compressor: 'mean' is not allowed; allowed: attn, conv, vq"),
     (dict(hierarchies=1, dim=18, heads=4), r"^heads\[0\]: 4 heads do not divide width 18"),
     (dict(hierarchies=(1, 2), dim=(16, 32), tie_embeddings=True), r"^tie_embeddings: the head"),
 ])

@@ -128,8 +128,9 @@ TASK = Registry("task")  # synthetic tasks (data.task); kinds in archlab.catalog
 RESIDUAL = Registry("residual")  # residual policies, chosen by a layer's norm.placement
 INIT = Registry("init")  # initialisers, chosen by model.init
 METHOD = Registry("method")  # training methods, chosen by train.method
+COMPRESSOR = Registry("compressor")  # the hierarchical family's compressors (family_options.compressor)
 
-REGISTRIES: dict[str, Registry] = {r.group: r for r in (POSITION, MIXER, FFN, NORM, FAMILY, TASK, RESIDUAL, INIT, METHOD)}
+REGISTRIES: dict[str, Registry] = {r.group: r for r in (POSITION, MIXER, FFN, NORM, FAMILY, TASK, RESIDUAL, INIT, METHOD, COMPRESSOR)}
 
 
 def part(group: str, default: Callable[[], Any] | None = None, optional: bool = False) -> Any:

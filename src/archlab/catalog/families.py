@@ -13,8 +13,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from archlab.nn.compress import COMPRESSORS
-from archlab.registry import FAMILY, ConfigError, PartConfig
+from archlab.registry import COMPRESSOR, FAMILY, ConfigError, PartConfig
 
 AUTO = "auto"
 
@@ -174,8 +173,8 @@ def model_kwargs(m: Any, opts: HierarchicalConfig, where: str = "model.family_op
     levels = resolve_levels(hierarchies=kw["hierarchies"], dim=kw["dim"], heads=kw["heads"], dim_head=kw["dim_head"],
                             ff_mult=kw["ff_mult"], stride=kw["hierarchical_stride"], window_sizes=kw["window_sizes"],
                             seq_len=kw["seq_len"], name=name)
-    if opts.compressor not in COMPRESSORS:
-        raise ConfigError(f"{where}.compressor: '{opts.compressor}' is not allowed; allowed: {', '.join(COMPRESSORS)}")
+    if opts.compressor not in COMPRESSOR:
+        raise ConfigError(f"{where}.compressor: '{opts.compressor}' is not allowed; allowed: {', '.join(COMPRESSOR.kinds())}")
     if opts.compressor == "attn":
         for i, lv in enumerate(levels[1:], 1):
             if lv.dim % lv.heads:

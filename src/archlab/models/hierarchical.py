@@ -32,10 +32,10 @@ from torch import nn
 from archlab.catalog import BuildContext
 from archlab.catalog.families import AUTO, check_int, model_kwargs, resolve_levels
 from archlab.models.lm import IGNORE_INDEX, ModelOutput, init_embedding, init_weights
-from archlab.nn.compress import COMPRESSORS, build_compressor, new_groups
+from archlab.nn.compress import new_groups
 from archlab.nn.hierarchy import HierarchyMerge, StreamAttention, StreamBlock, StreamState
 from archlab.nn.positional.rope import RotaryEmbedding
-from archlab.registry import FFN, NORM, ConfigError
+from archlab.registry import COMPRESSOR, FFN, NORM, ConfigError, PartConfig
 
 
 @dataclass
@@ -66,8 +66,8 @@ class HierarchicalLM(nn.Module):
         super().__init__()
         self.levels = resolve_levels(hierarchies=hierarchies, dim=dim, heads=heads, dim_head=dim_head, ff_mult=ff_mult,
                                      stride=hierarchical_stride, window_sizes=window_sizes, seq_len=seq_len, name=names)
-        if compressor not in COMPRESSORS:
-            raise ConfigError(f"{names('compressor')}: '{compressor}' is not allowed; allowed: {', '.join(COMPRESSORS)}")
+        if compressor not in COMPRESSOR:
+            raise ConfigError(f"{names('compressor')}: '{compressor}' is not allowed; allowed: {', '.join(COMPRESSOR.kinds())}")
         if aux_loss_weight < 0 or vq_weight < 0:
             raise ConfigError(f"{names('aux_loss_weight')}/{names('vq_weight')}: weights must be ≥ 0")
         check_int(names("depth"), depth, 1)
@@ -93,8 +93,8 @@ class HierarchicalLM(nn.Module):
         self.drop = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
         self.to_fine = nn.Identity() if D == L[0].dim else nn.Linear(D, L[0].dim, bias=False)
         self.compressors = nn.ModuleList(
-            build_compressor(compressor, dim_in=D, dim_out=lv.dim, factor=lv.factor, stride=lv.stride, heads=lv.heads,
-                             vq_codes=vq_codes, vq_dim=vq_dim, vq_beta=vq_beta, seed=i)
+            COMPRESSOR.build(PartConfig(kind=compressor), dim_in=D, dim_out=lv.dim, factor=lv.factor, stride=lv.stride,
+                             heads=lv.heads, vq_codes=vq_codes, vq_dim=vq_dim, vq_beta=vq_beta, seed=i)
             for i, lv in enumerate(L[1:], 1)
         )
         self.rotaries = nn.ModuleList(

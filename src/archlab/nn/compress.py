@@ -145,18 +145,3 @@ class VQCompressor(CausalCompressor):
         q = book[idx]
         aux = self.beta * (z - q.detach()).pow(2).sum(-1).mean() + (q - z.detach()).pow(2).sum(-1).mean()
         return self.out(z + (q - z).detach()), aux
-
-
-COMPRESSORS = ("conv", "attn", "vq")
-
-
-def build_compressor(kind: str, *, dim_in: int, dim_out: int, factor: int, stride: int, heads: int = 1,
-                     vq_codes: int = 512, vq_dim: int = 32, vq_beta: float = 0.25, seed: int = 0) -> CausalCompressor:
-    if kind == "conv":
-        return ConvCompressor(dim_in=dim_in, dim_out=dim_out, factor=factor, stride=stride)
-    if kind == "attn":
-        return AttnPoolCompressor(dim_in=dim_in, dim_out=dim_out, factor=factor, stride=stride, heads=heads)
-    if kind == "vq":
-        return VQCompressor(dim_in=dim_in, dim_out=dim_out, factor=factor, stride=stride, codes=vq_codes,
-                            code_dim=vq_dim, beta=vq_beta, seed=seed)
-    raise ValueError(f"compressor '{kind}'; allowed: {', '.join(COMPRESSORS)}")
