@@ -95,13 +95,14 @@ class HierarchicalConfig(PartConfig):
     model section (dims: model.dim, heads: model.heads, dim_head: model.head_dim, ff_mult:
     model.layers.default.ffn.mult, seq_len: model.max_seq_len); lists give one per hierarchy."""
 
-    hierarchies: Any = field(default_factory=lambda: [1, 2])
-    dims: Any = None
-    heads: Any = None
-    dim_head: Any = None
-    ff_mult: Any = None
-    hierarchical_stride: Any = 1
-    window_sizes: Any = AUTO  # int: local window; null: full causal; 0: no attention; auto: half the stream
+    hierarchies: int | list[int] = field(default_factory=lambda: [1, 2])
+    dims: int | list[int] | None = None
+    heads: int | list[int] | None = None
+    dim_head: int | list[int] | None = None
+    ff_mult: float | list[float] | None = None
+    hierarchical_stride: int | list[int] = 1
+    # int: local window; null: full causal; 0: no attention; auto: half the stream (one, or one per hierarchy)
+    window_sizes: int | str | list[int | str | None] | None = AUTO
     compressor: str = "conv"
     merge_all: bool = False
     token_shift: bool = True
