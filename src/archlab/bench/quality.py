@@ -36,7 +36,6 @@ starts from a seeded ``torch.Generator``, as a hand-written loop draws them).
 
 from __future__ import annotations
 
-import copy
 import hashlib
 import json
 import math

@@ -26,7 +26,6 @@ depends only on the two models compared.
 
 from __future__ import annotations
 
-import argparse
 import re
 import time
 from pathlib import Path

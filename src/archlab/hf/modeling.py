@@ -70,7 +70,6 @@ Private transformers hooks still used, each because no public API does the job:
 from __future__ import annotations
 
 import dataclasses
-import math
 from typing import Any, Callable
 
 import torch

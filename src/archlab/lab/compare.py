@@ -20,7 +20,6 @@ import datetime as _dt
 import hashlib
 import json
 import os
-import platform
 import shutil
 import time
 from pathlib import Path

@@ -46,7 +46,6 @@ from archlab.nn.cache import KVCache
 from archlab.nn.mixers.attention import Attention
 from archlab.nn.mixers.local import LocalAttention
 from archlab.nn.norms import LayerNorm, RMSNorm
-from archlab.nn.positional.base import bias_is_relative
 from archlab.nn.residual import PreNorm
 from archlab.nn.positional.rope import RotaryEmbedding
 
@@ -204,7 +203,7 @@ class FastDecoder:
             L = _Layer()
             # an additive bias (ALiBi, T5, clipped relative, dynamic): the scheme's own, as the mask
             L.bias = pos if pos.uses_bias else None
-            L.bias_relative = L.bias is not None and bias_is_relative(pos)
+            L.bias_relative = L.bias is not None and pos.relative_bias
             # local attention: the last `window` keys (the window as it is now: a controller's
             # adapted value included)
             L.window = attn.window if type(attn) is LocalAttention else None

@@ -23,7 +23,6 @@ import os
 import socket
 from pathlib import Path
 from types import TracebackType
-from typing import Any
 
 
 from archlab.atomic import pid_alive, write_text_atomic

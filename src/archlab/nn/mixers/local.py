@@ -25,7 +25,6 @@ import torch.nn.functional as F
 from archlab.nn.cache import KVCache, WindowedKVCache
 from archlab.nn.kernels.sliding_window import default_block, sliding_window_attention, window_allowed
 from archlab.nn.mixers.attention import Attention
-from archlab.nn.positional.base import bias_is_relative
 
 __all__ = ["LocalAttention"]
 
@@ -122,7 +121,7 @@ class LocalAttention(Attention):
             return super().attend(q, k, v, q_pos, k_pos, mask=mask, fresh=fresh)
         pos = self.position
         past = _contiguous_past(q_pos, k_pos) if mask is None and not pos.needs_scores else None
-        if (past is None or q.shape[2] <= w or (pos.uses_bias and not bias_is_relative(pos))
+        if (past is None or q.shape[2] <= w or (pos.uses_bias and not pos.relative_bias)
                 or (self.global_tokens and int(k_pos[0]) != 0)):
             return self._masked(q, k, v, q_pos, k_pos, mask)
         p = self.dropout if self.training else 0.0

@@ -59,11 +59,6 @@ class PositionalScheme(nn.Module):
         return None
 
 
-def bias_is_relative(position: PositionalScheme) -> bool:
-    """Whether a scheme's bias depends on positions only through i − j (its ``relative_bias``)."""
-    return bool(position.relative_bias)
-
-
 def relative_positions(q_pos: torch.Tensor, k_pos: torch.Tensor) -> torch.Tensor:
     """i − j for every (query i, key j): shape (1, Tq, Tk) or (B, 1, Tq, Tk) (a head axis to broadcast)."""
     return (q_pos.unsqueeze(-1) - k_pos.unsqueeze(-2)).unsqueeze(-3)
