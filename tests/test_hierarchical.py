@@ -10,6 +10,7 @@ import pytest
 import torch
 
 import archlab.nn.hierarchy as hierarchy
+import archlab.nn.mixers.local as local_mixer
 from archlab.config import load_config
 from archlab.models import generate
 from archlab.models.hierarchical import HierarchicalLM, HierarchicalTransformer
@@ -32,6 +33,12 @@ CONFIGS = {
     "merge_all_stride1": dict(hierarchies=(1, 4), merge_all=True, compressor="attn"),
     "explicit": dict(hierarchies=(1, 2, 4), hierarchical_stride=(1, 1, 4), use_flash_attn=False, window_sizes=(5, None, None)),
     "no_shift_swiglu": dict(hierarchies=(1, 2), token_shift=False, ffn="swiglu", dim=(16, 24), heads=(2, 3)),
+    # positional schemes from the registry, at the streams' axial positions (full and local windows)
+    "alibi_axial_local": dict(hierarchies=(1, 4), hierarchical_stride=(1, 2), window_sizes=(5, 3), position="alibi"),
+    "t5_strided": dict(hierarchies=(1, 4), hierarchical_stride=(1, 4), window_sizes=(6, None), position="t5"),
+    "cope_local": dict(hierarchies=(1, 2), window_sizes=(5, None), position="cope"),
+    "givens_rope": dict(hierarchies=(1, 2), position={"kind": "givens_rope", "rounds": 1}),
+    "nope": dict(hierarchies=(1, 2), position="none"),
 }
 
 
@@ -97,7 +104,7 @@ def run_cached(model, ids, chunks):
 def test_cache_equals_recompute(name):
     model = make(name)
     ids = ids_for(T=29)
-    full = model(ids)
+    full = model(ids).logits
     with torch.no_grad():
         step, _ = run_cached(model, ids, [1] * 29)
         chunked, _ = run_cached(model, ids, [3, 1, 5, 2, 7, 1, 10])
@@ -129,13 +136,14 @@ def test_generate_cached_equals_uncached(tiny_config, build):
 # ----------------------------------------------------------------------------- the attention switch
 
 
-@pytest.mark.parametrize("windows", [None, 4, (3, None)])
-def test_flash_and_explicit_agree(windows):
-    kw = dict(hierarchies=(1, 4), hierarchical_stride=(1, 2), window_sizes=windows)
+@pytest.mark.parametrize("windows, position", [(None, None), (4, None), ((3, None), None), ((4, 3), "alibi"),
+                                               ((None, 3), "t5")])
+def test_flash_and_explicit_agree(windows, position):
+    kw = dict(hierarchies=(1, 4), hierarchical_stride=(1, 2), window_sizes=windows, position=position)
     fused, explicit = make(kw, use_flash_attn=True), make(kw, use_flash_attn=False)
     explicit.load_state_dict(fused.state_dict())
     ids = ids_for(T=21)
-    torch.testing.assert_close(fused(ids), explicit(ids), rtol=0, atol=1e-10)
+    torch.testing.assert_close(fused(ids).logits, explicit(ids).logits, rtol=0, atol=1e-10)
     with torch.no_grad():
         torch.testing.assert_close(run_cached(fused, ids, [4, 1, 16])[0], run_cached(explicit, ids, [4, 1, 16])[0],
                                    rtol=0, atol=1e-10)
@@ -150,13 +158,13 @@ def test_flash_flag_selects_the_kernel(monkeypatch):
         return real(*a, **k)
 
     monkeypatch.setattr(torch.nn.functional, "scaled_dot_product_attention", counting)
-    swa = hierarchy.sliding_window_attention
+    swa = local_mixer.sliding_window_attention
 
     def counting_swa(*a, **k):
         calls["swa"] += 1
         return swa(*a, **k)
 
-    monkeypatch.setattr(hierarchy, "sliding_window_attention", counting_swa)
+    monkeypatch.setattr(local_mixer, "sliding_window_attention", counting_swa)
     ids = ids_for()
     make("explicit", use_flash_attn=False)(ids)
     make("h14_axial_local", use_flash_attn=False)(ids)
@@ -177,7 +185,8 @@ def test_scalars_broadcast_and_auto_windows():
     t = make({"hierarchies": (1, 2)}, dim=(16, 32), heads=(2, 4), dim_head=(8, 4), ff_mult=(2, 3), window_sizes=(None, 0))
     assert [(lv.dim, lv.heads, lv.dim_head, lv.ff_mult, lv.window) for lv in t.levels] == [
         (16, 2, 8, 2.0, None), (32, 4, 4, 3.0, 0)]
-    assert t.layers[0][1].attn is None and t.layers[0][0].attn.window is None
+    assert t.layers[0][1].attn is None and type(t.layers[0][0].attn).__name__ == "Attention"  # full, not local
+    assert [blk.attn.window for blk in m.layers[0]] == [32, 16, 4]  # the local mixer got each stream's window
     assert t.embed.weight.shape == (V, 32)  # the embedding is as wide as the widest stream
 
 
@@ -205,7 +214,7 @@ def test_bad_arguments_are_one_line_errors(kw, match):
      r"^model.family_options.dims: 3 values for 2 hierarchies"),
     (["model.family_options.windows=8"], r"^model.family_options.windows: unknown key for kind 'hierarchical'"),
     (["model.family_options.hierarchies=[1,2]", "model.family_options.dims=[32,64]"], r"^model.tie_embeddings: "),
-    (["model.position.kind=alibi"], r"^model.position.kind: 'alibi' is not supported by family 'hierarchical'"),
+    (["model.position.kind=learned"], r"^model.position.kind: 'learned' adds to the embeddings, which the streams"),
     (["model.layers.overrides={'0': {ffn: {kind: gelu}}}"], r"^model.layers.overrides: not used by family"),
     (["model.family_options.compressor=pool"], r"^model.family_options.compressor: 'pool' is not allowed"),
     (["model.bias=true"], r"^model.bias: biases in linear layers are not supported"),
@@ -236,16 +245,22 @@ def test_config_and_python_api_build_the_same_module(tiny_config, build):
     sa, sb = from_cfg.state_dict(), api.state_dict()
     assert list(sa) == list(sb) and all(sa[k].shape == sb[k].shape for k in sa)
     ids = torch.randint(0, 256, (2, 20))
-    torch.testing.assert_close(from_cfg(ids).logits, api(ids), rtol=0, atol=0)
+    torch.testing.assert_close(from_cfg(ids).logits, api(ids).logits, rtol=0, atol=0)
 
 
 def test_model_section_knobs_reach_the_model(tiny_config, build):
     ids = torch.randint(0, 256, (2, 16))
     base = build(tiny_config("model.family=hierarchical"), double=True)(ids).logits
     for sets in (["model.position.base=500"], ["model.position.kind=none"], ["model.position.fraction=0.5"],
+                 ["model.position.kind=alibi"], ["model.position.kind=t5"],
                  ["model.layers.default.norm.eps=0.5"], ["model.family_options.token_shift=false"]):
         other = build(tiny_config("model.family=hierarchical", *sets), double=True)
         assert not torch.allclose(other(ids).logits, base), sets
+    # a learnable rotary knob starts at plain RoPE (same output) but adds trainable frequencies per stream
+    n = sum(p.numel() for p in build(tiny_config("model.family=hierarchical"), double=True).parameters())
+    learned = build(tiny_config("model.family=hierarchical", "model.position.learn_freq=true"), double=True)
+    assert sum(p.numel() for p in learned.parameters()) > n
+    assert all(any(p.requires_grad for p in pos.parameters()) for pos in learned.positions)
 
 
 # ----------------------------------------------------------------------------- losses
@@ -254,11 +269,14 @@ def test_model_section_knobs_reach_the_model(tiny_config, build):
 def test_aux_losses_are_named_and_weighted():
     m = make("vq", aux_loss_weight=0.3, vq_weight=0.5)
     ids = ids_for(T=24)
-    loss, aux = m(ids, return_loss=True)
-    assert set(aux) == {"nll", "nll_x4", "vq_x4"}
-    torch.testing.assert_close(loss, aux["nll"] + 0.3 * aux["nll_x4"] + 0.5 * aux["vq_x4"])
+    res = m(ids, return_loss=True)  # ids (B, T+1): predicts ids[:, 1:]
+    assert set(res.aux) == {"nll_x4", "vq_x4"}
+    torch.testing.assert_close(res.loss, res.nll + 0.3 * res.aux["nll_x4"] + 0.5 * res.aux["vq_x4"])
     out = m(ids[:, :-1], targets=ids[:, 1:])
-    torch.testing.assert_close(out.nll, aux["nll"])  # bits per byte come from the fine stream alone
+    torch.testing.assert_close(out.nll, res.nll)  # bits per byte come from the fine stream alone
+    torch.testing.assert_close(out.loss, res.loss)
+    with pytest.raises(ValueError, match="return_loss takes ids"):
+        m(ids, return_loss=True, targets=ids)
     quiet = make("vq", aux_loss_weight=0.0, vq_weight=0.0)
     assert len(quiet.aux_heads) == 0
     q = quiet(ids[:, :-1], targets=ids[:, 1:])
@@ -275,9 +293,9 @@ def test_coarse_targets_are_the_tokens_after_each_window():
 
 
 def test_every_parameter_gets_a_gradient():
-    for name in ("h128_mixed", "attn_pool", "vq", "merge_all"):
+    for name in ("h128_mixed", "attn_pool", "vq", "merge_all", "t5_strided", "cope_local"):
         m = make(name).train()
-        loss, _ = m(ids_for(T=24), return_loss=True)
+        loss = m(ids_for(T=24), return_loss=True).loss
         loss.backward()
         missing = [k for k, p in m.named_parameters() if p.grad is None or not p.grad.abs().sum() > 0]
         assert not missing, f"{name}: no gradient for {missing}"
@@ -289,7 +307,7 @@ def test_switches_change_the_output():
     for change in (dict(token_shift=False), dict(window_sizes=(None, 1)), dict(window_sizes=(2, 3))):
         other = make("h14_axial_local", **change)
         other.load_state_dict(base.state_dict())
-        assert not torch.allclose(base(ids), other(ids)), change
+        assert not torch.allclose(base(ids).logits, other(ids).logits), change
 
 
 # ----------------------------------------------------------------------------- the flat case
@@ -314,7 +332,7 @@ def test_flat_is_a_plain_transformer(tiny_config, build):
     assert ours == set(mapping)
     flat.load_state_dict({k: lm.state_dict()[mapping.get(k, "embed.weight")] for k in flat.state_dict()})
     ids = torch.randint(0, 256, (2, 19))
-    torch.testing.assert_close(flat(ids), lm(ids).logits, rtol=0, atol=1e-12)
+    torch.testing.assert_close(flat(ids).logits, lm(ids).logits, rtol=0, atol=1e-12)
 
 
 # ----------------------------------------------------------------------------- through the Trainer

@@ -66,16 +66,16 @@ def _n_params(model: torch.nn.Module) -> int:
 
 def make_ours(kw: dict[str, Any], args: argparse.Namespace) -> Contender:
     from archlab.models.generation import generate
-    from archlab.models.hierarchical import HierarchicalTransformer, _Protocol
+    from archlab.models.hierarchical import HierarchicalTransformer
 
     torch.manual_seed(args.seed)
     model = HierarchicalTransformer(**kw, use_flash_attn=not args.explicit)
 
     def gen(prompt: torch.Tensor, new_tokens: int) -> torch.Tensor:
-        return generate(_Protocol(model), prompt, max_new_tokens=new_tokens, temperature=0.0)[:, prompt.shape[1]:]
+        return generate(model, prompt, max_new_tokens=new_tokens, temperature=0.0)[:, prompt.shape[1]:]
 
     return Contender(
-        name="ours", model=model, loss_fn=lambda m, tokens: m(tokens, return_loss=True)[0], generate_fn=gen,
+        name="ours", model=model, loss_fn=lambda m, tokens: m(tokens, return_loss=True).loss, generate_fn=gen,
         info={"kwargs": {**kw, "use_flash_attn": not args.explicit}, "n_params": _n_params(model),
               "levels": [lv.__dict__ for lv in model.levels]},
     )

@@ -8,12 +8,12 @@ the offending config key live here; :mod:`archlab.models.hierarchical` builds th
 
 from __future__ import annotations
 
-import dataclasses
 import math
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from archlab.registry import COMPRESSOR, FAMILY, ConfigError, PartConfig
+from archlab.catalog.context import BuildContext
+from archlab.registry import COMPRESSOR, FAMILY, POSITION, ConfigError, PartConfig
 
 AUTO = "auto"
 
@@ -134,18 +134,6 @@ def model_kwargs(m: Any, opts: HierarchicalConfig, where: str = "model.family_op
                           "allowed: false")
     if m.kv_heads is not None:
         raise ConfigError("model.kv_heads: grouped-query attention is not supported by family 'hierarchical'")
-    if m.position.kind == "rope":
-        rope_base, rope_fraction = m.position.base, m.position.fraction
-        fixed = type(m.position)(kind="rope", base=rope_base, fraction=rope_fraction)
-        other = [f.name for f in dataclasses.fields(m.position) if getattr(m.position, f.name) != getattr(fixed, f.name)]
-        if other:
-            raise ConfigError(f"model.position.{other[0]}: not supported by family 'hierarchical'; "
-                              "its rotary embedding takes base and fraction only")
-    elif m.position.kind == "none":
-        rope_base, rope_fraction = None, 1.0
-    else:
-        raise ConfigError(f"model.position.kind: '{m.position.kind}' is not supported by family 'hierarchical'; "
-                          "allowed: rope, none")
     if default.ffn.kind not in ("gelu", "swiglu"):
         raise ConfigError(f"model.layers.default.ffn.kind: '{default.ffn.kind}'; allowed for family "
                           "'hierarchical': gelu, swiglu")
@@ -167,13 +155,23 @@ def model_kwargs(m: Any, opts: HierarchicalConfig, where: str = "model.family_op
         hierarchies=opts.hierarchies, hierarchical_stride=opts.hierarchical_stride, window_sizes=opts.window_sizes,
         compressor=opts.compressor, merge_all=opts.merge_all, token_shift=opts.token_shift,
         use_flash_attn=opts.use_flash_attn, aux_loss_weight=opts.aux_loss_weight, dim_embed=opts.dim_embed,
-        ffn=default.ffn, norm=default.norm, rope_base=rope_base, rope_fraction=rope_fraction,
+        ffn=default.ffn, norm=default.norm, position=m.position,
         tie_embeddings=m.tie_embeddings, dropout=m.dropout, init_std=m.init_std, init=m.init, vq_codes=opts.vq_codes,
         vq_dim=opts.vq_dim, vq_beta=opts.vq_beta, vq_weight=opts.vq_weight, names=name,
     )
     levels = resolve_levels(hierarchies=kw["hierarchies"], dim=kw["dim"], heads=kw["heads"], dim_head=kw["dim_head"],
                             ff_mult=kw["ff_mult"], stride=kw["hierarchical_stride"], window_sizes=kw["window_sizes"],
                             seq_len=kw["seq_len"], name=name)
+    for i, lv in enumerate(levels):  # every stream's scheme must build at its own head width, and act in attention
+        ctx = BuildContext(dim=lv.dim, heads=lv.heads, kv_heads=lv.heads, head_dim=lv.dim_head, max_seq_len=kw["seq_len"])
+        try:
+            scheme = POSITION.build(m.position, ctx)
+        except ValueError as e:
+            raise ConfigError(f"model.position: {e} (stream {i}: heads {lv.heads}, head width {lv.dim_head})") from None
+        if scheme.uses_embed:
+            raise ConfigError(f"model.position.kind: '{m.position.kind}' adds to the embeddings, which the streams of "
+                              "family 'hierarchical' do not share; allowed: a scheme acting in attention (rope and "
+                              "its variants, alibi, t5, relative, dynamic, cope, none)")
     if opts.compressor not in COMPRESSOR:
         raise ConfigError(f"{where}.compressor: '{opts.compressor}' is not allowed; allowed: {', '.join(COMPRESSOR.kinds())}")
     if opts.compressor == "attn":

@@ -33,9 +33,8 @@ from archlab.catalog import BuildContext
 from archlab.catalog.families import AUTO, check_int, model_kwargs, resolve_levels
 from archlab.models.lm import IGNORE_INDEX, ModelOutput, init_embedding, init_weights
 from archlab.nn.compress import new_groups
-from archlab.nn.hierarchy import HierarchyMerge, StreamAttention, StreamBlock, StreamState
-from archlab.nn.positional.rope import RotaryEmbedding
-from archlab.registry import COMPRESSOR, FFN, NORM, ConfigError, PartConfig
+from archlab.nn.hierarchy import HierarchyMerge, StreamBlock, StreamState
+from archlab.registry import COMPRESSOR, FFN, MIXER, NORM, POSITION, ConfigError, PartConfig
 
 
 @dataclass
@@ -60,6 +59,7 @@ class HierarchicalLM(nn.Module):
         window_sizes: Any = AUTO, compressor: str = "conv", merge_all: bool = False, token_shift: bool = True,
         use_flash_attn: bool = True, aux_loss_weight: float = 0.1, dim_embed: int | None = None,
         ffn: Any = "gelu", norm: Any = "rms", rope_base: float | None = 10000.0, rope_fraction: float = 1.0,
+        position: Any = None,
         tie_embeddings: bool = False, dropout: float = 0.0, init_std: float = 0.02, init: str = "fan_in",
         vq_codes: int = 512, vq_dim: int = 32, vq_beta: float = 0.25, vq_weight: float = 1.0, names: Callable[[str], str] = str,
     ) -> None:
@@ -82,9 +82,11 @@ class HierarchicalLM(nn.Module):
         if getattr(norm_cfg, "placement", "pre") != "pre":
             raise ConfigError(f"{names('norm')}.placement: the hierarchical family is pre-norm only; allowed: pre")
 
-        def ctx(d: int) -> BuildContext:
-            return BuildContext(dim=d, heads=1, kv_heads=1, head_dim=d, max_seq_len=seq_len, dropout=dropout,
-                                init_std=init_std)
+        pos_cfg = stream_position(position, rope_base, rope_fraction, names("position"))
+
+        def ctx(d: int, heads: int = 1, head_dim: int | None = None, position: Any = None) -> BuildContext:
+            return BuildContext(dim=d, heads=heads, kv_heads=heads, head_dim=head_dim or d, max_seq_len=seq_len,
+                                dropout=dropout, init_std=init_std, position=position, depth=depth)
 
         def make_norm(d: int) -> nn.Module:
             return NORM.build(norm_cfg, ctx(d))
@@ -97,19 +99,26 @@ class HierarchicalLM(nn.Module):
                              heads=lv.heads, vq_codes=vq_codes, vq_dim=vq_dim, vq_beta=vq_beta, seed=i)
             for i, lv in enumerate(L[1:], 1)
         )
-        self.rotaries = nn.ModuleList(
-            RotaryEmbedding(head_dim=lv.dim_head, base=rope_base, fraction=rope_fraction) if rope_base else nn.Identity()
-            for lv in L
+        # One positional scheme per stream, shared by its layers (one table, one set of parameters,
+        # as the flat LM shares its scheme), at the stream's axial positions 0, 1, 2, …
+        self.positions = nn.ModuleList(
+            POSITION.build(pos_cfg, ctx(lv.dim, lv.heads, lv.dim_head)) for lv in L
         )
+        if self.positions[0].uses_embed:
+            raise ConfigError(f"{names('position')}.kind: '{pos_cfg.kind}' adds to the embeddings, which the streams "
+                              "do not share; allowed: a scheme acting in attention (rope and its variants, alibi, "
+                              "t5, relative, dynamic, cope, none)")
         self.layers = nn.ModuleList()
         for _ in range(depth):
             row = nn.ModuleList()
             for h, lv in enumerate(L):
                 attn = None
                 if lv.window != 0:
-                    attn = StreamAttention(dim=lv.dim, heads=lv.heads, dim_head=lv.dim_head, window=lv.window,
-                                           flash=use_flash_attn, rotary=self.rotaries[h] if rope_base else None,
-                                           dropout=dropout)
+                    # window None: full causal attention; an int: the sliding window (mixer registry)
+                    kind = "attention" if lv.window is None else {"kind": "local", "window": lv.window}
+                    mixer = MIXER.parse(kind, names("window_sizes"))
+                    attn = MIXER.build(mixer, ctx(lv.dim, lv.heads, lv.dim_head, self.positions[h]))
+                    attn.fused = use_flash_attn
                 ff = FFN.build(dataclasses.replace(ffn_cfg, mult=lv.ff_mult), ctx(lv.dim))
                 row.append(StreamBlock(dim=lv.dim, attn=attn, ffn=ff, norm=make_norm, axial=lv.axial,
                                        shift=token_shift, dropout=dropout))
@@ -229,6 +238,16 @@ class HierarchicalLM(nn.Module):
         return out
 
 
+def stream_position(position: Any, rope_base: float | None, rope_fraction: float, where: str) -> PartConfig:
+    """The streams' positional scheme: ``position`` (a kind or ``{kind: …}``) when given, else
+    the peer-style arguments: RoPE of ``rope_base`` on ``rope_fraction`` of each head, or none."""
+    if position is not None:
+        return POSITION.parse(position, where)
+    if not rope_base:
+        return POSITION.parse("none", where)
+    return POSITION.parse({"kind": "rope", "base": rope_base, "fraction": rope_fraction}, where)
+
+
 def _ce(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     flat = logits.reshape(-1, logits.shape[-1])
     if flat.dtype in (torch.float16, torch.bfloat16):
@@ -236,43 +255,28 @@ def _ce(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     return F.cross_entropy(flat, targets.reshape(-1), ignore_index=IGNORE_INDEX)
 
 
-class _Protocol:
-    """archlab's calling convention on a :class:`HierarchicalTransformer` (for ``generate``)."""
-
-    def __init__(self, model: HierarchicalLM) -> None:
-        self.model = model
-
-    def __getattr__(self, name: str) -> Any:  # training, eval, train, init_cache
-        return getattr(self.model, name)
-
-    def __call__(self, ids: torch.Tensor, **kw: Any) -> ModelOutput:
-        return HierarchicalLM.forward(self.model, ids, **kw)
-
-
 class HierarchicalTransformer(HierarchicalLM):
-    """The peer-style Python API over the same module::
+    """The peer's argument names (simple-hierarchical-transformer) over the same module, with
+    its ``return_loss`` convenience; ``forward`` always returns a :class:`ModelOutput`::
 
         model = HierarchicalTransformer(num_tokens=256, dim=(128, 256), depth=4, hierarchies=(1, 2))
-        loss, aux = model(ids, return_loss=True)  # ids (B, T+1); aux: {"nll": …, "nll_x2": …}
-        logits = model(ids)                       # (B, T, V)
-
-    With ``targets=`` or ``cache=`` it answers archlab's protocol (a ModelOutput) instead.
+        out = model(ids, return_loss=True)   # ids (B, T+1): out.loss, out.nll, out.aux {"nll_x2": …}
+        logits = model(ids).logits           # (B, T, V)
     """
 
-    def forward(self, ids: torch.Tensor, *, return_loss: bool = False, targets: torch.Tensor | None = None,
-                cache: HierarchicalCache | None = None, **kw: Any) -> Any:
-        if return_loss:
-            out = super().forward(ids[:, :-1], targets=ids[:, 1:], **kw)
-            return out.loss, {"nll": out.nll, **out.aux}
-        out = super().forward(ids, targets=targets, cache=cache, **kw)
-        return out if targets is not None or cache is not None else out.logits
+    def forward(self, ids: torch.Tensor, *, return_loss: bool = False, **kw: Any) -> ModelOutput:
+        if not return_loss:
+            return super().forward(ids, **kw)
+        if "targets" in kw or "cache" in kw:
+            raise ValueError("return_loss takes ids (B, T+1) and predicts ids[:, 1:]: pass no targets or cache")
+        return super().forward(ids[:, :-1], targets=ids[:, 1:], **kw)
 
     @torch.no_grad()
     def generate(self, prompt: torch.Tensor, max_new_tokens: int, **kw: Any) -> torch.Tensor:
         """Continue ``prompt`` (B, T) with cached decoding; see :func:`archlab.models.generate`."""
         from archlab.models.generation import generate
 
-        return generate(_Protocol(self), prompt, max_new_tokens=max_new_tokens, **kw)
+        return generate(self, prompt, max_new_tokens=max_new_tokens, **kw)
 
 
 def from_config(model_cfg: Any) -> HierarchicalLM:

@@ -1,6 +1,6 @@
-"""Pieces of a hierarchical transformer's streams: attention with an explicit and a fused
-path, token shift, the per-stream block (with axial grouping and its decoding state) and the
-merge of all streams into one.
+"""Pieces of a hierarchical transformer's streams: token shift, the per-stream block (a token
+mixer from the mixer registry, applied axially, with its decoding state) and the merge of all
+streams into one.
 
 A stream of compression factor c and stride s holds one token per s fine positions, each
 summarising c of them. Consecutive tokens overlap when s < c, so attention runs *axially*:
@@ -12,7 +12,6 @@ simple-hierarchical-transformer; cost O(T²/c) instead of O(T²)). Token shift (
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -20,73 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from archlab.nn.cache import KVCache, WindowedKVCache
 from archlab.nn.compress import expand_to_fine
-from archlab.nn.positional.rope import RotaryEmbedding
-
-from archlab.nn.kernels.sliding_window import sliding_window_attention
-
-
-def attention_cache(window: int | None) -> KVCache | WindowedKVCache:
-    """A KV cache for full (``None``) or local attention of ``window`` keys (bounded)."""
-    return KVCache() if window is None else WindowedKVCache(window)
-
-
-def allowed_keys(q_pos: torch.Tensor, k_pos: torch.Tensor, window: int | None) -> torch.Tensor:
-    """Bool (Tq, Tk): key j visible to query i iff 0 ≤ i − j (< window, when local)."""
-    d = q_pos[:, None] - k_pos[None, :]
-    ok = d >= 0
-    return ok & (d < window) if window is not None else ok
-
-
-class StreamAttention(nn.Module):
-    """softmax(q·kᵀ/√d + mask)·v over one stream, with RoPE on explicit positions.
-
-    ``flash=True`` uses ``F.scaled_dot_product_attention`` (the fused kernel; the causal flag
-    when nothing else needs masking, a boolean mask otherwise, the blockwise sliding-window
-    kernel for local attention); ``flash=False`` computes the scores, masks them
-    and applies softmax explicitly. Both give the same result (tested).
-    """
-
-    def __init__(self, *, dim: int, heads: int, dim_head: int, window: int | None, flash: bool,
-                 rotary: RotaryEmbedding | None, dropout: float = 0.0) -> None:
-        super().__init__()
-        self.heads, self.dim_head, self.window, self.flash = heads, dim_head, window, flash
-        self.rotary = rotary
-        self.dropout = dropout
-        self.qkv = nn.Linear(dim, 3 * heads * dim_head, bias=False)
-        self.out = nn.Linear(heads * dim_head, dim, bias=False)
-        self.out.residual_out = True
-
-    def forward(self, x: torch.Tensor, *, positions: torch.Tensor, cache=None) -> torch.Tensor:
-        B, T, _ = x.shape
-        q, k, v = self.qkv(x).view(B, T, 3, self.heads, self.dim_head).permute(2, 0, 3, 1, 4).unbind(0)
-        if self.rotary is not None:
-            q, k = self.rotary.rotate(q, k, positions, positions)
-        fresh = cache is None or len(cache) == 0  # then positions are 0 … T−1
-        k_pos = positions
-        if cache is not None:
-            k, v, k_pos = cache.update(k, v, positions)
-        y = self.attend(q, k, v, positions, k_pos, fresh=fresh)
-        return self.out(y.transpose(1, 2).reshape(B, T, -1))
-
-    def attend(self, q, k, v, q_pos, k_pos, *, fresh: bool) -> torch.Tensor:
-        p = self.dropout if self.training else 0.0
-        w = self.window
-        if w is not None and fresh and q.shape[2] <= w:
-            w = None  # the window covers the whole sequence: plain causal attention, same result
-        if not self.flash:
-            scores = (q @ k.transpose(-1, -2)) * (1.0 / math.sqrt(self.dim_head))
-            scores = scores.masked_fill(~allowed_keys(q_pos, k_pos, w), float("-inf"))
-            return F.dropout(scores.softmax(dim=-1), p=p, training=p > 0) @ v
-        if w is None:
-            if fresh:
-                return F.scaled_dot_product_attention(q, k, v, dropout_p=p, is_causal=True)
-            if q.shape[2] == 1:  # one new token sees every cached (earlier) key
-                return F.scaled_dot_product_attention(q, k, v, dropout_p=p)
-        elif fresh:  # blockwise O(T·w), never a T×T matrix
-            return sliding_window_attention(q, k, v, window=w, dropout_p=p)
-        return F.scaled_dot_product_attention(q, k, v, attn_mask=allowed_keys(q_pos, k_pos, w), dropout_p=p)
 
 
 def token_shift(h: torch.Tensor, prev: torch.Tensor | None, lag: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -103,7 +36,7 @@ def token_shift(h: torch.Tensor, prev: torch.Tensor | None, lag: int) -> tuple[t
 
 @dataclass
 class StreamState:
-    """Decoding state of one stream block: one KV cache per axial sub-sequence, and the
+    """Decoding state of one stream block: one mixer cache per axial sub-sequence, and the
     token-shift memories of the attention and feed-forward inputs."""
 
     kv: list
@@ -111,10 +44,11 @@ class StreamState:
 
 
 class StreamBlock(nn.Module):
-    """x ← x + Attn(shift(N₁x)); x ← x + FFN(shift(N₂x)). ``attn=None`` (window 0): no
-    attention sub-layer. ``axial`` = c/s sub-sequences attend separately (see module doc)."""
+    """x ← x + Attn(shift(N₁x)); x ← x + FFN(shift(N₂x)). ``attn``: a token mixer
+    (:class:`~archlab.nn.mixers.base.TokenMixer`; ``None``, window 0: no attention sub-layer).
+    ``axial`` = c/s sub-sequences attend separately (see module doc)."""
 
-    def __init__(self, *, dim: int, attn: StreamAttention | None, ffn: nn.Module,
+    def __init__(self, *, dim: int, attn: nn.Module | None, ffn: nn.Module,
                  norm: Callable[[int], nn.Module], axial: int, shift: bool, dropout: float = 0.0) -> None:
         super().__init__()
         self.attn, self.ffn = attn, ffn
@@ -124,8 +58,7 @@ class StreamBlock(nn.Module):
         self.drop = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
 
     def init_state(self) -> StreamState:
-        w = self.attn.window if self.attn is not None else None
-        return StreamState(kv=[attention_cache(w) for _ in range(self.axial)])
+        return StreamState(kv=[self.attn.init_cache() for _ in range(self.axial)] if self.attn is not None else [])
 
     def forward(self, x: torch.Tensor, *, n0: int = 0, state: StreamState | None = None,
                 positions: torch.Tensor | None = None) -> torch.Tensor:

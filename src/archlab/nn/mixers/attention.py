@@ -3,7 +3,8 @@
 softmax(q·kᵀ/√d + bias + mask)·v on ``F.scaled_dot_product_attention``. The fused
 ``is_causal`` path is taken whenever nothing else needs to be added to the logits; a bias
 scheme or a padding mask adds one additive float mask; a scheme that needs the raw scores
-(CoPE) gets an explicit path.
+(CoPE) gets an explicit path, which ``fused = False`` selects for every call (the reference
+path kernels are checked against; the same result).
 """
 
 from __future__ import annotations
@@ -38,6 +39,8 @@ def allowed_mask(
 
 
 class Attention(nn.Module):
+    fused: bool = True  # False: scores, mask and softmax computed explicitly, never the fused kernel
+
     def __init__(
         self,
         *,
@@ -105,7 +108,7 @@ class Attention(nn.Module):
         pos = self.position
         p = self.dropout if self.training else 0.0
         gqa = self.kv_heads != self.heads
-        if pos.needs_scores:
+        if pos.needs_scores or not self.fused:
             return self._explicit(q, k, v, q_pos, k_pos, mask=mask, p=p)
         bias = pos.bias(q, k, q_pos, k_pos) if pos.uses_bias else None
         Tq = q.shape[2]
@@ -130,12 +133,19 @@ class Attention(nn.Module):
             rep = self.heads // self.kv_heads
             k, v = k.repeat_interleave(rep, dim=1), v.repeat_interleave(rep, dim=1)
         allowed = allowed_mask(q_pos, k_pos, causal=self.causal, key_mask=mask)
-        fused = self.position.attend  # a scheme's own leaner path (CoPE), or None
-        if fused is not None:
-            return fused(q, k, v, q_pos, k_pos, allowed=allowed, scale=1.0 / math.sqrt(self.head_dim), dropout_p=p)
-        scores = (q @ k.transpose(-1, -2)) * (1.0 / math.sqrt(self.head_dim))
-        scores = scores + self.position.bias(q, k, q_pos, k_pos, scores=scores, allowed=allowed)
-        if allowed is not None:
-            scores = scores.masked_fill(~allowed, float("-inf"))
-        probs = F.dropout(scores.softmax(dim=-1), p=p, training=p > 0)
-        return probs @ v
+        return explicit_attention(self.position, q, k, v, q_pos, k_pos, allowed=allowed,
+                                  scale=1.0 / math.sqrt(self.head_dim), p=p)
+
+
+def explicit_attention(pos: PositionalScheme, q, k, v, q_pos, k_pos, *, allowed, scale: float, p: float):
+    """softmax(q·kᵀ·scale + bias, masked to ``allowed``)·v with the scores materialised (k and v
+    with one head per query head), or the scheme's own path where it has one (CoPE)."""
+    if pos.attend is not None:
+        return pos.attend(q, k, v, q_pos, k_pos, allowed=allowed, scale=scale, dropout_p=p)
+    scores = (q @ k.transpose(-1, -2)) * scale
+    bias = pos.bias(q, k, q_pos, k_pos, scores=scores, allowed=allowed) if pos.uses_bias else None
+    if bias is not None:
+        scores = scores + bias
+    if allowed is not None:
+        scores = scores.masked_fill(~allowed, float("-inf"))
+    return F.dropout(scores.softmax(dim=-1), p=p, training=p > 0) @ v

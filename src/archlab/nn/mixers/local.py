@@ -24,7 +24,7 @@ import torch.nn.functional as F
 
 from archlab.nn.cache import KVCache, WindowedKVCache
 from archlab.nn.kernels.sliding_window import default_block, sliding_window_attention, window_allowed
-from archlab.nn.mixers.attention import Attention
+from archlab.nn.mixers.attention import Attention, explicit_attention
 
 __all__ = ["LocalAttention"]
 
@@ -120,7 +120,7 @@ class LocalAttention(Attention):
         if gh == H or span < w:  # no key is out of any window: full causal attention
             return super().attend(q, k, v, q_pos, k_pos, mask=mask, fresh=fresh)
         pos = self.position
-        past = _contiguous_past(q_pos, k_pos) if mask is None and not pos.needs_scores else None
+        past = _contiguous_past(q_pos, k_pos) if mask is None and not pos.needs_scores and self.fused else None
         if (past is None or q.shape[2] <= w or (pos.uses_bias and not pos.relative_bias)
                 or (self.global_tokens and int(k_pos[0]) != 0)):
             return self._masked(q, k, v, q_pos, k_pos, mask)
@@ -170,18 +170,12 @@ class LocalAttention(Attention):
         allowed = allowed | ~allowed.any(dim=-1, keepdim=True)  # padding queries: finite, ignored
         pos = self.position
         p = self.dropout if self.training else 0.0
-        if pos.needs_scores:
+        if pos.needs_scores or not self.fused:
             if self.kv_heads != H:
                 rep = H // self.kv_heads
                 k, v = k.repeat_interleave(rep, dim=1), v.repeat_interleave(rep, dim=1)
-            scale = 1.0 / math.sqrt(self.head_dim)
-            fused = pos.attend  # a scheme's own leaner path (CoPE), or None
-            if fused is not None:
-                return fused(q, k, v, q_pos, k_pos, allowed=allowed, scale=scale, dropout_p=p)
-            scores = (q @ k.transpose(-1, -2)) * scale
-            scores = scores + pos.bias(q, k, q_pos, k_pos, scores=scores, allowed=allowed)
-            probs = F.dropout(scores.masked_fill(~allowed, _NEG).softmax(dim=-1), p=p, training=p > 0)
-            return probs @ v
+            return explicit_attention(pos, q, k, v, q_pos, k_pos, allowed=allowed,
+                                      scale=1.0 / math.sqrt(self.head_dim), p=p)
         attn = allowed
         if pos.uses_bias:
             attn = pos.bias(q, k, q_pos, k_pos).to(q.dtype).masked_fill(~allowed, _NEG)
