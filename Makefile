@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 PIP := $(BIN)/pip --disable-pip-version-check
 CONSTRAINTS := constraints.txt
 
-.PHONY: demo test test-latest lock install install-dev bench clean
+.PHONY: demo test test-latest lock install install-dev system-deps bench clean
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -16,16 +16,25 @@ $(VENV)/.installed: $(BIN)/python pyproject.toml $(CONSTRAINTS)
 	touch $@
 
 $(VENV)/.installed-dev: $(VENV)/.installed
-	$(PIP) install -q -c $(CONSTRAINTS) -e '.[dev,report,hf,peers]'
+	$(PIP) install -q -c $(CONSTRAINTS) -e '.[dev,report,hf,speech,peers]'
 	touch $@
 
 install: $(VENV)/.installed
 install-dev: $(VENV)/.installed-dev
 
+# Debian packages the speech corpus needs (espeak-ng speaks the generated sentences); installed
+# with apt-get when missing and run as root, as on CI; otherwise one line says what to install.
+system-deps:
+	@command -v espeak-ng >/dev/null || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    apt-get install -y -q espeak-ng >/dev/null 2>&1 || \
+	      { apt-get update -q >/dev/null && apt-get install -y -q espeak-ng >/dev/null; }; \
+	  else echo "espeak-ng is missing: install it (Debian/Ubuntu: sudo apt-get install espeak-ng)" >&2; fi; }
+
 demo: $(VENV)/.installed
 	$(BIN)/archlab demo
 
-test: $(VENV)/.installed-dev
+test: $(VENV)/.installed-dev system-deps
 	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -n 2 tests
 
 # The same suite on the newest releases the package's ranges admit (no lock; torch stays at the
@@ -35,7 +44,7 @@ LATEST := .venv-latest
 test-latest:
 	test -x $(LATEST)/bin/python || $(PY) -m venv $(LATEST)
 	$(LATEST)/bin/pip --disable-pip-version-check install -q --upgrade --upgrade-strategy eager \
-		"$$(grep -E '^torch==' $(CONSTRAINTS) | sed 's/+.*//')" -e '.[dev,report,hf,peers]'
+		"$$(grep -E '^torch==' $(CONSTRAINTS) | sed 's/+.*//')" -e '.[dev,report,hf,speech,peers]'
 	$(LATEST)/bin/pip --disable-pip-version-check list 2>/dev/null | grep -iE '^(torch|transformers|tokenizers|numpy|safetensors) '
 	OMP_NUM_THREADS=1 $(LATEST)/bin/python -m pytest -n 2 tests
 
