@@ -12,6 +12,8 @@ alone imports neither transformers nor torch and registers nothing.
   (:mod:`.modeling`); :class:`ArchlabLogitsWarper` is archlab's sampling rule as a processor.
 * :class:`ArchlabCache` is the ``transformers.Cache`` facade over archlab's ``ModelCache``
   (:mod:`.cache`).
+* :class:`EchoConfig` / :class:`Echo` (``model_type = "echo"``, ``AutoModelForSpeechSeq2Seq``):
+  the Echo speech recogniser (:mod:`.echo`).
 * :func:`export_run` turns a trained run into a folder ``from_pretrained`` loads offline
   (:mod:`.export`).
 
@@ -28,10 +30,11 @@ if _problem is not None:
 
 from archlab.hf.cache import ArchlabCache  # noqa: E402
 from archlab.hf.configuration import ArchlabConfig  # noqa: E402
+from archlab.hf.echo import Echo, EchoConfig  # noqa: E402
 from archlab.hf.export import export_run  # noqa: E402
 from archlab.hf.modeling import ArchlabForCausalLM, ArchlabLogitsWarper  # noqa: E402
 from archlab.hf.registration import register  # noqa: E402
 
 register()
 
-__all__ = ["ArchlabCache", "ArchlabConfig", "ArchlabForCausalLM", "ArchlabLogitsWarper", "export_run", "register"]
+__all__ = ["ArchlabCache", "ArchlabConfig", "Echo", "EchoConfig", "ArchlabForCausalLM", "ArchlabLogitsWarper", "export_run", "register"]

@@ -1,8 +1,8 @@
 """Registration of archlab's model types with transformers' Auto classes, on their public API.
 
 One row per model class: its ``model_type``, its config class and the Auto class that builds it
-(``AutoModelForCausalLM`` for the LM; an encoder–decoder would add a row for
-``AutoModelForSpeechSeq2Seq``). :func:`register` is what ``import archlab.hf`` runs; it is
+(``AutoModelForCausalLM`` for the LM,
+``AutoModelForSpeechSeq2Seq`` for Echo). :func:`register` is what ``import archlab.hf`` runs; it is
 idempotent, and nothing in ``archlab.hf`` calls back into it.
 """
 
@@ -14,6 +14,7 @@ import importlib
 MODELS: tuple[tuple[str, str, str, str], ...] = (
     ("archlab", "archlab.hf.configuration:ArchlabConfig", "AutoModelForCausalLM",
      "archlab.hf.modeling:ArchlabForCausalLM"),
+    ("echo", "archlab.hf.echo:EchoConfig", "AutoModelForSpeechSeq2Seq", "archlab.hf.echo:Echo"),
 )
 
 

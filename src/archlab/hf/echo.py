@@ -1,0 +1,166 @@
+"""``EchoConfig`` and ``Echo``: the Echo speech recogniser as a ``transformers`` model.
+
+The seed's usage works as written::
+
+    config = EchoConfig(n_mels=80, n_audio_ctx=1500, n_audio_state=1024, n_audio_head=16, n_audio_layer=24,
+        vocab_size=51865, n_text_ctx=448, n_text_state=1024, n_text_head=16, n_text_layer=20, max_rel_dist=15,
+        cross_attention=True, checkpointing=True, base=10000, bos_token_id=50257, eos_token_id=50257,
+        pad_token_id=50257, decoder_start_token_id=50258, is_encoder_decoder=True, init_std=0.02)
+    model = Echo(config)
+    model.apply_initialization()
+    model.save_pretrained("./models/echo2")
+    model = Echo.from_pretrained("./models/echo2")
+
+The computation is :class:`archlab.models.echo.EchoModel` (under ``self.model``), built from
+archlab's registries; this class adds the HF config, ``save_pretrained``/``from_pretrained``
+and the Auto-class registration (``import archlab.hf``: ``AutoModelForSpeechSeq2Seq``).
+
+Echo's default recipe (every field below; all overridable): Givens rotations before RoPE
+(``position={"kind": "givens_rope"}``, base ``base``) stacked with a clipped relative bias of
+reach ``max_rel_dist`` in the self-attention of encoder and decoder; positions in
+cross-attention too (``cross_attention=True``); full attention in both stacks
+(``encoder_mixer``/``decoder_mixer``: any mixer kind, e.g. ``{"kind": "conv_attention"}``,
+``{"kind": "local", "window": 64}`` in the decoder); GELU MLP ×4; LayerNorm; pre-norm.
+
+Private transformers hooks used, each because no public API does the job (as in
+:mod:`archlab.hf.modeling`): ``get_init_context`` (build on the real device: the schemes compute
+constant buffers in their constructors) and ``_init_weights`` (a no-op while constructing, so
+``Echo(config)`` holds exactly what :meth:`Echo.apply_initialization` gives; after a load it
+initialises only what the checkpoint lacked, by the same rule).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+from transformers.configuration_utils import PreTrainedConfig
+from transformers.modeling_outputs import Seq2SeqLMOutput
+from transformers.modeling_utils import PreTrainedModel
+
+from archlab.models.echo import EchoModel, greedy_decode
+from archlab.models.lm import IGNORE_INDEX
+
+
+class EchoConfig(PreTrainedConfig):
+    """The seed's field names (Whisper's: ``n_mels``, ``n_audio_*``, ``n_text_*``) plus the
+    component choices, as archlab part configs (a kind string or ``{"kind": ..., knobs}``)."""
+
+    model_type = "echo"
+    attribute_map = {"hidden_size": "n_text_state", "num_hidden_layers": "n_text_layer",
+                     "num_attention_heads": "n_text_head", "max_target_positions": "n_text_ctx",
+                     "max_source_positions": "n_audio_ctx", "num_mel_bins": "n_mels"}
+
+    def __init__(self, n_mels: int = 80, n_audio_ctx: int = 1500, n_audio_state: int = 384, n_audio_head: int = 6,
+                 n_audio_layer: int = 4, vocab_size: int = 51865, n_text_ctx: int = 448, n_text_state: int = 384,
+                 n_text_head: int = 6, n_text_layer: int = 4, max_rel_dist: int = 15, cross_attention: bool = True,
+                 checkpointing: bool = False, base: float = 10000.0, init_std: float = 0.02, dropout: float = 0.0,
+                 position: Any = None, encoder_mixer: Any = "attention", decoder_mixer: Any = "attention",
+                 ffn: Any = None, norm: Any = "layer", bos_token_id: int = 50257, eos_token_id: int = 50257,
+                 pad_token_id: int = 50257, decoder_start_token_id: int = 50258, is_encoder_decoder: bool = True,
+                 **kwargs: Any) -> None:
+        self.n_mels, self.n_audio_ctx, self.n_audio_state = n_mels, n_audio_ctx, n_audio_state
+        self.n_audio_head, self.n_audio_layer = n_audio_head, n_audio_layer
+        self.vocab_size, self.n_text_ctx, self.n_text_state = vocab_size, n_text_ctx, n_text_state
+        self.n_text_head, self.n_text_layer = n_text_head, n_text_layer
+        self.max_rel_dist, self.cross_attention, self.checkpointing = max_rel_dist, cross_attention, checkpointing
+        self.base, self.init_std, self.dropout = base, init_std, dropout
+        self.position = position if position is not None else {"kind": "givens_rope"}
+        self.encoder_mixer, self.decoder_mixer = encoder_mixer, decoder_mixer
+        self.ffn = ffn if ffn is not None else {"kind": "gelu", "mult": 4.0}
+        self.norm = norm
+        super().__init__(bos_token_id=bos_token_id, eos_token_id=eos_token_id, pad_token_id=pad_token_id,
+                         decoder_start_token_id=decoder_start_token_id, is_encoder_decoder=is_encoder_decoder,
+                         **kwargs)
+
+
+class Echo(PreTrainedModel):
+    """Echo over :class:`~archlab.models.echo.EchoModel`; see the module docstring."""
+
+    config_class = EchoConfig
+    base_model_prefix = "model"
+    main_input_name = "input_features"
+    _no_split_modules = ["Block", "DecoderBlock"]
+
+    def __init__(self, config: EchoConfig) -> None:
+        super().__init__(config)
+        self.model = EchoModel(config)
+        self._constructing = True
+        try:
+            self.post_init()
+        finally:
+            self._constructing = False
+        self.apply_initialization()
+        for mod in self.modules():  # so that after a load _init_weights sees what the checkpoint lacked
+            mod.__dict__.pop("_is_hf_initialized", None)
+
+    # ------------------------------------------------------------------ initialisation
+
+    @torch.no_grad()
+    def apply_initialization(self) -> "Echo":
+        """The seed's scheme: token embeddings N(0, init_std); linear and convolution weights
+        Xavier-uniform, their biases 0; norm gains 1 and biases 0. Positional schemes keep their
+        own initialisation (a relative-bias table N(0, init_std), Givens angles 0: plain RoPE)."""
+        for module in self.model.modules():
+            for name, p in module.named_parameters(recurse=False):
+                self._init_parameter(module, name, p)
+        return self
+
+    def _init_parameter(self, module: nn.Module, name: str, p: torch.Tensor) -> None:
+        if isinstance(module, nn.Embedding):
+            nn.init.normal_(p, std=self.config.init_std)
+        elif isinstance(module, (nn.Linear, nn.Conv1d)):
+            nn.init.xavier_uniform_(p) if name == "weight" else nn.init.zeros_(p)
+        elif p.dim() == 1 and name in ("weight", "bias") and "Norm" in type(module).__name__:
+            nn.init.ones_(p) if name == "weight" else nn.init.zeros_(p)
+
+    @classmethod
+    def get_init_context(cls, *args: Any, **kwargs: Any) -> list:
+        contexts = super().get_init_context(*args, **kwargs)
+        return [c for c in contexts if not (isinstance(c, torch.device) and c.type == "meta")]
+
+    @torch.no_grad()
+    def _init_weights(self, module: nn.Module) -> None:
+        if getattr(self, "_constructing", False):
+            return
+        for name, p in module.named_parameters(recurse=False):
+            if not getattr(p, "_is_hf_initialized", False):
+                self._init_parameter(module, name, p)
+
+    # ------------------------------------------------------------------ forward
+
+    def get_encoder(self) -> nn.Module:
+        return self.model.encoder
+
+    def get_input_embeddings(self) -> nn.Module:
+        return self.model.decoder.embed
+
+    def forward(self, input_features: torch.Tensor | None = None, decoder_input_ids: torch.Tensor | None = None,
+                labels: torch.Tensor | None = None, encoder_outputs: Any = None, **kwargs: Any) -> Seq2SeqLMOutput:
+        """Teacher-forced logits (B, T, V). With ``labels`` (B, T) and no ``decoder_input_ids``
+        the decoder reads the labels shifted right after ``decoder_start_token_id``; label
+        −100 is not counted (as in transformers)."""
+        unknown = set(kwargs) - {"return_dict", "attention_mask", "decoder_attention_mask", "output_attentions",
+                                 "output_hidden_states"}
+        if unknown:
+            raise TypeError(f"Echo.forward: unexpected arguments {sorted(unknown)}")
+        if decoder_input_ids is None:
+            if labels is None:
+                raise ValueError("Echo.forward needs decoder_input_ids or labels")
+            start = torch.full_like(labels[:, :1], self.config.decoder_start_token_id)
+            decoder_input_ids = torch.cat([start, labels[:, :-1].masked_fill(labels[:, :-1] == IGNORE_INDEX,
+                                                                             self.config.pad_token_id)], dim=1)
+        memory = encoder_outputs[0] if encoder_outputs is not None else None
+        out = self.model(input_features, decoder_input_ids, targets=labels, memory=memory)
+        return Seq2SeqLMOutput(loss=out.loss, logits=out.logits)
+
+    @torch.no_grad()
+    def transcribe_ids(self, input_features: torch.Tensor, *, max_new_tokens: int = 64,
+                       prompt: torch.Tensor | None = None) -> torch.Tensor:
+        """archlab's own greedy decoder (KV-cached): token ids after the start token(s)."""
+        if prompt is None:
+            prompt = torch.full((input_features.shape[0], 1), self.config.decoder_start_token_id,
+                                device=input_features.device)
+        return greedy_decode(self.model, input_features, prompt, max_new_tokens=max_new_tokens,
+                             eos_token_id=self.config.eos_token_id)
