@@ -267,3 +267,20 @@ def test_cross_attention_with_rope_matches_the_formula():
     rest = cross(x[:, 2:], positions=qp[2:], cache=cache)  # memory from the cache
     torch.testing.assert_close(torch.cat([first, rest], 1), ref)
     assert len(cache) == 9
+
+
+@pytest.mark.parametrize("num_beams", [1, 3])
+def test_hf_generate_equals_archlab_decoding(num_beams):
+    from archlab.models.echo import greedy_decode
+
+    m = make()
+    f = feats()
+    out = m.generate(input_features=f, max_new_tokens=8, do_sample=False, num_beams=num_beams,
+                     decoder_start_token_id=V - 1, eos_token_id=None, pad_token_id=V - 2)
+    if num_beams == 1:
+        ours = greedy_decode(m.model, f, torch.full((2, 1), V - 1), max_new_tokens=8, eos_token_id=None)
+        assert torch.equal(out, ours)
+    else:  # beam search with the cache reordered equals beam search recomputing every step
+        ref = m.generate(input_features=f, max_new_tokens=8, do_sample=False, num_beams=num_beams,
+                         decoder_start_token_id=V - 1, eos_token_id=None, pad_token_id=V - 2, use_cache=False)
+        assert torch.equal(out, ref) and out.shape == (2, 9)

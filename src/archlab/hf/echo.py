@@ -36,9 +36,12 @@ from typing import Any
 import torch
 from torch import nn
 from transformers.configuration_utils import PreTrainedConfig
-from transformers.modeling_outputs import Seq2SeqLMOutput
+from transformers.generation import GenerationMixin
+from transformers.modeling_outputs import BaseModelOutput, Seq2SeqLMOutput
 from transformers.modeling_utils import PreTrainedModel
 
+from archlab.hf.cache import ArchlabCache
+from archlab.hf.modeling import CACHE_ARG
 from archlab.models.echo import EchoModel, greedy_decode
 from archlab.models.lm import IGNORE_INDEX
 
@@ -75,13 +78,29 @@ class EchoConfig(PreTrainedConfig):
                          **kwargs)
 
 
-class Echo(PreTrainedModel):
+class _EncoderView:
+    """The encoder as ``generate`` calls it: keywords in, a ``BaseModelOutput`` out (not a
+    module of its own, so the state dict has the encoder once)."""
+
+    main_input_name = "input_features"
+
+    def __init__(self, encoder: nn.Module) -> None:
+        self.encoder = encoder
+
+    def forward(self, input_features: torch.Tensor, **kwargs: Any) -> BaseModelOutput:
+        return BaseModelOutput(last_hidden_state=self.encoder(input_features))
+
+    __call__ = forward
+
+
+class Echo(PreTrainedModel, GenerationMixin):
     """Echo over :class:`~archlab.models.echo.EchoModel`; see the module docstring."""
 
     config_class = EchoConfig
     base_model_prefix = "model"
     main_input_name = "input_features"
     _no_split_modules = ["Block", "DecoderBlock"]
+    _is_stateful = True  # the decoder cache cannot be cropped: no assisted decoding
 
     def __init__(self, config: EchoConfig) -> None:
         super().__init__(config)
@@ -130,19 +149,28 @@ class Echo(PreTrainedModel):
 
     # ------------------------------------------------------------------ forward
 
-    def get_encoder(self) -> nn.Module:
-        return self.model.encoder
+    @classmethod
+    def _supports_default_dynamic_cache(cls) -> bool:
+        return False  # the first forward creates an ArchlabCache over an EchoCache
+
+    def get_encoder(self) -> _EncoderView:
+        return _EncoderView(self.model.encoder)
 
     def get_input_embeddings(self) -> nn.Module:
         return self.model.decoder.embed
 
     def forward(self, input_features: torch.Tensor | None = None, decoder_input_ids: torch.Tensor | None = None,
-                labels: torch.Tensor | None = None, encoder_outputs: Any = None, **kwargs: Any) -> Seq2SeqLMOutput:
-        """Teacher-forced logits (B, T, V). With ``labels`` (B, T) and no ``decoder_input_ids``
-        the decoder reads the labels shifted right after ``decoder_start_token_id``; label
-        −100 is not counted (as in transformers)."""
+                labels: torch.Tensor | None = None, encoder_outputs: Any = None, cache: ArchlabCache | None = None,
+                use_cache: bool | None = None, **kwargs: Any) -> Seq2SeqLMOutput:
+        """Logits (B, T, V) of ``decoder_input_ids`` given the audio (``input_features`` or a
+        precomputed ``encoder_outputs``). With ``labels`` (B, T) and no ``decoder_input_ids``
+        the decoder reads the labels shifted right after ``decoder_start_token_id``; label −100
+        is not counted (as in transformers). ``use_cache`` (default: in eval mode) returns an
+        :class:`~archlab.hf.cache.ArchlabCache` to pass back with the next tokens only."""
+        if cache is None and "past_key_values" in kwargs:
+            cache = kwargs.pop("past_key_values")
         unknown = set(kwargs) - {"return_dict", "attention_mask", "decoder_attention_mask", "output_attentions",
-                                 "output_hidden_states"}
+                                 "output_hidden_states", "decoder_position_ids"}
         if unknown:
             raise TypeError(f"Echo.forward: unexpected arguments {sorted(unknown)}")
         if decoder_input_ids is None:
@@ -151,9 +179,19 @@ class Echo(PreTrainedModel):
             start = torch.full_like(labels[:, :1], self.config.decoder_start_token_id)
             decoder_input_ids = torch.cat([start, labels[:, :-1].masked_fill(labels[:, :-1] == IGNORE_INDEX,
                                                                              self.config.pad_token_id)], dim=1)
+        if use_cache is None:
+            use_cache = not self.training and labels is None
+        if use_cache and cache is None:
+            cache = ArchlabCache(self.model.init_cache(), factory=self.model.init_cache)
         memory = encoder_outputs[0] if encoder_outputs is not None else None
-        out = self.model(input_features, decoder_input_ids, targets=labels, memory=memory)
-        return Seq2SeqLMOutput(loss=out.loss, logits=out.logits)
+        if memory is None and input_features is not None and not (use_cache and cache.offset):
+            memory = self.model.encoder(input_features)  # (a continued cache holds the memory's keys already)
+        out = self.model(None, decoder_input_ids, targets=labels, memory=memory,
+                         cache=cache.model_cache if use_cache else None)
+        if use_cache:
+            cache._batch_size, cache._device = decoder_input_ids.shape[0], decoder_input_ids.device
+        return Seq2SeqLMOutput(loss=out.loss, logits=out.logits, encoder_last_hidden_state=memory,
+                               **{CACHE_ARG: cache if use_cache else None})
 
     @torch.no_grad()
     def transcribe_ids(self, input_features: torch.Tensor, *, max_new_tokens: int = 64,

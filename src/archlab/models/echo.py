@@ -50,6 +50,11 @@ class EchoCache:
     cross_layers: list
     offset: int = 0
 
+    @property
+    def layers(self) -> list:
+        """The per-layer self-attention states (what advances with the tokens)."""
+        return self.self_layers
+
     def reorder(self, index: torch.Tensor) -> None:
         for c in (*self.self_layers, *self.cross_layers):
             c.reorder(index)
