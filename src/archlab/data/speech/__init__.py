@@ -1,0 +1,1 @@
+"""Speech data: audio loading, log-mel features, generated and user corpora."""
