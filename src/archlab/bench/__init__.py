@@ -20,5 +20,6 @@ BENCHES: dict[str, tuple[str, str, str]] = {
     "local": ("archlab.bench.local", "main", "sliding-window attention vs full attention and local-attention"),
     "variants": ("archlab.bench.variants", "main", "training-step time of config variants against a baseline"),
     "quality": ("archlab.bench.quality", "main", "validation bpb after equal training, archlab vs x-transformers"),
+    "frontend": ("archlab.bench.frontend", "main", "log-mel feature speed vs transformers' and openai-whisper's"),
     "echo": ("archlab.bench.echo", "main", "Echo vs transformers' Whisper of the same dims: training step, greedy decoding"),
 }
