@@ -116,3 +116,15 @@ def test_folder_without_transcript_is_refused(tmp_path):
         load_manifest(tmp_path)
     with pytest.raises(ManifestError, match="no such file or folder"):
         load_manifest(tmp_path / "nothing")
+
+
+def test_char_tokenizer_round_trip_and_hf_twin():
+    from archlab.data.speech.text import CharTokenizer
+
+    tok = CharTokenizer.from_texts(["set a timer", "call mom"])
+    ids = tok.encode("call a timer")
+    assert tok.decode(ids) == "call a timer" and tok.decode(ids + [0, 5]) == "call a timer"
+    assert tok.decode(tok.encode("call 9")) == "call "  # unknown characters are <unk>, dropped on decoding
+    hf = tok.to_hf()
+    assert hf("call a timer", add_special_tokens=False)["input_ids"] == ids
+    assert hf.decode([1, *ids, 0], skip_special_tokens=True) == "call a timer"
