@@ -5,6 +5,8 @@ checkpointing (same gradients, less memory), and each config knob acting."""
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 
@@ -286,17 +288,19 @@ def test_hf_generate_equals_archlab_decoding(num_beams):
         assert torch.equal(out, ref) and out.shape == (2, 9)
 
 
-def test_tiny_echo_learns_to_transcribe_spoken_utterances(tmp_path):
-    """End to end on real speech: espeak-ng utterances -> log-mel -> Echo, trained from nothing
-    until greedy decoding gives every transcript exactly."""
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """A tiny Echo trained from nothing on four espeak-ng utterances until its loss is ~0,
+    saved with its tokenizer and feature extractor."""
     from archlab.data.speech.features import LogMelFrontEnd
     from archlab.data.speech.manifest import load_manifest
     from archlab.data.speech.synth import generate_corpus
     from archlab.data.speech.text import CharTokenizer
-    from archlab.models.echo import greedy_decode
+    from archlab.hf import save_echo
 
-    generate_corpus(tmp_path / "c", n_train=4, n_valid=0, n_test=0, seed=5)
-    utts = load_manifest(tmp_path / "c" / "train.jsonl")
+    root = tmp_path_factory.mktemp("echo")
+    generate_corpus(root / "c", n_train=4, n_valid=0, n_test=0, seed=5)
+    utts = load_manifest(root / "c" / "train.jsonl")
     tok = CharTokenizer.from_texts(u.text for u in utts)
     feats_ = LogMelFrontEnd(n_mels=16, n_frames=400)([u.audio for u in utts])  # 4 s each
     T = max(len(u.text) for u in utts) + 1
@@ -316,5 +320,58 @@ def test_tiny_echo_learns_to_transcribe_spoken_utterances(tmp_path):
         opt.step()
         if loss.item() < 0.01:
             break
-    out = greedy_decode(m.model, feats_, torch.full((4, 1), 1), max_new_tokens=T, eos_token_id=0)
-    assert [tok.decode(r[1:]) for r in out] == [u.text for u in utts], loss.item()
+    m.eval()
+    save_echo(m, tok, root / "model", n_frames=400)
+    return dict(model=m, tok=tok, feats=feats_, utts=utts, T=T, folder=root / "model", loss=loss.item())
+
+
+def test_tiny_echo_learns_to_transcribe_spoken_utterances(trained):
+    """End to end on real speech: espeak-ng utterances -> log-mel -> Echo, trained from nothing
+    until greedy decoding gives every transcript exactly."""
+    from archlab.models.echo import greedy_decode
+
+    out = greedy_decode(trained["model"].model, trained["feats"], torch.full((4, 1), 1),
+                        max_new_tokens=trained["T"], eos_token_id=0)
+    assert [trained["tok"].decode(r[1:]) for r in out] == [u.text for u in trained["utts"]], trained["loss"]
+
+
+def test_pipeline_transcribes_offline(trained):
+    from transformers import pipeline
+
+    from archlab.data.speech.audio import load_audio
+
+    asr = pipeline("automatic-speech-recognition", model=str(trained["folder"]))
+    for u in trained["utts"][:2]:
+        assert asr(load_audio(u.audio))["text"] == u.text
+    u = trained["utts"][2]
+    assert asr({"raw": load_audio(u.audio), "sampling_rate": 16000})["text"] == u.text
+    # the feature extractor itself resamples other rates (the pipeline would need torchaudio for that)
+    from transformers import AutoFeatureExtractor
+
+    from archlab.data.speech.audio import resample
+
+    fe = AutoFeatureExtractor.from_pretrained(trained["folder"])
+    a16 = load_audio(u.audio)
+    f16 = fe(a16, sampling_rate=16000)["input_features"]
+    f22 = fe(resample(a16, 16000, 22050), sampling_rate=22050)["input_features"]
+    assert f16.shape == f22.shape == (1, 16, 400) and abs(f16 - f22).max() < 0.1
+
+
+def test_transcribe_command_reports_bad_files_and_transcribes_the_rest(trained, tmp_path, capsys):
+    from archlab.cli import main
+
+    bad = tmp_path / "notes.wav"
+    bad.write_text("not audio")
+    files = [str(trained["utts"][0].audio), str(bad), str(tmp_path / "missing.flac"), str(trained["utts"][1].audio)]
+    code = main(["transcribe", str(trained["folder"]), *files, "--json", "--batch", "1"])
+    out, err = capsys.readouterr()
+    assert code == 2
+    res = json.loads(out)
+    assert [r["text"] for r in res["transcripts"]] == [trained["utts"][0].text, trained["utts"][1].text]
+    assert len(res["errors"]) == 2 and "notes.wav" in res["errors"][0] and "missing.flac: no such file" in res["errors"][1]
+    assert err.count("archlab: error:") == 2
+    assert main(["transcribe", str(trained["folder"]), files[0], "--beams", "2"]) == 0
+    line = capsys.readouterr().out.strip()
+    assert line == f"{files[0]}\t{trained['utts'][0].text}"
+    assert main(["transcribe", str(tmp_path), files[0]]) == 2  # not an Echo folder: one line
+    assert "not an Echo folder" in capsys.readouterr().err

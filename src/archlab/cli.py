@@ -194,6 +194,40 @@ def _cmd_export(a: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_transcribe(a: argparse.Namespace) -> int:
+    try:
+        import archlab.hf  # noqa: F401  (registers Echo with the Auto classes)
+        from archlab.hf.echo_processing import transcribe_files
+    except ImportError as e:
+        raise ConfigError(f"transcribe: {e}") from e
+    for k in ("batch", "beams"):
+        if getattr(a, k) < 1:
+            raise ConfigError(f"--{k}: must be ≥ 1, got {getattr(a, k)}")
+    if a.max_new_tokens is not None and a.max_new_tokens < 1:
+        raise ConfigError(f"--max-new-tokens: must be ≥ 1, got {a.max_new_tokens}")
+    bad: list[str] = []
+
+    def report(line: str) -> None:
+        bad.append(line)
+        print(f"archlab: error: {line}", file=sys.stderr)
+
+    bar = None
+    if not a.no_progress and len(a.files) > 1 and sys.stderr.isatty():
+        from tqdm import tqdm
+
+        bar = tqdm(total=len(a.files), unit="file", file=sys.stderr)
+    results = transcribe_files(a.model, a.files, batch=a.batch, max_new_tokens=a.max_new_tokens, num_beams=a.beams,
+                               on_error=report, progress=bar.update if bar is not None else None)
+    if bar is not None:
+        bar.close()
+    if a.json:
+        print(json.dumps({"transcripts": results, "errors": bad}, indent=2))
+    else:
+        for r in results:
+            print(f"{r['file']}\t{r['text']}")
+    return 2 if bad else 0
+
+
 def _cmd_demo(a: argparse.Namespace) -> int:
     from archlab.lab.demo import run_demo
 
@@ -233,6 +267,18 @@ def build_parser() -> ArgumentParser:
     sp.add_argument("--no-progress", action="store_true", help="no progress bar")
     overrides(sp)
     sp.set_defaults(func=_cmd_train)
+
+    sp = command("transcribe", "transcribe audio files with an Echo model folder",
+                 "archlab transcribe models/echo a.wav b.flac",
+                 "archlab transcribe models/echo clips/*.wav --json --beams 4")
+    sp.add_argument("model", help="an Echo folder: weights, tokenizer and feature extractor (hf.echo_processing.save_echo)")
+    sp.add_argument("files", nargs="+", help="audio files (WAV, FLAC, OGG; any rate, resampled to 16 kHz)")
+    sp.add_argument("--json", action="store_true", help="machine output: transcripts and errors as JSON")
+    sp.add_argument("--batch", type=int, default=8, help="files per forward pass")
+    sp.add_argument("--beams", type=int, default=1, help="beam search width (1: greedy)")
+    sp.add_argument("--max-new-tokens", type=int, default=None, help="default: the decoder's context")
+    sp.add_argument("--no-progress", action="store_true", help="no progress bar")
+    sp.set_defaults(func=_cmd_transcribe)
 
     sp = command("eval", "evaluate a run or checkpoint on a held-out split",
                  "archlab eval runs/lm                      # test split, whole",

@@ -31,10 +31,11 @@ if _problem is not None:
 from archlab.hf.cache import ArchlabCache  # noqa: E402
 from archlab.hf.configuration import ArchlabConfig  # noqa: E402
 from archlab.hf.echo import Echo, EchoConfig  # noqa: E402
+from archlab.hf.echo_processing import EchoFeatureExtractor, save_echo  # noqa: E402
 from archlab.hf.export import export_run  # noqa: E402
 from archlab.hf.modeling import ArchlabForCausalLM, ArchlabLogitsWarper  # noqa: E402
 from archlab.hf.registration import register  # noqa: E402
 
 register()
 
-__all__ = ["ArchlabCache", "ArchlabConfig", "Echo", "EchoConfig", "ArchlabForCausalLM", "ArchlabLogitsWarper", "export_run", "register"]
+__all__ = ["ArchlabCache", "ArchlabConfig", "Echo", "EchoConfig", "EchoFeatureExtractor", "save_echo", "ArchlabForCausalLM", "ArchlabLogitsWarper", "export_run", "register"]

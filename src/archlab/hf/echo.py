@@ -105,6 +105,8 @@ class Echo(PreTrainedModel, GenerationMixin):
     def __init__(self, config: EchoConfig) -> None:
         super().__init__(config)
         self.model = EchoModel(config)
+        # generate() without max_new_tokens (as pipelines call it) may use the whole decoder context
+        self.generation_config.max_length = config.n_text_ctx
         self._constructing = True
         try:
             self.post_init()

