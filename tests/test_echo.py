@@ -375,3 +375,8 @@ def test_transcribe_command_reports_bad_files_and_transcribes_the_rest(trained, 
     assert line == f"{files[0]}\t{trained['utts'][0].text}"
     assert main(["transcribe", str(tmp_path), files[0]]) == 2  # not an Echo folder: one line
     assert "not an Echo folder" in capsys.readouterr().err
+    for args, what in ((["--batch", "0"], "--batch: must be ≥ 1, got 0"), (["--beams", "-1"], "--beams: must be ≥ 1"),
+                       (["--max-new-tokens", "0"], "--max-new-tokens: must be ≥ 1")):
+        assert main(["transcribe", str(trained["folder"]), files[0], *args]) == 2
+        err = capsys.readouterr().err
+        assert what in err and err.count("\n") == 1
