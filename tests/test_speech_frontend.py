@@ -4,6 +4,7 @@ filter bank, the resampler, and one-line errors for files that are not usable au
 
 from __future__ import annotations
 
+import json
 import shutil
 import subprocess
 
@@ -60,7 +61,7 @@ def test_batch_rows_equal_single_utterances(speech):
     assert batch.shape == (2, 80, 200)
 
 
-@pytest.mark.parametrize("sr", [8000, 22050, 44100, 48000])
+@pytest.mark.parametrize("sr", [8000, 11025, 22050, 44100, 44101, 48000])  # 44101: 16000 phases
 def test_resampler_keeps_a_tone(sr):
     t = np.arange(int(0.5 * sr)) / sr
     y = resample(np.sin(2 * np.pi * 1000 * t), sr, 16000)
@@ -109,3 +110,12 @@ def test_front_end_pads_and_trims(speech):
     assert out.shape == (2, 80, 3000)
     torch.testing.assert_close(out[0], log_mel_spectrogram(pad_or_trim(speech, 480000)))
     torch.testing.assert_close(out[1], log_mel_spectrogram(long[:480000]))
+
+
+def test_frontend_bench_runs_and_writes_ratios(tmp_path, capsys):
+    from archlab.bench.frontend import main
+
+    assert main(["--seconds", "0.5", "--batch", "2", "--rounds", "1", "--out", str(tmp_path / "fe.json")]) == 0
+    out = json.loads((tmp_path / "fe.json").read_text())
+    assert out["threads"] == 1 and out["speedup"]["transformers"] > 0
+    assert "transformers / ours" in capsys.readouterr().out

@@ -5,7 +5,8 @@
 
 Contenders on the same audio (seeded noise shaped like speech levels), interleaved round by
 round in one process: ``ours`` (:func:`archlab.data.speech.features.log_mel_spectrogram`, one
-batched call), ``transformers`` (``WhisperFeatureExtractor``, numpy or torch as it chooses) and,
+call for the batch), ``transformers`` (``WhisperFeatureExtractor``, numpy or torch as it chooses, on the
+audio as it is: ``padding="longest"``, no truncation, not its default 30 s) and,
 when installed, ``openai-whisper`` (``whisper.audio.log_mel_spectrogram`` per utterance). The
 headline is each peer's median time over ours (> 1: ours faster).
 """
@@ -32,16 +33,17 @@ def main(argv: list[str] | None = None, mode: str = "frontend") -> int:
     from archlab.data.speech.features import log_mel_spectrogram
 
     summary, examples = __doc__.split("\n\n")[:2]
-    shared = common_options(rounds=10, max_foreign_cpu=None, out="runs/bench/frontend.json")
+    shared = common_options(rounds=10, max_foreign_cpu=None, threads=False, out="runs/bench/frontend.json")
     ap = ArgumentParser(prog=f"archlab bench {mode}", description=plain(summary), parents=[shared],
                         epilog="examples:\n" + examples.replace("    archlab", "  archlab"))
     ap.add_argument("--seconds", type=float, default=30.0, help="length of each utterance")
     ap.add_argument("--batch", type=int, default=8, help="utterances per call")
     ap.add_argument("--n-mels", type=int, default=80)
+    ap.add_argument("--threads", type=int, default=1, help="torch.set_num_threads")
     a = ap.parse_args(argv)
-    if a.seconds <= 0 or a.batch < 1 or a.rounds < 1 or a.n_mels < 1:
-        ap.error("--seconds must be > 0 and --batch, --rounds, --n-mels ≥ 1")
-    torch.set_num_threads(a.threads or 1)
+    if a.seconds <= 0 or min(a.batch, a.rounds, a.n_mels, a.threads) < 1:
+        ap.error("--seconds must be > 0 and --batch, --rounds, --n-mels, --threads ≥ 1")
+    torch.set_num_threads(a.threads)
     rng = np.random.default_rng(a.seed)
     audio = (0.1 * rng.standard_normal((a.batch, int(a.seconds * 16000)))).astype(np.float32)
 
@@ -56,7 +58,8 @@ def main(argv: list[str] | None = None, mode: str = "frontend") -> int:
 
     fe = WhisperFeatureExtractor(feature_size=a.n_mels)
     runs = {"ours": timed(lambda: log_mel_spectrogram(audio, a.n_mels)),
-            "transformers": timed(lambda: fe(list(audio), sampling_rate=16000, return_tensors="np"))}
+            "transformers": timed(lambda: fe(list(audio), sampling_rate=16000, return_tensors="np",
+                                             padding="longest", truncation=False))}
     if importlib.util.find_spec("whisper") is not None:
         import whisper.audio as wa
 
@@ -64,7 +67,7 @@ def main(argv: list[str] | None = None, mode: str = "frontend") -> int:
     for fn in runs.values():  # warm-up
         fn()
     res = interleaved(runs, rounds=a.rounds)
-    out = {"batch": a.batch, "seconds": a.seconds, "n_mels": a.n_mels, "threads": a.threads or 1,
+    out = {"batch": a.batch, "seconds": a.seconds, "n_mels": a.n_mels, "threads": a.threads,
            "median_s": {n: r["median"] for n, r in res["results"].items()},
            "speedup": {n: paired_ratio(res, n, "ours") for n in runs if n != "ours"},
            "environment": benchmark_environment()}

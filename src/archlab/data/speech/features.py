@@ -52,7 +52,7 @@ def _mel_numpy(n_mels: int) -> np.ndarray:
 
 
 def mel_filters(n_mels: int, device: torch.device | str | None = None, dtype: torch.dtype = torch.float32) -> torch.Tensor:
-    """The (n_mels, 201) Slaney filter bank, built once per (n_mels, device, dtype); read-only by convention."""
+    """The (n_mels, 201) Slaney filter bank, built once per (n_mels, device, dtype): do not modify it."""
     if n_mels < 1:
         raise ValueError(f"n_mels must be ≥ 1, got {n_mels}")
     return _mel_tensor(n_mels, torch.device(device or "cpu"), dtype)
