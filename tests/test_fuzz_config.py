@@ -29,7 +29,8 @@ from typing import Any, Literal, Union
 import pytest
 
 import archlab.models  # noqa: F401  (registers the model families)
-from archlab.config import Config, DataConfig, LayerConfig, LayersConfig, ModelConfig, TrainConfig, load_config
+from archlab.config import (Config, DataConfig, LayerConfig, LayersConfig, ModelConfig, SpeechDataConfig, TrainConfig,
+                            load_config)
 from archlab.registry import REGISTRIES, ConfigError
 from archlab.train.dynamics import CONTROLLER
 
@@ -72,6 +73,11 @@ class Slot:
 
 # selective copy's default ood_dense (64) must be below blanks; unset it so blanks can be fuzzed alone
 TASK_BASE = {"selective_copy": {"ood_dense": None}}
+# the speech families read corpus 'speech'; the plain Whisper baseline has Whisper's parts only
+SPEECH_BASE = (("data.corpus", "speech"),)
+FAMILY_BASE = {"whisper": (("model.position", {"kind": "sinusoidal"}),
+                           ("model.layers.default.ffn", {"kind": "gelu"}),
+                           ("model.layers.default.norm", {"kind": "layer"}))}
 
 
 def _slots() -> list[Slot]:
@@ -86,12 +92,15 @@ def _slots() -> list[Slot]:
         for kind in reg.kinds():
             cls, at = reg.entry(kind).config_cls, where[group]
             if group == "family":
-                base = (("model.family", kind),)
+                base = (("model.family", kind), *FAMILY_BASE.get(kind, ()))
+                if getattr(cls, "inputs", "tokens") == "audio":
+                    base = (*base, *SPEECH_BASE)
             elif group == "task":
                 base = (("data.corpus", "task"), (at, {"kind": kind, **TASK_BASE.get(kind, {})}))
             else:
                 base = ((at, {"kind": kind}),)
             out.append(Slot(f"{group}:{kind}", cls, at, base, kind=kind))
+    out.append(Slot("speech", SpeechDataConfig, "data.speech", (("model.family", "echo"), *SPEECH_BASE)))
     for kind in CONTROLLER.kinds():  # the learning-dynamics controllers (train.dynamics items)
         out.append(Slot(f"dynamics:{kind}", CONTROLLER.entry(kind).config_cls, "train.dynamics",
                         (("model.dropout", 0.1),), in_list="train.dynamics", kind=kind))
@@ -171,6 +180,8 @@ VALID: dict[tuple[str, str], set[str]] = {
     ("family:hierarchical", "aux_loss_weight"): {"zero"}, ("family:hierarchical", "vq_weight"): {"zero"},
     ("family:hierarchical", "vq_beta"): {"zero"},  # weights of auxiliary losses: 0 switches them off
     ("family:hierarchical", "window_sizes"): {"zero", "null"},  # 0: no attention; null: full causal
+    ("family:echo", "max_rel_dist"): {"zero"},  # 0: no relative bias
+    ("speech", "seed"): {"zero"}, ("speech", "max_new_tokens"): {"zero"},  # 0: the default
 }
 
 

@@ -23,10 +23,11 @@ from typing import Any, Literal
 import yaml
 
 from archlab import catalog  # noqa: F401  (registers the built-in parts)
-from archlab.registry import FAMILY, INIT, METHOD, TASK, ConfigError, PartConfig, from_dict, part, to_dict
+from archlab.data.speech.text import DEFAULT_ALPHABET
+from archlab.registry import FAMILY, INIT, INT_LIMIT, METHOD, TASK, ConfigError, PartConfig, from_dict, part, to_dict
 
 __all__ = [
-    "Config", "ModelConfig", "LayerConfig", "LayersConfig", "DataConfig", "TrainConfig",
+    "Config", "ModelConfig", "LayerConfig", "LayersConfig", "DataConfig", "SpeechDataConfig", "TrainConfig",
     "ConfigError", "load_config", "parse_config", "apply_overrides", "override_items", "deep_merge",
 ]
 
@@ -103,8 +104,30 @@ class ModelConfig:
 
 
 @dataclass
+class SpeechDataConfig:
+    """``data.speech`` of corpus 'speech': the utterances a speech run trains and is scored on.
+
+    ``path`` null: a corpus generated with espeak-ng (``n_train`` / ``n_valid`` / ``n_test``
+    utterances from disjoint voices and sentences under ``seed``; built once in the cache
+    folder and reused). ``path`` a folder: the user's corpus, one manifest per split —
+    ``train``, ``validation`` and ``test`` each as a ``.jsonl``, a ``.csv`` or a folder of audio
+    with ``.txt`` transcripts (archlab.data.speech.manifest). Transcripts are scored in
+    normalised form (lowercase words); ``alphabet`` is the tokenizer's characters."""
+
+    path: str | None = None
+    n_train: int = 2000
+    n_valid: int = 100
+    n_test: int = 100
+    seed: int = 0
+    alphabet: str = DEFAULT_ALPHABET
+    # the greedy transcriptions of a periodic evaluation stop after this many characters (0:
+    # the longest reference + 10)
+    max_new_tokens: int = 0
+
+
+@dataclass
 class DataConfig:
-    corpus: Literal["stdlib", "path", "enwik8", "task"] = "stdlib"
+    corpus: Literal["stdlib", "path", "enwik8", "task", "speech"] = "stdlib"
     path: str | None = None
     tokenizer: Literal["bytes", "bpe"] = "bytes"  # text corpora; a task brings its own vocabulary
     bpe_vocab: int = 1024
@@ -112,6 +135,8 @@ class DataConfig:
     # corpus 'task': a synthetic task {kind: counting | selective_copy | flipflop | assoc_recall, ...knobs}
     # (archlab.catalog.tasks; docs/tasks.md)
     task: PartConfig | None = part("task", optional=True)
+    # corpus 'speech': the utterances (generated or the user's) and the transcript alphabet
+    speech: SpeechDataConfig | None = None
 
 
 @dataclass
@@ -304,8 +329,41 @@ def _validate_model(m: ModelConfig) -> None:
         raise ConfigError(f"model.init_std: must be positive (the std of the initial weights), got {m.init_std}")
 
 
+def _validate_speech(d: DataConfig, m: ModelConfig) -> int:
+    """corpus 'speech': the section filled in and checked; returns the tokenizer's vocabulary."""
+    if d.tokenizer != "bytes" or d.path is not None:
+        raise ConfigError("data.tokenizer / data.path: not used with corpus 'speech' (transcripts are characters "
+                          "of data.speech.alphabet; a corpus folder is data.speech.path); remove them")
+    if getattr(FAMILY.entry(m.family).config_cls, "inputs", "tokens") != "audio":
+        speech = [k for k in FAMILY.kinds() if getattr(FAMILY.entry(k).config_cls, "inputs", "") == "audio"]
+        raise ConfigError(f"model.family: '{m.family}' reads tokens, not audio; allowed with corpus 'speech': "
+                          f"{', '.join(speech)}")
+    s = d.speech = d.speech if d.speech is not None else SpeechDataConfig()
+    for k, lo in (("n_train", 1), ("n_valid", 1), ("n_test", 1), ("seed", 0), ("max_new_tokens", 0)):
+        v = getattr(s, k)
+        if v < lo or v >= INT_LIMIT:
+            raise ConfigError(f"data.speech.{k}: must be an integer ≥ {lo}, got {v}")
+    if not s.alphabet or len(set(s.alphabet)) != len(s.alphabet):
+        raise ConfigError(f"data.speech.alphabet: must be characters without repeats, got {s.alphabet!r}")
+    from archlab.data.speech.manifest import normalise_text
+
+    odd = sorted({c for c in s.alphabet if normalise_text(f"a{c}a") != f"a{c}a"})
+    if odd:
+        raise ConfigError(f"data.speech.alphabet: {''.join(odd)!r} never occur in normalised transcripts "
+                          "(lowercase letters, digits, space, in-word apostrophe); remove them")
+    if s.path is not None and not str(s.path).strip():
+        raise ConfigError("data.speech.path: empty; give a corpus folder or leave it out for the generated corpus")
+    return len(s.alphabet) + 3  # <|endoftext|>, <|startoftranscript|>, <unk>
+
+
 def _validate_data(d: DataConfig, m: ModelConfig) -> None:
     tok_vocab = 256 if d.tokenizer == "bytes" else d.bpe_vocab
+    if d.corpus == "speech":
+        tok_vocab = _validate_speech(d, m)
+    elif d.speech is not None:
+        raise ConfigError(f"data.speech: only used with data.corpus: speech (corpus is '{d.corpus}')")
+    elif getattr(FAMILY.entry(m.family).config_cls, "inputs", "tokens") == "audio":
+        raise ConfigError(f"model.family: '{m.family}' reads audio; set data.corpus: speech")
     if d.corpus == "task":
         if d.task is None:
             raise ConfigError("data.task: required for corpus 'task', e.g. data.task.kind=counting; "
@@ -382,7 +440,7 @@ def _validate(cfg: Config, require_budget: bool = True) -> Config:
         raise ConfigError(f"model.family_options: family '{m.family}' takes no options, got {', '.join(m.family_options)}")
     family_cfg = m.family_config()
     if hasattr(family_cfg, "check"):
-        family_cfg.check(ctx, "model.family_options")
+        family_cfg.check({**ctx, "data": d}, "model.family_options")
     if require_budget:  # last, so that any other mistake in a budget-less config is reported first
         _require_budget(t)
     return cfg

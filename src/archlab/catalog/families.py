@@ -4,16 +4,20 @@ The models themselves are built by ``models/`` (declared here with ``FAMILY.decl
 config validates a family and its ``family_options`` without importing the model code).
 ``hierarchical``'s options, their resolution into per-stream levels and the checks that name
 the offending config key live here; :mod:`archlab.models.hierarchical` builds the streams.
+The speech families (``echo``, ``whisper``; ``inputs = "audio"``: they train on corpus
+``speech``) map the model section onto the recogniser's dimensions here too.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass, field
+from types import SimpleNamespace
 from typing import Any, Callable
 
 from archlab.catalog.context import BuildContext
-from archlab.registry import COMPRESSOR, FAMILY, POSITION, ConfigError, PartConfig
+from archlab.registry import COMPRESSOR, FAMILY, MIXER, POSITION, ConfigError, PartConfig, to_dict
 
 AUTO = "auto"
 
@@ -191,6 +195,132 @@ def model_kwargs(m: Any, opts: HierarchicalConfig, where: str = "model.family_op
     return kw
 
 
+@dataclass
+class SpeechOptions(PartConfig):
+    """``model.family_options`` shared by the speech families. The model section gives the text
+    decoder (model.dim, model.heads, model.depth; model.max_seq_len is its context, n_text_ctx)
+    and the audio encoder unless ``audio_*`` says otherwise. The features are ``n_mels`` log-mel
+    bins over ``2 · n_audio_ctx`` frames (10 ms each): every utterance is padded to that."""
+
+    inputs = "audio"  # not a field: what the family reads (config validation pairs it with corpus 'speech')
+
+    n_mels: int = 80
+    n_audio_ctx: int = 300  # encoder positions; 600 frames = 6 s of audio
+    audio_dim: int | None = None
+    audio_heads: int | None = None
+    audio_depth: int | None = None
+
+    def check(self, ctx: dict, where: str) -> None:
+        speech_dims(ctx["model"], self, where)
+
+    def common_checks(self, m: Any, family: str) -> None:
+        if m.layers.overrides:
+            raise ConfigError(f"model.layers.overrides: not used by family '{family}' (every layer is alike)")
+        if m.bias:
+            raise ConfigError(f"model.bias: family '{family}' sets its own biases; allowed: false")
+        if m.kv_heads is not None:
+            raise ConfigError(f"model.kv_heads: grouped-query attention is not supported by family '{family}'")
+        if not m.tie_embeddings:
+            raise ConfigError(f"model.tie_embeddings: family '{family}' always ties the output projection to "
+                              "the token embedding (as Whisper); allowed: true")
+        if m.init != "fan_in":
+            raise ConfigError(f"model.init: family '{family}' has its own initialisation "
+                              "(docs/echo.md); leave model.init unset")
+        if m.layers.default.norm.placement != "pre":
+            raise ConfigError(f"model.layers.default.norm.placement: family '{family}' is pre-norm; allowed: pre")
+
+
+def speech_dims(m: Any, opts: SpeechOptions, where: str) -> dict[str, int]:
+    """The recogniser's dimensions in the seed's names (n_audio_state, n_text_head, ...), checked."""
+    for k, lo in (("n_mels", 1), ("n_audio_ctx", 1)):
+        check_int(f"{where}.{k}", getattr(opts, k), lo)
+    for k in ("audio_dim", "audio_heads", "audio_depth"):
+        if getattr(opts, k) is not None:
+            check_int(f"{where}.{k}", getattr(opts, k), 1)
+    dims = dict(n_mels=opts.n_mels, n_audio_ctx=opts.n_audio_ctx, n_audio_state=opts.audio_dim or m.dim,
+                n_audio_head=opts.audio_heads or m.heads, n_audio_layer=opts.audio_depth or m.depth,
+                vocab_size=m.vocab_size, n_text_ctx=m.max_seq_len, n_text_state=m.dim, n_text_head=m.heads,
+                n_text_layer=m.depth)
+    if dims["n_audio_state"] % dims["n_audio_head"]:
+        raise ConfigError(f"{where}.audio_heads: {dims['n_audio_head']} heads do not divide the audio width "
+                          f"{dims['n_audio_state']}")
+    if m.head_dim is not None and m.head_dim != m.dim // m.heads:
+        raise ConfigError(f"model.head_dim: the speech families use dim // heads = {m.dim // m.heads}; "
+                          "leave model.head_dim unset")
+    return dims
+
+
+@dataclass
+class EchoOptions(SpeechOptions):
+    """Family ``echo`` (archlab.models.echo): attention from the registries — ``model.position``
+    in every self-attention (each layer its own instance), ``model.layers.default.mixer`` (the
+    encoder's non-causal, the decoder's causal), ``.ffn`` and ``.norm``. ``max_rel_dist`` > 0
+    stacks a clipped relative bias of that reach on every attention; ``cross_attention``: the
+    positions act in cross-attention too; ``checkpointing``: activation checkpointing."""
+
+    max_rel_dist: int = 15
+    cross_attention: bool = True
+    checkpointing: bool = False
+
+    def check(self, ctx: dict, where: str) -> None:
+        echo_namespace(ctx["model"], self, where)
+
+
+def echo_namespace(m: Any, opts: EchoOptions, where: str = "model.family_options") -> SimpleNamespace:
+    """The options object :class:`archlab.models.echo.EchoModel` takes (EchoConfig's attributes)
+    for a ModelConfig, validated in one-line ConfigErrors naming the config key."""
+    opts.common_checks(m, "echo")
+    check_int(f"{where}.max_rel_dist", opts.max_rel_dist, 0)
+    dims = speech_dims(m, opts, where)
+    d = m.layers.default
+    ns = SimpleNamespace(**dims, eos_token_id=0, max_rel_dist=opts.max_rel_dist, cross_attention=bool(opts.cross_attention),
+                         checkpointing=bool(opts.checkpointing), base=None, init_std=m.init_std, dropout=m.dropout,
+                         position=to_dict(m.position), encoder_mixer=to_dict(d.mixer), decoder_mixer=to_dict(d.mixer),
+                         ffn=to_dict(d.ffn), norm={k: v for k, v in to_dict(d.norm).items() if k != "placement"})
+    for side, dim, heads, causal, n in (("encoder", ns.n_audio_state, ns.n_audio_head, False, ns.n_audio_ctx),
+                                        ("decoder", ns.n_text_state, ns.n_text_head, True, ns.n_text_ctx)):
+        ctx = BuildContext(dim=dim, heads=heads, kv_heads=heads, head_dim=dim // heads, max_seq_len=n, causal=causal)
+        try:
+            scheme = POSITION.build(m.position, ctx)
+        except ValueError as e:
+            raise ConfigError(f"model.position: {e} (the {side}: heads {heads}, head width {dim // heads})") from None
+        try:  # one layer's mixer, built to see that it takes this side's shape (local attention is causal only)
+            MIXER.build(d.mixer, dataclasses.replace(ctx, position=scheme))
+        except ValueError as e:
+            raise ConfigError(f"model.layers.default.mixer: {e} (the {side} of family 'echo')") from None
+    return ns
+
+
+@dataclass
+class WhisperOptions(SpeechOptions):
+    """Family ``whisper``: transformers' own ``WhisperForConditionalGeneration`` from a
+    ``WhisperConfig`` of the model section's dims (random initialisation, nothing downloaded), the
+    baseline Echo is measured against. Its parts are Whisper's: sinusoidal encoder positions and
+    a learned decoder table (so ``model.position.kind`` must say ``sinusoidal``), attention,
+    GELU feed-forward (``model.layers.default.ffn``: gelu, its ``mult`` sets the width), LayerNorm."""
+
+    def check(self, ctx: dict, where: str) -> None:
+        whisper_kwargs(ctx["model"], self, where)
+
+
+def whisper_kwargs(m: Any, opts: WhisperOptions, where: str = "model.family_options") -> dict[str, Any]:
+    """Keyword arguments of :func:`archlab.models.whisper.whisper_config`, validated."""
+    opts.common_checks(m, "whisper")
+    d = m.layers.default
+    for key, got, allowed in (("model.position.kind", m.position.kind, "sinusoidal"),
+                              ("model.layers.default.mixer.kind", d.mixer.kind, "attention"),
+                              ("model.layers.default.ffn.kind", d.ffn.kind, "gelu"),
+                              ("model.layers.default.norm.kind", d.norm.kind, "layer")):
+        if got != allowed:
+            raise ConfigError(f"{key}: '{got}'; family 'whisper' is Whisper's own architecture; allowed: {allowed}")
+    dims = speech_dims(m, opts, where)
+    return dict(**dims, ffn_mult=float(d.ffn.mult), dropout=m.dropout, init_std=m.init_std)
+
+
 FAMILY.declare("lm", PartConfig, "decoder-only language model", build="archlab.models.lm:LM")
 FAMILY.declare("hierarchical", HierarchicalConfig, "hierarchical transformer: compressed streams merged per layer",
                build="archlab.models.hierarchical:from_config")
+FAMILY.declare("echo", EchoOptions, "Echo: a Whisper-shaped speech recogniser with archlab's attention (corpus speech)",
+               build="archlab.models.echo:from_config")
+FAMILY.declare("whisper", WhisperOptions, "transformers' WhisperForConditionalGeneration of the same dims (corpus speech)",
+               build="archlab.models.whisper:from_config")

@@ -300,6 +300,10 @@ def load_tokenizer(directory: Union[str, Path]) -> Tokenizer:
         from .taskdata import WordTokenizer
 
         return WordTokenizer.from_spec(spec, path)
+    if spec.get("kind") == "chars":  # a speech run's transcript characters (archlab.data.speech.text)
+        from .speech.text import CharTokenizer
+
+        return CharTokenizer.from_spec(spec, path)
     if _is_byte_identity(spec):  # ByteTokenizer.to_json(), e.g. in an exported HF folder
         return ByteTokenizer()
     if isinstance(spec.get("model"), dict) and spec["model"].get("type") == "BPE":
@@ -328,7 +332,7 @@ def check_tokenizer(tok: Tokenizer, *, kind: str, model_vocab: int | None, where
     naming ``where``. A replaced or stale ``tokenizer.json`` would otherwise give wrong ids
     silently: bits per byte computed over the wrong units, garbage text from generation."""
     name = getattr(tok, "name", type(tok).__name__)
-    expected = {"bytes": "bytes", "bpe": "bpe", "task": "task_vocab"}.get(kind, kind)
+    expected = {"bytes": "bytes", "bpe": "bpe", "task": "task_vocab", "speech": "chars"}.get(kind, kind)
     if name != expected:
         raise ValueError(f"{where}: a '{name}' tokenizer, but the run's config says data.tokenizer "
                          f"'{kind}'; restore the run's own tokenizer.json")

@@ -42,7 +42,7 @@ from transformers.modeling_utils import PreTrainedModel
 
 from archlab.hf.cache import ArchlabCache
 from archlab.hf.modeling import CACHE_ARG
-from archlab.models.echo import EchoModel, greedy_decode
+from archlab.models.echo import EchoModel, greedy_decode, init_parameter
 from archlab.models.lm import IGNORE_INDEX
 
 
@@ -129,12 +129,7 @@ class Echo(PreTrainedModel, GenerationMixin):
         return self
 
     def _init_parameter(self, module: nn.Module, name: str, p: torch.Tensor) -> None:
-        if isinstance(module, nn.Embedding):
-            nn.init.normal_(p, std=self.config.init_std)
-        elif isinstance(module, (nn.Linear, nn.Conv1d)):
-            nn.init.xavier_uniform_(p) if name == "weight" else nn.init.zeros_(p)
-        elif p.dim() == 1 and name in ("weight", "bias") and "Norm" in type(module).__name__:
-            nn.init.ones_(p) if name == "weight" else nn.init.zeros_(p)
+        init_parameter(module, name, p, init_std=self.config.init_std)
 
     @classmethod
     def get_init_context(cls, *args: Any, **kwargs: Any) -> list:

@@ -91,6 +91,19 @@ def input_position(c: Any, ctx: BuildContext, where: str) -> nn.Module | None:
     return main if main.uses_embed else None
 
 
+@torch.no_grad()
+def init_parameter(module: nn.Module, name: str, p: torch.Tensor, *, init_std: float) -> None:
+    """The seed's initialisation of one parameter: token embeddings N(0, init_std); linear and
+    convolution weights Xavier-uniform, their biases 0; norm gains 1 and biases 0; anything else
+    (positional schemes: a relative-bias table N(0, init_std), Givens angles 0) keeps its own."""
+    if isinstance(module, nn.Embedding):
+        nn.init.normal_(p, std=init_std)
+    elif isinstance(module, (nn.Linear, nn.Conv1d)):
+        nn.init.xavier_uniform_(p) if name == "weight" else nn.init.zeros_(p)
+    elif p.dim() == 1 and name in ("weight", "bias") and "Norm" in type(module).__name__:
+        nn.init.ones_(p) if name == "weight" else nn.init.zeros_(p)
+
+
 def _recompute(block: nn.Module, x: torch.Tensor, kw: dict) -> torch.Tensor:
     """A block call for ``torch.utils.checkpoint``: the position tensors are copied, so that the
     schemes' per-forward memos (keyed on the positions tensor) miss and the recomputation
@@ -222,38 +235,79 @@ class EchoModel(nn.Module):
                 raise ConfigError(f"{name}: {d} is not divisible by {name.replace('state', 'head')}={h}")
         self.encoder = EchoEncoder(c)
         self.decoder = EchoDecoder(c)
+        self.eot_id = int(getattr(c, "eos_token_id", 0) or 0)  # what padded label slots read as
 
     def init_cache(self) -> EchoCache:
         return self.decoder.init_cache()
 
-    def forward(self, features: torch.Tensor | None, ids: torch.Tensor, *, targets: torch.Tensor | None = None,
-                memory: torch.Tensor | None = None, cache: EchoCache | None = None) -> ModelOutput:
-        """``memory`` (the encoder output) is computed from ``features`` unless given or cached."""
+    def encode(self, features: torch.Tensor) -> torch.Tensor:
+        return self.encoder(features)
+
+    def decode(self, ids: torch.Tensor, memory: torch.Tensor, cache: EchoCache | None = None) -> torch.Tensor:
+        return self.decoder(ids, memory, cache=cache)
+
+    def forward(self, features: torch.Tensor | None, ids: torch.Tensor | None = None, *,
+                targets: torch.Tensor | None = None, memory: torch.Tensor | None = None,
+                cache: EchoCache | None = None) -> ModelOutput:
+        """``memory`` (the encoder output) is computed from ``features`` unless given or cached.
+        Without ``ids``, ``targets`` are whole label rows (B, L + 1), [start, text…, end,
+        −100…] as the trainer's speech batches hold them: the decoder reads ``targets[:, :-1]``
+        (padding read as the end token) and is scored on ``targets[:, 1:]``."""
+        if ids is None:
+            if targets is None:
+                raise ValueError("EchoModel: give decoder ids, or label rows as targets")
+            ids, targets = teacher_forcing(targets, pad_id=self.eot_id)
         if memory is None and features is not None:
             memory = self.encoder(features)
         logits = self.decoder(ids, memory, cache=cache)
         if targets is None:
             return ModelOutput(logits=logits)
-        flat = logits.reshape(-1, logits.shape[-1])
-        nll = F.cross_entropy(flat.float() if flat.dtype in (torch.float16, torch.bfloat16) else flat,
-                              targets.reshape(-1), ignore_index=IGNORE_INDEX)
-        return ModelOutput(logits=logits, loss=nll, nll=nll)
+        return ModelOutput(logits=logits, loss=(nll := token_nll(logits, targets)), nll=nll)
+
+
+def teacher_forcing(labels: torch.Tensor, *, pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Label rows (B, L + 1) -> decoder inputs (B, L) (ignored slots read as ``pad_id``) and
+    targets (B, L)."""
+    ids = labels[:, :-1]
+    return torch.where(ids == IGNORE_INDEX, torch.full_like(ids, pad_id), ids), labels[:, 1:]
+
+
+def token_nll(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Mean cross-entropy over the counted targets (half-precision logits scored in float32)."""
+    flat = logits.reshape(-1, logits.shape[-1])
+    return F.cross_entropy(flat.float() if flat.dtype in (torch.float16, torch.bfloat16) else flat,
+                           targets.reshape(-1), ignore_index=IGNORE_INDEX)
+
+
+def from_config(model_cfg: Any) -> EchoModel:
+    """Family ``echo``: an EchoModel for a validated ModelConfig, in the seed's initialisation
+    (:func:`init_parameter`)."""
+    from archlab.catalog.families import echo_namespace
+
+    ns = echo_namespace(model_cfg, model_cfg.family_config())
+    model = EchoModel(ns)
+    for module in model.modules():
+        for name, p in module.named_parameters(recurse=False):
+            init_parameter(module, name, p, init_std=ns.init_std)
+    return model
 
 
 @torch.no_grad()
-def greedy_decode(model: EchoModel, features: torch.Tensor, prompt: torch.Tensor, *, max_new_tokens: int,
+def greedy_decode(model: nn.Module, features: torch.Tensor, prompt: torch.Tensor, *, max_new_tokens: int,
                   eos_token_id: int | None = None, use_cache: bool = True) -> torch.Tensor:
     """Greedy transcription: ``prompt`` (B, P) start tokens continued by argmax until every row
-    has produced ``eos_token_id`` (rows that finished repeat it) or ``max_new_tokens``."""
+    has produced ``eos_token_id`` (rows that finished repeat it) or ``max_new_tokens``. ``model``
+    speaks the recogniser protocol: ``encode(features)``, ``init_cache()``, ``decode(ids,
+    memory, cache)`` -> logits (EchoModel; the Whisper baseline of archlab.models.whisper)."""
     was = model.training
     model.eval()
     try:
-        memory = model.encoder(features)
+        memory = model.encode(features)
         ids, done = prompt, torch.zeros(prompt.shape[0], dtype=torch.bool, device=prompt.device)
         cache = model.init_cache() if use_cache else None
         step_in = ids
         for _ in range(max_new_tokens):
-            logits = model.decoder(step_in if use_cache else ids, memory, cache=cache)[:, -1]
+            logits = model.decode(step_in if use_cache else ids, memory, cache)[:, -1]
             nxt = logits.argmax(-1)
             if eos_token_id is not None:
                 nxt = torch.where(done, torch.full_like(nxt, eos_token_id), nxt)

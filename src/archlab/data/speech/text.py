@@ -9,13 +9,27 @@ fast tokenizer for saving beside a model.
 
 from __future__ import annotations
 
+import hashlib
+import json
+from pathlib import Path
 from typing import Iterable
 
 EOT, SOT, UNK = "<|endoftext|>", "<|startoftranscript|>", "<unk>"
 SPECIALS = (EOT, SOT, UNK)
 
 
+#: The default alphabet of a speech run: the generated corpus's transcripts are lowercase words,
+#: spaces and in-word apostrophes (``normalise_text``'s form); digits cover user corpora.
+DEFAULT_ALPHABET = " '0123456789abcdefghijklmnopqrstuvwxyz"
+
+
 class CharTokenizer:
+    """Characters of a fixed alphabet as ids (see the module docstring); saved as a run's
+    ``tokenizer.json`` (``{"kind": "chars", "alphabet": ...}``)."""
+
+    name = "chars"
+    unit = "token"
+
     def __init__(self, alphabet: Iterable[str]) -> None:
         chars = sorted(set(alphabet))
         if any(len(c) != 1 for c in chars):
@@ -31,6 +45,32 @@ class CharTokenizer:
     @property
     def vocab_size(self) -> int:
         return len(self.itos)
+
+    @property
+    def alphabet(self) -> str:
+        return "".join(self.itos[len(SPECIALS):])
+
+    def fingerprint(self) -> str:
+        return "chars-" + hashlib.sha256(self.alphabet.encode()).hexdigest()[:16]
+
+    def save(self, directory: str | Path) -> Path:
+        """``directory/tokenizer.json``, written atomically."""
+        from archlab.data.tokenizer import _write_tokenizer_file
+
+        return _write_tokenizer_file(directory, json.dumps({"kind": "chars", "alphabet": self.alphabet}) + "\n")
+
+    @classmethod
+    def from_spec(cls, spec: dict, path: Path) -> "CharTokenizer":
+        alphabet = spec.get("alphabet")
+        if not isinstance(alphabet, str) or not alphabet:
+            raise ValueError(f"{path}: corrupt chars tokenizer (no alphabet)")
+        try:
+            tok = cls(alphabet)
+        except ValueError as e:
+            raise ValueError(f"{path}: corrupt chars tokenizer ({e})") from None
+        if tok.alphabet != alphabet:
+            raise ValueError(f"{path}: corrupt chars tokenizer (the alphabet must be sorted, without repeats)")
+        return tok
 
     def encode(self, text: str) -> list[int]:
         return [self.stoi.get(c, self.unk_id) for c in text]
