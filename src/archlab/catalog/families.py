@@ -314,6 +314,9 @@ def whisper_kwargs(m: Any, opts: WhisperOptions, where: str = "model.family_opti
         if got != allowed:
             raise ConfigError(f"{key}: '{got}'; family 'whisper' is Whisper's own architecture; allowed: {allowed}")
     dims = speech_dims(m, opts, where)
+    if dims["n_audio_state"] != dims["n_text_state"]:
+        raise ConfigError(f"{where}.audio_dim: {dims['n_audio_state']}; Whisper has one width for encoder and "
+                          f"decoder; allowed: {dims['n_text_state']} (model.dim) or null")
     return dict(**dims, ffn_mult=float(d.ffn.mult), dropout=m.dropout, init_std=m.init_std)
 
 

@@ -5,9 +5,10 @@ data, so none of them branches on it: the tokenizer, the data splits and the bat
 held-out evaluation and the names of its metrics (all lower-is-better), the per-run result of
 an experiment, and what ``archlab eval`` prints. ``objective_for(cfg)`` returns the registered
 objective that handles ``cfg.data``; the built-in ones are ``lm`` (next-token prediction on a
-text corpus, bits per byte) and ``task`` (a synthetic task, answer-only loss and error rates).
+text corpus, bits per byte), ``task`` (a synthetic task, answer-only loss and error rates) and
+``speech`` (speech → text, word and character error rates of greedy transcriptions).
 
-A new objective (say speech → text with a word error rate) is one module with a subclass of
+A new objective is one module with a subclass of
 :class:`~archlab.train.objectives.base.Objective` and one line in :data:`OBJECTIVES`.
 """
 
@@ -15,10 +16,11 @@ from __future__ import annotations
 
 from archlab.train.objectives.base import Objective
 from archlab.train.objectives.lm import LMObjective
+from archlab.train.objectives.speech import SpeechObjective
 from archlab.train.objectives.task import TaskObjective
 
 #: The registered objectives, asked in this order which one handles a data section.
-OBJECTIVES: dict[str, Objective] = {o.kind: o for o in (TaskObjective(), LMObjective())}
+OBJECTIVES: dict[str, Objective] = {o.kind: o for o in (TaskObjective(), SpeechObjective(), LMObjective())}
 
 
 def objective_for(cfg) -> Objective:

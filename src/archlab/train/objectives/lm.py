@@ -17,7 +17,7 @@ class LMObjective(Objective):
     primary = "bpb"
 
     def handles(self, data_cfg) -> bool:
-        return data_cfg.corpus != "task"
+        return data_cfg.corpus in ("stdlib", "path", "enwik8")
 
     def tokenizer_kind(self, cfg) -> str:
         return cfg.data.tokenizer
