@@ -124,6 +124,11 @@ def _cmd_generate(a: argparse.Namespace) -> int:
     if any(not s for s in stop_texts):
         raise ConfigError("--stop: must not be empty (leave --stop out to generate --max-new-tokens tokens)")
     run = load_run(a.run)
+    from archlab.train.objectives import objective_for
+
+    if objective_for(run.cfg).inputs != "tokens":
+        raise ConfigError(f"generate: {a.run} is a speech recogniser (it reads audio, not a prompt); "
+                          f"transcribe audio with: archlab transcribe {a.run} FILE...")
     tok = run.tokenizer
     ids = tok.encode(prompt)
     g = torch.Generator().manual_seed(a.seed)
@@ -195,16 +200,28 @@ def _cmd_export(a: argparse.Namespace) -> int:
 
 
 def _cmd_transcribe(a: argparse.Namespace) -> int:
-    try:
-        import archlab.hf  # noqa: F401  (registers Echo with the Auto classes)
-        from archlab.hf.echo_processing import transcribe_files
-    except ImportError as e:
-        raise ConfigError(f"transcribe: {e}") from e
     for k in ("batch", "beams"):
         if getattr(a, k) < 1:
             raise ConfigError(f"--{k}: must be ≥ 1, got {getattr(a, k)}")
     if a.max_new_tokens is not None and a.max_new_tokens < 1:
         raise ConfigError(f"--max-new-tokens: must be ≥ 1, got {a.max_new_tokens}")
+    run_folder = (Path(a.model) / "config.yaml").is_file()
+    if run_folder:  # a training run (family echo or whisper): archlab's greedy decoder
+        from archlab.train.objectives import objective_for
+        from archlab.train.objectives.speech import transcribe_run
+        from archlab.train.run import load_run
+
+        if a.beams != 1:
+            raise ConfigError("--beams: a run folder decodes greedily (1); export it (archlab export --hf) for beams")
+        run = load_run(a.model)
+        if objective_for(run.cfg).inputs != "audio":
+            raise ConfigError(f"transcribe: {a.model} is not a speech run (data.corpus is '{run.cfg.data.corpus}')")
+    else:
+        try:
+            import archlab.hf  # noqa: F401  (registers Echo with the Auto classes)
+            from archlab.hf.echo_processing import transcribe_files
+        except ImportError as e:
+            raise ConfigError(f"transcribe: {e}") from e
     bad: list[str] = []
 
     def report(line: str) -> None:
@@ -216,8 +233,13 @@ def _cmd_transcribe(a: argparse.Namespace) -> int:
         from tqdm import tqdm
 
         bar = tqdm(total=len(a.files), unit="file", file=sys.stderr)
-    results = transcribe_files(a.model, a.files, batch=a.batch, max_new_tokens=a.max_new_tokens, num_beams=a.beams,
-                               on_error=report, progress=bar.update if bar is not None else None)
+    tick = bar.update if bar is not None else None
+    if run_folder:
+        results = transcribe_run(run, a.files, batch=a.batch, max_new_tokens=a.max_new_tokens, on_error=report,
+                                 progress=tick)
+    else:
+        results = transcribe_files(a.model, a.files, batch=a.batch, max_new_tokens=a.max_new_tokens,
+                                   num_beams=a.beams, on_error=report, progress=tick)
     if bar is not None:
         bar.close()
     if a.json:
@@ -268,10 +290,12 @@ def build_parser() -> ArgumentParser:
     overrides(sp)
     sp.set_defaults(func=_cmd_train)
 
-    sp = command("transcribe", "transcribe audio files with an Echo model folder",
+    sp = command("transcribe", "transcribe audio files with a speech run or an Echo model folder",
+                 "archlab transcribe runs/echo a.wav b.flac             # a run of family echo or whisper",
                  "archlab transcribe models/echo a.wav b.flac",
                  "archlab transcribe models/echo clips/*.wav --json --beams 4")
-    sp.add_argument("model", help="an Echo folder: weights, tokenizer and feature extractor (hf.echo_processing.save_echo)")
+    sp.add_argument("model", help="a speech run folder (archlab train on data.corpus speech), or an Echo folder: "
+                                  "weights, tokenizer and feature extractor (hf.echo_processing.save_echo)")
     sp.add_argument("files", nargs="+", help="audio files (WAV, FLAC, OGG; any rate, resampled to 16 kHz)")
     sp.add_argument("--json", action="store_true", help="machine output: transcripts and errors as JSON")
     sp.add_argument("--batch", type=int, default=8, help="files per forward pass")

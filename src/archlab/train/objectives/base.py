@@ -15,6 +15,9 @@ class Objective:
     val_metrics: tuple[str, ...] = ()
     #: The headline metric of a run's summary (``final_val_<name>``) and an experiment's default.
     primary: str = ""
+    #: What the model reads: "tokens" (it can continue a prompt: archlab generate) or "audio".
+    inputs: str = "tokens"
+
     def tokenizer_kind(self, cfg) -> str:
         """The tokenizer kind a run folder of this objective holds (``check_tokenizer``'s ``kind``)."""
         raise NotImplementedError

@@ -162,8 +162,45 @@ def model_text_ctx(model: Any) -> int:
     return int(model.decoder.n_ctx)
 
 
+@torch.no_grad()
+def transcribe_run(run: Any, files: list[str], *, batch: int, max_new_tokens: int | None,
+                   on_error: Callable[[str], None], progress: Callable[[int], None] | None = None) -> list[dict]:
+    """[{"file", "text"}] of greedy transcriptions by a loaded speech run (Echo or Whisper
+    family), through archlab's own front end; an unreadable or too long file goes to ``on_error``."""
+    from archlab.data.speech.audio import AudioError, load_audio
+    from archlab.data.speech.features import N_SAMPLES_PER_FRAME, log_mel_spectrogram, pad_or_trim
+    from archlab.models.echo import greedy_decode
+
+    opts = run.cfg.model.family_config()
+    n = 2 * opts.n_audio_ctx * N_SAMPLES_PER_FRAME
+    good: list[tuple[str, Any]] = []
+    for f in files:
+        try:
+            audio = load_audio(f)
+        except AudioError as e:
+            on_error(str(e))
+            continue
+        if len(audio) > n:
+            on_error(f"{f}: lasts {len(audio) / 16000:.2f} s, longer than the model's audio context ({n / 16000:g} s)")
+            continue
+        good.append((str(f), log_mel_spectrogram(pad_or_trim(audio, n), opts.n_mels)))
+    tok, model = run.tokenizer, run.model.eval()
+    new = min(max_new_tokens or model_text_ctx(model), model_text_ctx(model) - 1)
+    out = []
+    for i in range(0, len(good), batch):
+        chunk = good[i:i + batch]
+        feats = torch.stack([x for _, x in chunk])
+        start = torch.full((len(chunk), 1), tok.sot_id, dtype=torch.long)
+        ids = greedy_decode(model, feats, start, max_new_tokens=new, eos_token_id=tok.eot_id)
+        out += [{"file": name, "text": tok.decode(r[1:]).strip()} for (name, _), r in zip(chunk, ids.tolist())]
+        if progress is not None:
+            progress(len(chunk))
+    return out
+
+
 class SpeechObjective(Objective):
     kind = "speech"
+    inputs = "audio"
     val_metrics = ("loss", "wer", "cer")
     primary = "wer"
 
