@@ -204,3 +204,38 @@ def test_cli_eval_transcribe_and_generate(cache, tmp_path, capsys):
     assert "is a speech recogniser" in capsys.readouterr().err
     assert main(["eval", str(run), "--seq-len", "10"]) == 2
     assert "--seq-len: not used for a speech run" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("family", [("model.family=echo",), tuple(WHISPER)], ids=["echo", "whisper"])
+def test_export_gives_the_runs_model_in_transformers(cache, tmp_path, capsys, family):
+    from archlab.hf.export import export_run
+    from archlab.train.run import load_run
+
+    run = tmp_path / "run"
+    Trainer(speech_cfg(cache, "train.steps=2", family=family), run, progress=False).fit()
+    loaded = load_run(run)
+    folder = export_run(loaded, tmp_path / "hf")
+    sp = load_splits(loaded.cfg, loaded.tokenizer, ("test",))["test"]
+    feats, labels = sp.batch(np.array([0, 1]), ignore_index=IGNORE_INDEX)
+    with torch.no_grad():
+        ours = loaded.model.eval()(feats, targets=labels).logits
+    if family[0] == "model.family=echo":
+        from archlab.hf.echo import Echo
+
+        hf = Echo.from_pretrained(folder).eval()
+        state = loaded.model.state_dict()
+        assert all(torch.equal(v, state[k]) for k, v in hf.model.state_dict().items())
+        wav = sorted((cache / "speech").glob("espeak-*/test/*.wav"))[:2]
+        assert main(["transcribe", str(run), *map(str, wav), "--no-progress"]) == 0
+        from_run = capsys.readouterr().out
+        assert main(["transcribe", str(folder), *map(str, wav), "--no-progress"]) == 0
+        assert capsys.readouterr().out == from_run  # the folder transcribes as the run does
+    else:
+        from transformers import WhisperFeatureExtractor, WhisperForConditionalGeneration
+
+        hf = WhisperForConditionalGeneration.from_pretrained(folder).eval()
+        assert WhisperFeatureExtractor.from_pretrained(folder).nb_max_frames == 600
+    ids = torch.where(labels == IGNORE_INDEX, 0, labels)[:, :-1]
+    with torch.no_grad():
+        theirs = hf(input_features=feats, decoder_input_ids=ids).logits
+    torch.testing.assert_close(theirs, ours, atol=1e-5, rtol=1e-5)

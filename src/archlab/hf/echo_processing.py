@@ -85,7 +85,7 @@ def transcribe_files(folder: str | Path, files: Sequence[str | Path], *, batch: 
         feats = torch.as_tensor(fe([w for _, w in chunk])["input_features"])
         ids = model.generate(input_features=feats, max_new_tokens=limit, num_beams=num_beams, do_sample=False)
         for (name, _), row in zip(chunk, ids):
-            out.append({"file": name, "text": tok.decode(row, skip_special_tokens=True)})
+            out.append({"file": name, "text": tok.decode(row, skip_special_tokens=True).strip()})
         if progress is not None:
             progress(len(chunk))
     return out

@@ -13,6 +13,13 @@ back as archlab's tokenizer. A synthetic task's word vocabulary is copied as is 
 ``config.json`` also records the run's data and train config and its step
 (``archlab_run``), so ``archlab eval DIR`` / ``archlab generate DIR`` open the folder like the
 run (:func:`archlab.train.run.load_run`).
+
+A speech run is exported as its recogniser's own folder: family ``echo`` as an Echo folder
+(:func:`archlab.hf.echo_processing.save_echo`: ``Echo``, the character tokenizer as a fast
+tokenizer, the feature extractor; ``transformers.pipeline("automatic-speech-recognition")``
+and ``archlab transcribe DIR`` read it), family ``whisper`` as a stock
+``WhisperForConditionalGeneration`` folder with the same tokenizer and a
+``WhisperFeatureExtractor`` of the run's audio context.
 """
 
 from __future__ import annotations
@@ -45,9 +52,14 @@ def export_run(run: Any, out_dir: str | Path) -> Path:
     if out.exists() and not out.is_dir():
         raise ConfigError(f"--hf {out}: exists and is not a folder")
     loaded = run if isinstance(run, LoadedRun) else load_run(run)
-    if loaded.cfg.model.family != "lm":
-        raise ConfigError(f"export --hf: model family '{loaded.cfg.model.family}' has no Hugging Face adapter; "
-                          "only family 'lm' can be exported")
+    family = loaded.cfg.model.family
+    if family in SPEECH_EXPORTS:
+        out.mkdir(parents=True, exist_ok=True)
+        SPEECH_EXPORTS[family](loaded, out)
+        return out
+    if family != "lm":
+        raise ConfigError(f"export --hf: model family '{family}' has no Hugging Face adapter; "
+                          f"allowed: lm, {', '.join(SPEECH_EXPORTS)}")
     model_cfg = loaded.model.cfg
     if loaded.cfg.train.dynamics:
         # The adapted values (rotary base, window) live in the checkpoint's controller state,
@@ -69,6 +81,42 @@ def export_run(run: Any, out_dir: str | Path) -> Path:
     model.save_pretrained(out)
     _write_tokenizer(loaded, out)
     return out
+
+
+def _export_echo(loaded: Any, out: Path) -> None:
+    """An Echo folder of an ``echo`` run: the same weights, bit for bit."""
+    from archlab.catalog.families import echo_namespace
+    from archlab.hf.echo import Echo, EchoConfig
+    from archlab.hf.echo_processing import save_echo
+
+    m, tok = loaded.cfg.model, loaded.tokenizer
+    fields = dict(vars(echo_namespace(m, m.family_config())))
+    del fields["eos_token_id"]
+    config = EchoConfig(**fields, bos_token_id=tok.eot_id, eos_token_id=tok.eot_id, pad_token_id=tok.eot_id,
+                        decoder_start_token_id=tok.sot_id)
+    model = Echo(config)
+    model.model.load_state_dict(loaded.model.state_dict())
+    save_echo(model.train(loaded.model.training), tok, out, n_frames=2 * fields["n_audio_ctx"])
+
+
+def _export_whisper(loaded: Any, out: Path) -> None:
+    """A ``WhisperForConditionalGeneration`` folder of a ``whisper`` run, with the run's
+    character tokenizer and a ``WhisperFeatureExtractor`` of its audio context."""
+    from transformers import WhisperFeatureExtractor
+
+    from archlab.registry import ConfigError
+
+    hf, tok = loaded.model.hf, loaded.tokenizer
+    frames = 2 * hf.config.max_source_positions
+    if frames % 100:
+        raise ConfigError(f"export --hf: WhisperFeatureExtractor needs whole seconds of audio; the run's "
+                          f"{frames} frames are {frames / 100:g} s (model.family_options.n_audio_ctx a multiple of 50)")
+    hf.save_pretrained(out)
+    tok.to_hf().save_pretrained(out)
+    WhisperFeatureExtractor(feature_size=hf.config.num_mel_bins, chunk_length=frames // 100).save_pretrained(out)
+
+
+SPEECH_EXPORTS = {"echo": _export_echo, "whisper": _export_whisper}
 
 
 def run_record(loaded: Any) -> dict[str, Any]:
