@@ -239,3 +239,43 @@ def test_export_gives_the_runs_model_in_transformers(cache, tmp_path, capsys, fa
     with torch.no_grad():
         theirs = hf(input_features=feats, decoder_input_ids=ids).logits
     torch.testing.assert_close(theirs, ours, atol=1e-5, rtol=1e-5)
+
+
+def test_compare_on_speech_echo_against_whisper(cache, tmp_path):
+    """archlab compare on a speech experiment: WER is the default metric, Whisper a variant."""
+    import textwrap
+
+    from archlab.lab.compare import run_compare
+    from archlab.lab.experiment import load_experiment
+
+    (tmp_path / "base.yaml").write_text(textwrap.dedent(f"""\
+        model: {{family: echo, dim: 32, depth: 1, heads: 4, max_seq_len: 80,
+                family_options: {{n_audio_ctx: 300}}, layers: {{default: {{ffn: {{kind: gelu}}, norm: {{kind: layer}}}}}}}}
+        data: {{corpus: speech, cache_dir: {cache}, speech: {{n_train: 8, n_valid: 3, n_test: 3}}}}
+        train: {{batch: 4, seq_len: 80, warmup: 1, eval_every: 2, eval_tokens: 160, log_every: 1, tensorboard: false}}
+        """))
+    p = tmp_path / "exp.yaml"
+    p.write_text(textwrap.dedent(f"""\
+        name: s
+        base: {tmp_path / 'base.yaml'}
+        budget: {{steps: 2}}
+        seeds: [0, 1]
+        baseline: whisper
+        eval: {{split: test}}
+        variants:
+          whisper: {{model.family: whisper, model.position: {{kind: sinusoidal}}}}
+          echo: {{}}
+        """))
+    exp = load_experiment(p)
+    assert exp.metric == "wer" and exp.metric_names() == ["wer", "cer", "loss"]
+    res = run_compare(p, tmp_path / "out", progress=False, log=lambda s: None)
+    assert len(res["runs"]) == 4
+    for r in res["runs"]:
+        assert r["status"] == "done" and r["utterances"] == 3
+        assert all(np.isfinite(r[m]) and r[m] >= 0 for m in ("wer", "cer", "loss"))
+        assert r["curve"] and "val_wer" in r["curve"][-1]
+    assert "wer mean ± std" in (tmp_path / "out" / "report.md").read_text()
+    bad = p.read_text().replace("eval: {split: test}", "eval: {split: test, seq_lens: [40]}")
+    p.write_text(bad)
+    with pytest.raises(ConfigError, match="eval.seq_lens: not used by a speech experiment"):
+        load_experiment(p)

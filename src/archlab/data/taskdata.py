@@ -36,6 +36,7 @@ import torch
 
 from archlab.atomic import write_text_atomic
 from archlab.catalog.tasks import PAD, TaskConfig
+from archlab.data.examples import ExampleSampler
 from archlab.registry import ConfigError, to_dict
 
 __all__ = ["TaskData", "TaskSampler", "TaskSplit", "WordTokenizer", "build_task_data", "check_task_lengths"]
@@ -210,27 +211,16 @@ def check_task_lengths(data: TaskData, *, seq_len: int, max_seq_len: int) -> Non
                           f"'{name}' ({longest} tokens); raise model.max_seq_len to at least {longest}")
 
 
-class TaskSampler:
+class TaskSampler(ExampleSampler):
     """Training batches of a task split: ``batch(step) -> (x, y)``, each (batch // world, width)."""
 
     def __init__(self, split: TaskSplit, *, width: int, batch_size: int, seed: int, ignore_index: int,
                  rank: int = 0, world_size: int = 1) -> None:
-        if batch_size % world_size or not 0 <= rank < world_size:
-            raise ValueError(f"TaskSampler: need 0 <= rank < world_size dividing batch_size, got "
-                             f"rank={rank}, world_size={world_size}, batch_size={batch_size}")
+        super().__init__(split, batch_size=batch_size, seed=seed, ignore_index=ignore_index, rank=rank,
+                         world_size=world_size)
         if split.max_input_len > width:
             raise ValueError(f"TaskSampler: width {width} is shorter than the longest input {split.max_input_len}")
-        self.split, self.width, self.batch_size, self.seed = split, int(width), int(batch_size), int(seed)
-        self.ignore_index, self.rank, self.world_size = ignore_index, rank, world_size
-        self.local_batch_size = batch_size // world_size
+        self.width = int(width)
 
-    def global_indices(self, step: int) -> np.ndarray:
-        """The example indices of ``step`` across all ranks (drawn with replacement)."""
-        if step < 0:
-            raise ValueError(f"TaskSampler: step must be >= 0, got {step}")
-        return np.random.default_rng([self.seed, int(step)]).integers(0, len(self.split), size=self.batch_size)
-
-    def batch(self, step: int) -> tuple[torch.Tensor, torch.Tensor]:
-        b = self.local_batch_size
-        idx = self.global_indices(step)[self.rank * b:(self.rank + 1) * b]
-        return self.split.batch(idx, width=self.width, ignore_index=self.ignore_index)
+    def rows(self, index: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.split.batch(index, width=self.width, ignore_index=self.ignore_index)

@@ -42,7 +42,8 @@ def _atomic_json(path: Path, data: Any) -> None:
 
 
 def read_curve(run_dir: Path) -> list[dict[str, float]]:
-    """Validation points from metrics.jsonl; after a resume the later record of a step wins."""
+    """Validation points from metrics.jsonl (step, tokens, elapsed and every ``val_*`` metric
+    of the run's objective); after a resume the later record of a step wins."""
     points: dict[int, dict] = {}
     path = run_dir / "metrics.jsonl"
     if path.exists():
@@ -52,8 +53,8 @@ def read_curve(run_dir: Path) -> list[dict[str, float]]:
             except json.JSONDecodeError:
                 continue  # a line cut short by a kill
             if "val_loss" in r:
-                points[r["step"]] = {k: r[k] for k in ("step", "tokens", "elapsed", "val_loss", "val_bpb", "val_error",
-                                                       "val_token_error") if k in r}
+                points[r["step"]] = {k: v for k, v in r.items()
+                                     if k in ("step", "tokens", "elapsed") or k.startswith("val_")}
     return [points[s] for s in sorted(points)]
 
 

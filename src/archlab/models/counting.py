@@ -13,8 +13,10 @@ from torch import nn
 
 def count_parameters(model: nn.Module, *, exclude_embeddings: bool = False) -> int:
     """Distinct parameters of ``model`` (tied tensors once); ``exclude_embeddings`` drops the
-    input table ``model.embed`` (and so a head tied to it)."""
-    skip = {id(model.embed.weight)} if exclude_embeddings and hasattr(model, "embed") else set()
+    input table (``model.token_embedding`` where a model names it, else ``model.embed``; and so
+    a head tied to it)."""
+    table = getattr(model, "token_embedding", None) or getattr(model, "embed", None)
+    skip = {id(table.weight)} if exclude_embeddings and table is not None else set()
     return _count(model, skip)
 
 

@@ -237,6 +237,10 @@ class EchoModel(nn.Module):
         self.decoder = EchoDecoder(c)
         self.eot_id = int(getattr(c, "eos_token_id", 0) or 0)  # what padded label slots read as
 
+    @property
+    def token_embedding(self) -> nn.Embedding:
+        return self.decoder.embed
+
     def init_cache(self) -> EchoCache:
         return self.decoder.init_cache()
 

@@ -61,6 +61,10 @@ class WhisperBaseline(nn.Module):
         self.eot_id = config.eos_token_id
         self.n_frames = 2 * config.max_source_positions
 
+    @property
+    def token_embedding(self) -> nn.Embedding:
+        return self.hf.model.decoder.embed_tokens
+
     def encode(self, features: torch.Tensor) -> torch.Tensor:
         if features.dim() != 3 or tuple(features.shape[1:]) != (self.hf.config.num_mel_bins, self.n_frames):
             raise ValueError(f"input_features must be (batch, {self.hf.config.num_mel_bins} mel bins, "

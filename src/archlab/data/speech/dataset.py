@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from archlab.data.examples import ExampleSampler
 from archlab.data.speech.features import N_SAMPLES_PER_FRAME, log_mel_spectrogram, pad_or_trim
 from archlab.data.speech.manifest import Utterance, normalise_text
 from archlab.data.speech.text import CharTokenizer
@@ -128,25 +129,9 @@ def build_split(name: str, utterances: list[Utterance], tokenizer: CharTokenizer
                        eot=tokenizer.eot_id)
 
 
-class SpeechSampler:
+class SpeechSampler(ExampleSampler):
     """Training batches of a speech split: ``batch(step) -> (features, labels)`` of
     ``batch // world`` utterances each, drawn with replacement as a pure function of (seed, step)."""
 
-    def __init__(self, split: SpeechSplit, *, batch_size: int, seed: int, ignore_index: int, rank: int = 0,
-                 world_size: int = 1) -> None:
-        if batch_size % world_size or not 0 <= rank < world_size:
-            raise ValueError(f"SpeechSampler: need 0 <= rank < world_size dividing batch_size, got "
-                             f"rank={rank}, world_size={world_size}, batch_size={batch_size}")
-        self.split, self.batch_size, self.seed = split, int(batch_size), int(seed)
-        self.ignore_index, self.rank, self.world_size = ignore_index, rank, world_size
-        self.local_batch_size = batch_size // world_size
-
-    def global_indices(self, step: int) -> np.ndarray:
-        if step < 0:
-            raise ValueError(f"SpeechSampler: step must be >= 0, got {step}")
-        return np.random.default_rng([self.seed, int(step)]).integers(0, len(self.split), size=self.batch_size)
-
-    def batch(self, step: int) -> tuple[torch.Tensor, torch.Tensor]:
-        b = self.local_batch_size
-        return self.split.batch(self.global_indices(step)[self.rank * b:(self.rank + 1) * b],
-                                ignore_index=self.ignore_index)
+    def rows(self, index: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.split.batch(index, ignore_index=self.ignore_index)
