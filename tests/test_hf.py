@@ -126,12 +126,15 @@ def test_config_roundtrips_archlab_model_config(tmp_path):
     ("model.position.kind=sinusoidal",),
     ("model.position.kind=learned",),  # one table shared by the model and every attention
     ("model.tie_embeddings=false", "model.position.kind=learned"),  # shared table, untied head
-], ids=["rope-tied", "alibi", "sinusoidal", "learned-shared", "untied-learned"])
+    ("model.position.kind=givens_rope",),  # a shared scheme with a persistent buffer (pairs)
+], ids=["rope-tied", "alibi", "sinusoidal", "learned-shared", "untied-learned", "givens-shared-buffer"])
 def test_save_load_is_bit_exact(tmp_path, sets):
     lm = tiny_lm(*sets)
     with torch.no_grad():  # make the norms non-trivial so they are really checked
         for b in lm.blocks:
             b.norm1.weight.mul_(1.5)
+        for p in lm.position.parameters() if lm.position is not None else ():
+            p.add_(0.25)  # trained-looking position parameters (Givens angles start at 0)
     model = wrap(lm)
     model.save_pretrained(tmp_path)
     assert {"config.json", "model.safetensors"} <= {p.name for p in tmp_path.iterdir()}

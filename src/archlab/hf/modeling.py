@@ -69,6 +69,8 @@ Private transformers hooks still used, each because no public API does the job:
 
 from __future__ import annotations
 
+import re
+
 import dataclasses
 from typing import Any, Callable
 
@@ -138,6 +140,21 @@ def _shared_parameter_aliases(root: nn.Module, prefix: str) -> dict[str, str]:
     return out
 
 
+def _shared_buffer_aliases(root: nn.Module, prefix: str) -> list[str]:
+    """State-dict names of persistent buffers already reachable under an earlier name (a
+    shared scheme module's constant tables, e.g. a Givens scheme's ``pairs``)."""
+    persistent = set(root.state_dict(keep_vars=True))
+    seen: set[int] = set()
+    out = []
+    for name, b in root.named_buffers(remove_duplicate=False):
+        if name not in persistent:
+            continue
+        if id(b) in seen:
+            out.append(prefix + name)
+        seen.add(id(b))
+    return out
+
+
 _SNAPSHOT_ATTR = "_archlab_hf_buffer_snapshot"
 
 
@@ -182,6 +199,11 @@ class ArchlabForCausalLM(PreTrainedModel, GenerationMixin):
         # scheme (the model is built for real, not on the meta device: get_init_context).
         _snapshot_non_persistent_buffers(self.model)
         self._tied_weights_keys = _shared_parameter_aliases(self.model, f"{self.base_model_prefix}.")
+        # transformers re-ties shared parameters only: a shared buffer is saved once, under its
+        # first name (save_pretrained below), and its other names are the same tensor once the
+        # shared module is loaded, so their absence is expected
+        self._shared_buffers = _shared_buffer_aliases(self.model, f"{self.base_model_prefix}.")
+        self._keys_to_ignore_on_load_missing = [f"^{re.escape(k)}$" for k in self._shared_buffers] or None
         # post_init ties weights and runs _init_weights over every module; the archlab
         # constructor has already initialised everything its own way, so that pass must
         # change nothing (a fresh wrapper then holds exactly build_model(cfg)'s weights).
@@ -202,6 +224,13 @@ class ArchlabForCausalLM(PreTrainedModel, GenerationMixin):
         wrapper takes the LM's train/eval mode (it decides the ``use_cache`` default)."""
         model = cls(ArchlabConfig.from_archlab(lm.cfg, **config_kwargs), lm=lm)
         return model.train(lm.training)
+
+    def save_pretrained(self, save_directory: Any, *args: Any, state_dict: dict | None = None,
+                        **kwargs: Any) -> Any:
+        """transformers' save_pretrained, with each shared persistent buffer saved once."""
+        if state_dict is None and self._shared_buffers:
+            state_dict = {k: v for k, v in self.state_dict().items() if k not in set(self._shared_buffers)}
+        return super().save_pretrained(save_directory, *args, state_dict=state_dict, **kwargs)
 
     # ------------------------------------------------------------------ transformers hooks
 
