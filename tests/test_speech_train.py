@@ -171,6 +171,7 @@ def test_whisper_cached_decoding_equals_recomputation(splits):
     (["model.family=whisper", "model.position.kind=rope"], "model.position.kind: 'rope'; family 'whisper'"),
     ([*WHISPER, "model.family_options.audio_dim=64"], "model.family_options.audio_dim: 64; Whisper has one width"),
     (["model.family_options.audio_heads=3"], "model.family_options.audio_heads: 3 heads do not divide"),
+    (["model.position.kind=conditional_rope"], "model.position.kind: 'conditional_rope' predicts its rotation"),
 ])
 def test_bad_speech_configs_are_one_line(cache, sets, needle):
     with pytest.raises(ConfigError) as e:

@@ -288,6 +288,10 @@ def echo_namespace(m: Any, opts: EchoOptions, where: str = "model.family_options
             MIXER.build(d.mixer, dataclasses.replace(ctx, position=scheme))
         except ValueError as e:
             raise ConfigError(f"model.layers.default.mixer: {e} (the {side} of family 'echo')") from None
+        if side == "decoder" and ns.cross_attention and scheme.uses_input:
+            raise ConfigError(f"model.position.kind: '{m.position.kind}' predicts its rotation from the hidden state, "
+                              "which cross-attention cannot do (its keys come from the audio); set "
+                              f"{where}.cross_attention: false, or choose a kind without input-conditioned rotations")
     return ns
 
 

@@ -247,6 +247,13 @@ class EchoModel(nn.Module):
     def encode(self, features: torch.Tensor) -> torch.Tensor:
         return self.encoder(features)
 
+    def fast_decoder(self, memory: torch.Tensor, *, capacity: int):
+        """The lean greedy-decoding path over ``memory`` (archlab.models.echo_fastdecode), or
+        None where this model's parts need the generic one."""
+        from archlab.models.echo_fastdecode import EchoFastDecoder
+
+        return EchoFastDecoder.build(self, memory, capacity=capacity)
+
     def decode(self, ids: torch.Tensor, memory: torch.Tensor, cache: EchoCache | None = None) -> torch.Tensor:
         return self.decoder(ids, memory, cache=cache)
 
@@ -298,16 +305,22 @@ def from_config(model_cfg: Any) -> EchoModel:
 
 @torch.no_grad()
 def greedy_decode(model: nn.Module, features: torch.Tensor, prompt: torch.Tensor, *, max_new_tokens: int,
-                  eos_token_id: int | None = None, use_cache: bool = True) -> torch.Tensor:
+                  eos_token_id: int | None = None, use_cache: bool = True, fast: bool = True) -> torch.Tensor:
     """Greedy transcription: ``prompt`` (B, P) start tokens continued by argmax until every row
     has produced ``eos_token_id`` (rows that finished repeat it) or ``max_new_tokens``. ``model``
     speaks the recogniser protocol: ``encode(features)``, ``init_cache()``, ``decode(ids,
-    memory, cache)`` -> logits (EchoModel; the Whisper baseline of archlab.models.whisper)."""
+    memory, cache)`` -> logits (EchoModel; the Whisper baseline of archlab.models.whisper).
+    With the cache and ``fast``, a model's ``fast_decoder(memory, capacity=)`` is used when it
+    offers one that accepts its parts (EchoModel: archlab.models.echo_fastdecode)."""
     was = model.training
     model.eval()
     try:
         memory = model.encode(features)
         ids, done = prompt, torch.zeros(prompt.shape[0], dtype=torch.bool, device=prompt.device)
+        build = getattr(model, "fast_decoder", None) if use_cache and fast else None
+        fd = build(memory, capacity=prompt.shape[1] + max(max_new_tokens - 1, 0)) if build is not None else None
+        if fd is not None:
+            return _greedy_fast(fd, prompt, max_new_tokens=max_new_tokens, eos_token_id=eos_token_id)
         cache = model.init_cache() if use_cache else None
         step_in = ids
         for _ in range(max_new_tokens):
@@ -323,3 +336,20 @@ def greedy_decode(model: nn.Module, features: torch.Tensor, prompt: torch.Tensor
         return ids
     finally:
         model.train(was)
+
+
+def _greedy_fast(fd: Any, prompt: torch.Tensor, *, max_new_tokens: int, eos_token_id: int | None) -> torch.Tensor:
+    """greedy_decode's loop on a fast decoder (one ``step(tokens)`` per position)."""
+    ids, done = prompt, torch.zeros(prompt.shape[0], dtype=torch.bool, device=prompt.device)
+    for t in range(prompt.shape[1]):
+        logits = fd.step(prompt[:, t])
+    for i in range(max_new_tokens):
+        nxt = logits.argmax(-1)
+        if eos_token_id is not None:
+            nxt = torch.where(done, torch.full_like(nxt, eos_token_id), nxt)
+            done |= nxt == eos_token_id
+        ids = torch.cat([ids, nxt[:, None]], dim=1)
+        if (eos_token_id is not None and bool(done.all())) or i == max_new_tokens - 1:
+            break
+        logits = fd.step(nxt)
+    return ids

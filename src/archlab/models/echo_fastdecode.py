@@ -1,0 +1,276 @@
+"""A lean greedy-decoding path for Echo's decoder: one token per row and step, few large ops.
+
+The arithmetic of :class:`~archlab.models.echo.EchoDecoder`'s cached forward, without its
+per-step bookkeeping (the LM's version and its reasons: :mod:`archlab.models.fastdecode`,
+whose helpers this uses):
+
+* self-attention per layer: norm → one product for q, k, v → the rotation as one complex
+  multiply on q and on the new key, written straight into a preallocated key buffer → fused
+  SDPA over the valid prefix, with an additive bias (the clipped relative bias of
+  ``max_rel_dist``) read as a row of a table built once → one ``addmm`` into the residual;
+* cross-attention: the memory's keys and values computed once per utterance batch (rotated at
+  the frame positions when ``cross_attention`` is set, by the scheme's own ``rotate``), the
+  query rotated at the token's position, the bias row read from a table built once;
+* **rotations before RoPE folded into the projections.** At inference a Givens product (or an
+  orthogonal matrix) M is a fixed (D, D) matrix per head group and acts as q ↦ q·M before
+  RoPE, on q and k alike; (h·W)·M = h·(W·M), so the q and k columns of the projection are
+  multiplied by M once per call, and the step does plain RoPE. The same fold applies to the
+  cross-attention's query; its keys are rotated by the scheme itself.
+
+Which decoders qualify is decided structurally (:meth:`EchoFastDecoder.build` returns ``None``
+otherwise and :func:`~archlab.models.echo.greedy_decode` takes the generic path): the
+rotation must be RoPE with one table for every head (a multi-scale or query-phase RoPE is
+generic), optionally preceded by a fixed matrix (``givens_rope``, ``orthogonal_rope``); biases
+must depend on positions only; no scheme may need the scores (CoPE) or the hidden state
+(conditional rotations); mixers must be plain attention with pre-norm and no dropout. The
+rotation and the fold are checked once per call against the scheme's own ``rotate`` on a
+probe. Equivalence with the generic path, token for token and logit for logit, is tested in
+float64 (tests/test_echo_fastdecode.py).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from archlab.models.fastdecode import _addmm, _mm, _norm_fn, _out_buffer, _pairing, _permute_heads, _split, _t
+from archlab.nn.ffn import GeluMLP, SwiGLU
+from archlab.nn.mixers.attention import Attention
+from archlab.nn.positional.rope import RotaryEmbedding
+from archlab.nn.positional.rotations import RotatedRotary
+from archlab.nn.positional.stack import PositionStack
+from archlab.nn.residual import PreNorm
+
+
+def _parts(pos: nn.Module) -> list[nn.Module]:
+    return list(pos.parts) if isinstance(pos, PositionStack) else [pos]
+
+
+def _rotary(pos: nn.Module) -> tuple[RotaryEmbedding | None, bool]:
+    """(the rotating part or None, whether this path reproduces the scheme)."""
+    if pos.needs_scores or pos.uses_input or pos.attend is not None or pos.uses_embed:
+        return None, False
+    rot = [p for p in _parts(pos) if p.uses_rotate]
+    if not rot:
+        return None, True
+    if len(rot) > 1 or not isinstance(rot[0], RotaryEmbedding):
+        return None, False
+    r = rot[0]
+    if type(r) not in (RotaryEmbedding, RotatedRotary) or getattr(r, "groups", 1) != 1 or r.phase is not None:
+        return None, False
+    return r, True
+
+
+def _matrix(r: RotaryEmbedding) -> torch.Tensor | None:
+    """The (G, D, D) matrix a RotatedRotary applies before RoPE (None for plain RoPE)."""
+    return r.rotation().detach() if isinstance(r, RotatedRotary) else None
+
+
+def _fold(w: torch.Tensor, M: torch.Tensor, start: int, heads: int, D: int) -> None:
+    """w (in, out): the columns of ``heads`` heads from ``start`` multiplied by M (head h by
+    M[h // (heads / G)]), in place."""
+    block = w[:, start:start + heads * D].unflatten(-1, (heads, D))  # (in, heads, D)
+    G = M.shape[0]
+    group = torch.arange(heads, device=w.device) // (heads // G)
+    block.copy_(torch.einsum("ihd,hde->ihe", block, M.to(w.dtype)[group]))
+
+
+def _table(r: RotaryEmbedding, capacity: int, D: int, dtype, device) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """(complex multipliers (capacity, D/2) over paired channels, the pairing permutation)."""
+    if D % 2 or dtype not in (torch.float32, torch.float64):
+        return None
+    cos, sin = r.cos_sin(torch.arange(capacity, device=device), dtype)
+    cos, sin = cos.reshape(capacity, -1), sin.reshape(capacity, -1)
+    half = cos.shape[-1]
+    if 2 * half > D:
+        return None
+    re = torch.ones(capacity, D // 2, dtype=dtype, device=device)
+    im = torch.zeros_like(re)
+    re[:, :half], im[:, :half] = cos, sin
+    return torch.complex(re, im), _pairing(D, half).to(device)
+
+
+def _check(r: RotaryEmbedding, table, perm, M, H: int, D: int, capacity: int, dtype, device) -> bool:
+    """The fold + table rotation of a random probe equals the scheme's own ``rotate``."""
+    g = torch.Generator(device="cpu").manual_seed(0)
+    probe = torch.randn(1, 2 * H, 3, D, generator=g, dtype=torch.float64).to(device, dtype)
+    at = torch.tensor([0, 1, capacity - 1], device=device)
+    ref_q, ref_k = r.rotate(probe[:, :H], probe[:, H:], at, at)
+    x = probe
+    if M is not None:
+        G = M.shape[0]
+        group = torch.arange(H, device=device) // (H // G)
+        Mh = M.to(dtype)[group]  # (H, D, D)
+        x = torch.cat([torch.einsum("bhtd,hde->bhte", probe[:, :H], Mh),
+                       torch.einsum("bhtd,hde->bhte", probe[:, H:], Mh)], dim=1)
+    paired = torch.view_as_complex(x[..., perm].unflatten(-1, (-1, 2)).contiguous())
+    ours = torch.view_as_real(paired * table[at]).flatten(-2)[..., torch.argsort(perm)]
+    tol = 1e-9 if dtype == torch.float64 else 1e-4
+    return bool(torch.allclose(ours[:, :H], ref_q, atol=tol) and torch.allclose(ours[:, H:], ref_k, atol=tol))
+
+
+def _bias_table(pos: nn.Module, q_len: int, k_len: int, H: int, D: int, dtype, device) -> torch.Tensor | None:
+    """The scheme's additive bias for every (query, key) position pair, (…, H, q_len, k_len)."""
+    if not pos.uses_bias:
+        return None
+    q = torch.zeros(1, H, q_len, D, dtype=dtype, device=device)
+    k = torch.zeros(1, H, k_len, D, dtype=dtype, device=device)
+    b = pos.bias(q, k, torch.arange(q_len, device=device), torch.arange(k_len, device=device))
+    return None if b is None else b.to(dtype)
+
+
+class _Layer:
+    __slots__ = ("norm1", "norm_x", "norm2", "wqkv", "wo", "rot", "bias", "k", "v", "kc", "qkv_out", "q", "q_c",
+                 "k_new", "k_new_c", "v_new", "wq_x", "wo_x", "rot_x", "bias_x", "xk", "xv", "xq_out", "xq",
+                 "xq_c", "act", "hidden", "w_up", "b_up", "w_down", "b_down")
+
+
+class EchoFastDecoder:
+    """Decoding state and (in, out)-layout weights of one EchoModel's decoder over one memory."""
+
+    @classmethod
+    @torch.no_grad()
+    def build(cls, model: nn.Module, memory: torch.Tensor, *, capacity: int,
+              parts: int | None = None) -> EchoFastDecoder | None:
+        dec = model.decoder
+        if model.training or type(dec.embed) is not nn.Embedding or capacity > dec.n_ctx:
+            return None
+        B, S, _ = memory.shape
+        dtype, device = memory.dtype, memory.device
+        self = cls()
+        self.dec, self.B, self.capacity, self.dtype = dec, B, capacity, dtype
+        self.final_norm = _norm_fn(dec.norm)
+        if self.final_norm is None:
+            return None
+        self.layers: list[_Layer] = []
+        self_pos = torch.arange(capacity, device=device)
+        for block in dec.blocks:
+            attn, cross, ffn = block.mixer, block.cross, block.ffn
+            if type(attn) is not Attention or type(block.residual) is not PreNorm or not attn.causal \
+                    or not isinstance(block.drop, nn.Identity) or attn.kv_heads != attn.heads \
+                    or cross.kv_heads != cross.heads or attn.head_dim != cross.head_dim:
+                return None
+            H, D = attn.heads, attn.head_dim
+            L = _Layer()
+            L.norm1, L.norm_x, L.norm2 = _norm_fn(block.norm1), _norm_fn(block.norm_cross), _norm_fn(block.norm2)
+            if None in (L.norm1, L.norm_x, L.norm2) or any(m.bias is not None for m in
+                                                           (attn.qkv, attn.out, cross.q, cross.out)):
+                return None
+            # self-attention: rotation (folded matrix + RoPE table) and bias table
+            r, ok = _rotary(attn.position)
+            if not ok:
+                return None
+            L.wqkv, L.wo = _t(attn.qkv.weight), _t(attn.out.weight)
+            L.rot = None
+            if r is not None:
+                spec = _table(r, capacity, D, dtype, device)
+                M = _matrix(r)
+                if spec is None or not _check(r, *spec, M, H, D, capacity, dtype, device):
+                    return None
+                if M is not None:  # the q heads, then the k heads (each head h by its group's matrix)
+                    _fold(L.wqkv, M, 0, H, D)
+                    _fold(L.wqkv, M, H * D, H, D)
+                _permute_heads(L.wqkv, spec[1], 0, 2 * H)
+                L.rot = spec
+            L.bias = _bias_table(attn.position, capacity, capacity, H, D, dtype, device)
+            L.k = torch.empty(B, H, capacity, D, dtype=dtype, device=device)
+            L.v = torch.empty_like(L.k)
+            L.kc = torch.view_as_complex(L.k.unflatten(-1, (-1, 2))) if L.rot is not None else None
+            # cross-attention: the memory's keys/values once (rotated by the scheme itself)
+            rx, ok = _rotary(cross.position)
+            if not ok:
+                return None
+            k, v = cross.memory_kv(memory)
+            L.wq_x, L.wo_x = _t(cross.q.weight), _t(cross.out.weight)
+            L.rot_x = None
+            if rx is not None:
+                cap_x = max(capacity, S)
+                spec = _table(rx, cap_x, D, dtype, device)
+                M = _matrix(rx)
+                if spec is None or not _check(rx, *spec, M, H, D, cap_x, dtype, device):
+                    return None
+                _, k = cross.position.rotate(torch.zeros_like(k[:, :, :1]), k, self_pos[:1],
+                                             torch.arange(S, device=device))
+                k = k[..., spec[1]]
+                if M is not None:
+                    _fold(L.wq_x, M, 0, H, D)
+                _permute_heads(L.wq_x, spec[1], 0, H)
+                L.rot_x = spec
+            L.xk, L.xv = k.contiguous(), v.contiguous()
+            L.bias_x = _bias_table(cross.position, capacity, S, H, D, dtype, device)
+            if type(ffn) is SwiGLU:
+                L.act, L.hidden = "swiglu", ffn.hidden
+            elif type(ffn) is GeluMLP:
+                L.act, L.hidden = "gelu", None
+            else:
+                return None
+            if not isinstance(ffn.dropout, nn.Identity):
+                return None
+            L.w_up, L.b_up = _t(ffn.up.weight), ffn.up.bias
+            L.w_down, L.b_down = _t(ffn.down.weight), ffn.down.bias
+            self.layers.append(L)
+        self.H, self.D = dec.blocks[0].mixer.heads, dec.blocks[0].mixer.head_dim
+        if any((b.mixer.heads, b.mixer.head_dim) != (self.H, self.D) for b in dec.blocks):
+            return None
+        self.head = _t(dec.embed.weight)
+        if parts is None:
+            parts = torch.get_num_threads() if device.type == "cpu" else 1
+        if B != 1:
+            parts = 1
+        for L in self.layers:
+            L.wqkv, L.wo, L.wq_x, L.wo_x, L.w_up, L.w_down = (
+                _split(w, parts) for w in (L.wqkv, L.wo, L.wq_x, L.wo_x, L.w_up, L.w_down))
+        self.head = _split(self.head, parts)
+        H, D, HD = self.H, self.D, self.H * self.D
+        for L in self.layers:
+            L.qkv_out, qkv = _out_buffer(L.wqkv, B)
+            L.q = qkv[:, :HD].view(B, H, 1, D)
+            L.k_new = qkv[:, HD:2 * HD].view(B, H, D)
+            L.v_new = qkv[:, 2 * HD:].view(B, H, D)
+            L.xq_out, xq = _out_buffer(L.wq_x, B)
+            L.xq = xq.view(B, H, 1, D)
+            if L.rot is not None:
+                L.q_c = torch.view_as_complex(qkv[:, :HD].view(B, H, D // 2, 2))
+                L.k_new_c = torch.view_as_complex(qkv[:, HD:2 * HD].view(B, H, D // 2, 2))
+            if L.rot_x is not None:
+                L.xq_c = torch.view_as_complex(xq.view(B, H, D // 2, 2))
+        self.positions = torch.arange(capacity, device=device)
+        self.length = 0
+        return self
+
+    @torch.no_grad()
+    def step(self, tok: torch.Tensor) -> torch.Tensor:
+        """Feed one token per row (B,) at the next position; returns logits (B, V)."""
+        p = self.length
+        if p >= self.capacity:
+            raise ValueError(f"fast decoder is full ({self.capacity} positions)")
+        dec, B, H, D = self.dec, self.B, self.H, self.D
+        x = torch.embedding(dec.embed.weight, tok)
+        if dec.position is not None:
+            x = dec.position.embed(x[:, None], self.positions[p:p + 1])[:, 0]
+        n = p + 1
+        for L in self.layers:
+            _mm(L.norm1(x), L.wqkv, out=L.qkv_out)
+            if L.rot is not None:
+                t = L.rot[0][p]
+                L.q_c.mul_(t)
+                torch.mul(L.k_new_c, t, out=L.kc.select(2, p))
+            else:
+                L.k.select(2, p).copy_(L.k_new)
+            L.v.select(2, p).copy_(L.v_new)
+            mask = None if L.bias is None else L.bias[..., p:p + 1, :n]
+            y = F.scaled_dot_product_attention(L.q, L.k[:, :, :n], L.v[:, :, :n], attn_mask=mask)
+            x = _addmm(x, y.view(B, H * D), L.wo).view(B, -1)
+            _mm(L.norm_x(x), L.wq_x, out=L.xq_out)
+            if L.rot_x is not None:
+                L.xq_c.mul_(L.rot_x[0][p])
+            mask = None if L.bias_x is None else L.bias_x[..., p:p + 1, :]
+            y = F.scaled_dot_product_attention(L.xq, L.xk, L.xv, attn_mask=mask)
+            x = _addmm(x, y.view(B, H * D), L.wo_x).view(B, -1)
+            h = L.norm2(x)
+            u = (_mm(h, L.w_up) if L.b_up is None else _addmm(L.b_up, h, L.w_up)).view(B, -1)
+            u = F.silu(u[:, :L.hidden]) * u[:, L.hidden:] if L.act == "swiglu" else F.gelu(u)
+            x = (_addmm(x, u, L.w_down) if L.b_down is None else _addmm(x + L.b_down, u, L.w_down)).view(B, -1)
+        self.length = n
+        return _mm(self.final_norm(x), self.head).view(B, -1)
