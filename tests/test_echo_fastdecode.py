@@ -98,3 +98,17 @@ def test_a_wrong_fold_would_be_caught():
     finally:
         fdm._fold = saved
     assert not torch.allclose(ours, ref, atol=1e-6)
+
+
+def test_echo_bench_runs_and_writes_ratios(tmp_path, capsys):
+    import json
+
+    from archlab.bench.echo import main
+
+    out = tmp_path / "echo.json"
+    assert main(["--dim", "32", "--layers", "1", "--heads", "2", "--mels", "8", "--audio-ctx", "20", "--text-ctx", "16",
+                 "--vocab", "40", "--batch", "2", "--new-tokens", "4", "--rounds", "1", "--out", str(out)]) == 0
+    res = json.loads(out.read_text())
+    assert set(res["decode_speedup_vs_whisper"]) == {"echo", "echo_rope", "echo_own", "echo_rope_own"}
+    assert all(v > 0 for v in res["train_speedup_vs_whisper"].values())
+    assert "greedy decode" in capsys.readouterr().out

@@ -13,7 +13,8 @@ feed-forward width, mel bins, audio context and vocabulary; ``echo`` is Echo's d
   teacher-forced labels; the headline is Whisper's step time over each Echo's (> 1: Echo faster),
   the median of the per-round ratios of the interleaved rounds.
 * **decode**: batch 1, greedy, a fixed number of new tokens after the start token, each model
-  through its own ``generate`` (Echo: also archlab's own ``greedy_decode``); the same ratio.
+  through its own ``generate``, and each Echo also through archlab's ``greedy_decode``
+  (``<name>_own``: the lean path of archlab.models.echo_fastdecode); the same ratio.
 """
 
 from __future__ import annotations
@@ -134,7 +135,9 @@ def main(argv: list[str] | None = None, mode: str = "echo") -> int:
         decode(name)()
     train = interleaved({n: train_step(n) for n in models}, rounds=a.rounds)
     dec_runs = {n: decode(n) for n in models}
-    dec_runs["echo_own"] = decode("echo", own=True)
+    own = [f"{n}_own" for n in RECIPES]  # archlab's greedy_decode (its lean path where the parts allow)
+    for n in RECIPES:
+        dec_runs[f"{n}_own"] = decode(n, own=True)
     dec = interleaved(dec_runs, rounds=a.rounds)
     out = {
         "shape": {**shape, "batch": a.batch, "frames": 2 * a.audio_ctx, "new_tokens": a.new_tokens},
@@ -142,7 +145,7 @@ def main(argv: list[str] | None = None, mode: str = "echo") -> int:
         "train_step_s": {n: r["median"] for n, r in train["results"].items()},
         "decode_s": {n: r["median"] for n, r in dec["results"].items()},
         "train_speedup_vs_whisper": {n: paired_ratio(train, "whisper", n) for n in RECIPES},
-        "decode_speedup_vs_whisper": {n: paired_ratio(dec, "whisper", n) for n in (*RECIPES, "echo_own")},
+        "decode_speedup_vs_whisper": {n: paired_ratio(dec, "whisper", n) for n in (*RECIPES, *own)},
         "environment": benchmark_environment(),
         "rounds": a.rounds,
     }
@@ -150,7 +153,7 @@ def main(argv: list[str] | None = None, mode: str = "echo") -> int:
     for n in RECIPES:
         print(f"train step: whisper / {n} = {out['train_speedup_vs_whisper'][n]:.2f}x  "
               f"({out['train_step_s']['whisper']:.3f} s vs {out['train_step_s'][n]:.3f} s)")
-    for n in (*RECIPES, "echo_own"):
+    for n in (*RECIPES, *own):
         print(f"greedy decode (batch 1, {a.new_tokens} tokens): whisper / {n} = "
               f"{out['decode_speedup_vs_whisper'][n]:.2f}x  ({out['decode_s']['whisper']:.3f} s vs {out['decode_s'][n]:.3f} s)")
     if a.out:
