@@ -280,3 +280,18 @@ def test_compare_on_speech_echo_against_whisper(cache, tmp_path):
     p.write_text(bad)
     with pytest.raises(ConfigError, match="eval.seq_lens: not used by a speech experiment"):
         load_experiment(p)
+
+
+def test_the_shipped_speech_config_and_experiment_load():
+    from pathlib import Path
+
+    from archlab.lab.experiment import load_experiment
+    from archlab.models.counting import count_parameters
+
+    root = Path(__file__).resolve().parents[1]
+    cfg = load_config(root / "configs" / "echo_tiny.yaml", [])
+    assert objective_for(cfg).kind == "speech" and cfg.model.family == "echo" and cfg.train.seconds == 1700
+    assert count_parameters(build_model(cfg.model)) == 1_471_384  # the model of docs/results/echo_tiny
+    exp = load_experiment(root / "experiments" / "echo_vs_whisper.yaml")
+    assert exp.metric == "wer" and exp.baseline == "whisper" and len(exp.seeds) >= 3
+    assert {c.model.family for c in exp.variants.values()} == {"echo", "whisper"}
