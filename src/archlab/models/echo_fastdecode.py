@@ -34,8 +34,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from archlab.models.fastdecode import _addmm, _mm, _norm_fn, _out_buffer, _pairing, _permute_heads, _split, _t
-from archlab.nn.ffn import GeluMLP, SwiGLU
+from archlab.models.fastdecode import (_addmm, _mm, _norm_fn, _out_buffer, _pairing, _permute_heads, _split, _t,
+                                       ffn_step, ffn_weights)
 from archlab.nn.mixers.attention import Attention
 from archlab.nn.positional.rope import RotaryEmbedding
 from archlab.nn.positional.rotations import RotatedRotary
@@ -199,16 +199,10 @@ class EchoFastDecoder:
                 L.rot_x = spec
             L.xk, L.xv = k.contiguous(), v.contiguous()
             L.bias_x = _bias_table(cross.position, capacity, S, H, D, dtype, device)
-            if type(ffn) is SwiGLU:
-                L.act, L.hidden = "swiglu", ffn.hidden
-            elif type(ffn) is GeluMLP:
-                L.act, L.hidden = "gelu", None
-            else:
+            plan = ffn_weights(ffn)
+            if plan is None:
                 return None
-            if not isinstance(ffn.dropout, nn.Identity):
-                return None
-            L.w_up, L.b_up = _t(ffn.up.weight), ffn.up.bias
-            L.w_down, L.b_down = _t(ffn.down.weight), ffn.down.bias
+            L.act, L.hidden, L.w_up, L.b_up, L.w_down, L.b_down = plan
             self.layers.append(L)
         self.H, self.D = dec.blocks[0].mixer.heads, dec.blocks[0].mixer.head_dim
         if any((b.mixer.heads, b.mixer.head_dim) != (self.H, self.D) for b in dec.blocks):
@@ -268,9 +262,6 @@ class EchoFastDecoder:
             mask = None if L.bias_x is None else L.bias_x[..., p:p + 1, :]
             y = F.scaled_dot_product_attention(L.xq, L.xk, L.xv, attn_mask=mask)
             x = _addmm(x, y.view(B, H * D), L.wo_x).view(B, -1)
-            h = L.norm2(x)
-            u = (_mm(h, L.w_up) if L.b_up is None else _addmm(L.b_up, h, L.w_up)).view(B, -1)
-            u = F.silu(u[:, :L.hidden]) * u[:, L.hidden:] if L.act == "swiglu" else F.gelu(u)
-            x = (_addmm(x, u, L.w_down) if L.b_down is None else _addmm(x + L.b_down, u, L.w_down)).view(B, -1)
+            x = ffn_step(x, L)
         self.length = n
         return _mm(self.final_norm(x), self.head).view(B, -1)

@@ -105,6 +105,29 @@ def _out_buffer(w: torch.Tensor, rows: int) -> tuple[torch.Tensor, torch.Tensor]
     return (flat.view(w.shape[0], rows, -1) if w.dim() == 3 else flat.view(rows, n)), flat.view(rows, n)
 
 
+def ffn_weights(ffn: nn.Module) -> tuple | None:
+    """(activation, SwiGLU hidden width, up (in, out), up bias, down (in, out), down bias) of a
+    GELU or SwiGLU feed-forward without dropout; None for any other (generic path)."""
+    if type(ffn) is SwiGLU:
+        act, hidden = "swiglu", ffn.hidden
+    elif type(ffn) is GeluMLP:
+        act, hidden = "gelu", None
+    else:
+        return None
+    if not isinstance(ffn.dropout, nn.Identity):
+        return None
+    return act, hidden, _t(ffn.up.weight), ffn.up.bias, _t(ffn.down.weight), ffn.down.bias
+
+
+def ffn_step(x: torch.Tensor, L: object) -> torch.Tensor:
+    """x + FFN(norm2(x)) for one row per batch entry, on a layer holding :func:`ffn_weights`."""
+    B = x.shape[0]
+    h = L.norm2(x)
+    u = (_mm(h, L.w_up) if L.b_up is None else _addmm(L.b_up, h, L.w_up)).view(B, -1)
+    u = F.silu(u[:, :L.hidden]) * u[:, L.hidden:] if L.act == "swiglu" else F.gelu(u)
+    return (_addmm(x, u, L.w_down) if L.b_down is None else _addmm(x + L.b_down, u, L.w_down)).view(B, -1)
+
+
 def _pairing(head_dim: int, half: int) -> torch.Tensor:
     """The channel order that puts each rotate-half pair (c, c + half), c < half, side by side
     at (2c, 2c + 1); channels past the rotary width keep their places."""
@@ -212,16 +235,10 @@ class FastDecoder:
                 return None
             L.wqkv, L.bqkv = _t(attn.qkv.weight), attn.qkv.bias
             L.wo, L.bo = _t(attn.out.weight), attn.out.bias
-            if type(ffn) is SwiGLU:
-                L.act, L.hidden = "swiglu", ffn.hidden
-            elif type(ffn) is GeluMLP:
-                L.act, L.hidden = "gelu", None
-            else:
+            plan = ffn_weights(ffn)
+            if plan is None:
                 return None
-            if not isinstance(ffn.dropout, nn.Identity):
-                return None
-            L.w_up, L.b_up = _t(ffn.up.weight), ffn.up.bias
-            L.w_down, L.b_down = _t(ffn.down.weight), ffn.down.bias
+            L.act, L.hidden, L.w_up, L.b_up, L.w_down, L.b_down = plan
             L.rotary = tables.get(id(pos))
             # K and V of this layer for every position: (B, Hk, capacity, D), written in place.
             L.k = torch.empty(batch, attn.kv_heads, capacity, attn.head_dim, dtype=dtype, device=device)
@@ -362,12 +379,6 @@ class FastDecoder:
             y = F.scaled_dot_product_attention(L.q, k, v, attn_mask=mask, enable_gqa=self.gqa)
             y = y.view(B, H * D)
             x = (_addmm(x, y, L.wo) if L.bo is None else _addmm(x + L.bo, y, L.wo)).view(B, -1)
-            h = L.norm2(x)
-            u = (_mm(h, L.w_up) if L.b_up is None else _addmm(L.b_up, h, L.w_up)).view(B, -1)
-            if L.act == "swiglu":
-                u = F.silu(u[:, :L.hidden]) * u[:, L.hidden:]
-            else:
-                u = F.gelu(u)
-            x = (_addmm(x, u, L.w_down) if L.b_down is None else _addmm(x + L.b_down, u, L.w_down)).view(B, -1)
+            x = ffn_step(x, L)
         self.length = n
         return _mm(self.final_norm(x), self.head).view(B, -1)

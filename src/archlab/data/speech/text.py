@@ -55,9 +55,11 @@ class CharTokenizer:
 
     def save(self, directory: str | Path) -> Path:
         """``directory/tokenizer.json``, written atomically."""
-        from archlab.data.tokenizer import _write_tokenizer_file
+        from archlab.atomic import write_text_atomic
 
-        return _write_tokenizer_file(directory, json.dumps({"kind": "chars", "alphabet": self.alphabet}) + "\n")
+        d = Path(directory)
+        d.mkdir(parents=True, exist_ok=True)
+        return write_text_atomic(d / "tokenizer.json", json.dumps({"kind": "chars", "alphabet": self.alphabet}) + "\n")
 
     @classmethod
     def from_spec(cls, spec: dict, path: Path) -> "CharTokenizer":
