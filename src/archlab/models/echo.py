@@ -241,6 +241,11 @@ class EchoModel(nn.Module):
     def token_embedding(self) -> nn.Embedding:
         return self.decoder.embed
 
+    @property
+    def n_text_ctx(self) -> int:
+        """Decoder positions (start token included)."""
+        return self.decoder.n_ctx
+
     def init_cache(self) -> EchoCache:
         return self.decoder.init_cache()
 
@@ -304,18 +309,21 @@ def from_config(model_cfg: Any) -> EchoModel:
 
 
 @torch.no_grad()
-def greedy_decode(model: nn.Module, features: torch.Tensor, prompt: torch.Tensor, *, max_new_tokens: int,
-                  eos_token_id: int | None = None, use_cache: bool = True, fast: bool = True) -> torch.Tensor:
+def greedy_decode(model: nn.Module, features: torch.Tensor | None, prompt: torch.Tensor, *, max_new_tokens: int,
+                  eos_token_id: int | None = None, use_cache: bool = True, fast: bool = True,
+                  memory: torch.Tensor | None = None) -> torch.Tensor:
     """Greedy transcription: ``prompt`` (B, P) start tokens continued by argmax until every row
     has produced ``eos_token_id`` (rows that finished repeat it) or ``max_new_tokens``. ``model``
     speaks the recogniser protocol: ``encode(features)``, ``init_cache()``, ``decode(ids,
     memory, cache)`` -> logits (EchoModel; the Whisper baseline of archlab.models.whisper).
     With the cache and ``fast``, a model's ``fast_decoder(memory, capacity=)`` is used when it
-    offers one that accepts its parts (EchoModel: archlab.models.echo_fastdecode)."""
+    offers one that accepts its parts (EchoModel: archlab.models.echo_fastdecode). ``memory``:
+    the encoder's output when the caller has it already (``features`` is then not read)."""
     was = model.training
     model.eval()
     try:
-        memory = model.encode(features)
+        if memory is None:
+            memory = model.encode(features)
         ids, done = prompt, torch.zeros(prompt.shape[0], dtype=torch.bool, device=prompt.device)
         build = getattr(model, "fast_decoder", None) if use_cache and fast else None
         fd = build(memory, capacity=prompt.shape[1] + max(max_new_tokens - 1, 0)) if build is not None else None

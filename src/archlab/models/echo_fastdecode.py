@@ -34,8 +34,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from archlab.models.fastdecode import (_addmm, _mm, _norm_fn, _out_buffer, _pairing, _permute_heads, _split, _t,
-                                       ffn_step, ffn_weights)
+from archlab.models.fastdecode import (_addmm, _mm, _norm_fn, _out_buffer, _permute_heads, _split, _t, apply_groups,
+                                       ffn_step, ffn_weights, rope_table, rotation_matches)
 from archlab.nn.mixers.attention import Attention
 from archlab.nn.positional.rope import RotaryEmbedding
 from archlab.nn.positional.rotations import RotatedRotary
@@ -71,43 +71,7 @@ def _fold(w: torch.Tensor, M: torch.Tensor, start: int, heads: int, D: int) -> N
     """w (in, out): the columns of ``heads`` heads from ``start`` multiplied by M (head h by
     M[h // (heads / G)]), in place."""
     block = w[:, start:start + heads * D].unflatten(-1, (heads, D))  # (in, heads, D)
-    G = M.shape[0]
-    group = torch.arange(heads, device=w.device) // (heads // G)
-    block.copy_(torch.einsum("ihd,hde->ihe", block, M.to(w.dtype)[group]))
-
-
-def _table(r: RotaryEmbedding, capacity: int, D: int, dtype, device) -> tuple[torch.Tensor, torch.Tensor] | None:
-    """(complex multipliers (capacity, D/2) over paired channels, the pairing permutation)."""
-    if D % 2 or dtype not in (torch.float32, torch.float64):
-        return None
-    cos, sin = r.cos_sin(torch.arange(capacity, device=device), dtype)
-    cos, sin = cos.reshape(capacity, -1), sin.reshape(capacity, -1)
-    half = cos.shape[-1]
-    if 2 * half > D:
-        return None
-    re = torch.ones(capacity, D // 2, dtype=dtype, device=device)
-    im = torch.zeros_like(re)
-    re[:, :half], im[:, :half] = cos, sin
-    return torch.complex(re, im), _pairing(D, half).to(device)
-
-
-def _check(r: RotaryEmbedding, table, perm, M, H: int, D: int, capacity: int, dtype, device) -> bool:
-    """The fold + table rotation of a random probe equals the scheme's own ``rotate``."""
-    g = torch.Generator(device="cpu").manual_seed(0)
-    probe = torch.randn(1, 2 * H, 3, D, generator=g, dtype=torch.float64).to(device, dtype)
-    at = torch.tensor([0, 1, capacity - 1], device=device)
-    ref_q, ref_k = r.rotate(probe[:, :H], probe[:, H:], at, at)
-    x = probe
-    if M is not None:
-        G = M.shape[0]
-        group = torch.arange(H, device=device) // (H // G)
-        Mh = M.to(dtype)[group]  # (H, D, D)
-        x = torch.cat([torch.einsum("bhtd,hde->bhte", probe[:, :H], Mh),
-                       torch.einsum("bhtd,hde->bhte", probe[:, H:], Mh)], dim=1)
-    paired = torch.view_as_complex(x[..., perm].unflatten(-1, (-1, 2)).contiguous())
-    ours = torch.view_as_real(paired * table[at]).flatten(-2)[..., torch.argsort(perm)]
-    tol = 1e-9 if dtype == torch.float64 else 1e-4
-    return bool(torch.allclose(ours[:, :H], ref_q, atol=tol) and torch.allclose(ours[:, H:], ref_k, atol=tol))
+    block.copy_(apply_groups(block.transpose(0, 1)[None], M)[0].transpose(0, 1))
 
 
 def _bias_table(pos: nn.Module, q_len: int, k_len: int, H: int, D: int, dtype, device) -> torch.Tensor | None:
@@ -164,9 +128,9 @@ class EchoFastDecoder:
             L.wqkv, L.wo = _t(attn.qkv.weight), _t(attn.out.weight)
             L.rot = None
             if r is not None:
-                spec = _table(r, capacity, D, dtype, device)
+                spec = rope_table(r, capacity, D, dtype, device)
                 M = _matrix(r)
-                if spec is None or not _check(r, *spec, M, H, D, capacity, dtype, device):
+                if spec is None or not rotation_matches(r, *spec, M, H, H, D, capacity, dtype, device):
                     return None
                 if M is not None:  # the q heads, then the k heads (each head h by its group's matrix)
                     _fold(L.wqkv, M, 0, H, D)
@@ -186,9 +150,9 @@ class EchoFastDecoder:
             L.rot_x = None
             if rx is not None:
                 cap_x = max(capacity, S)
-                spec = _table(rx, cap_x, D, dtype, device)
+                spec = rope_table(rx, cap_x, D, dtype, device)
                 M = _matrix(rx)
-                if spec is None or not _check(rx, *spec, M, H, D, cap_x, dtype, device):
+                if spec is None or not rotation_matches(rx, *spec, M, H, H, D, cap_x, dtype, device):
                     return None
                 _, k = cross.position.rotate(torch.zeros_like(k[:, :, :1]), k, self_pos[:1],
                                              torch.arange(S, device=device))

@@ -137,6 +137,51 @@ def _pairing(head_dim: int, half: int) -> torch.Tensor:
     return idx
 
 
+def rope_table(pos: RotaryEmbedding, capacity: int, head_dim: int, dtype: torch.dtype,
+               device: torch.device) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """(table, perm): the rotation at every position as complex multipliers (capacity, D/2)
+    over paired channels (``cos + i·sin`` for rotary pairs, 1 past the rotary width), from the
+    scheme's own cos/sin, and the pairing permutation; None where a complex multiply cannot
+    reproduce it (bfloat16, odd widths)."""
+    if head_dim % 2 or dtype not in (torch.float32, torch.float64):
+        return None  # complex multiply needs a complex dtype: none for bfloat16 (generic path)
+    cos, sin = pos.cos_sin(torch.arange(capacity, device=device), dtype)
+    cos, sin = cos.reshape(capacity, -1), sin.reshape(capacity, -1)
+    half = cos.shape[-1]
+    if 2 * half > head_dim:
+        return None
+    re = torch.ones(capacity, head_dim // 2, dtype=dtype, device=device)
+    im = torch.zeros_like(re)
+    re[:, :half], im[:, :half] = cos, sin
+    return torch.complex(re, im), _pairing(head_dim, half).to(device)
+
+
+def apply_groups(x: torch.Tensor, M: torch.Tensor) -> torch.Tensor:
+    """x (B, N, T, D) · M per head, M (G, D, D): head h uses M[h // (N / G)]."""
+    N, G = x.shape[1], M.shape[0]
+    return torch.einsum("bhtd,hde->bhte", x, M.to(x.dtype)[torch.arange(N, device=x.device) // (N // G)])
+
+
+def rotation_matches(pos: nn.Module, table: torch.Tensor, perm: torch.Tensor, M: torch.Tensor | None, heads: int,
+                     kv_heads: int, head_dim: int, capacity: int, dtype: torch.dtype, device: torch.device) -> bool:
+    """Whether ``table`` (after the matrix M, when given) rotates a random probe of q and k at a
+    few positions exactly as the scheme's own ``rotate`` does: the fast paths never decode with
+    a stale copy of a formula (learnable phases, multi-scale bases, ...)."""
+    g = torch.Generator(device="cpu").manual_seed(0)
+    H = heads
+    probe = torch.randn(1, H + kv_heads, 3, head_dim, generator=g, dtype=torch.float64).to(device, dtype)
+    at = torch.tensor([0, 1, capacity - 1], device=device)
+    try:
+        ref_q, ref_k = pos.rotate(probe[:, :H], probe[:, H:], at, at)
+    except (RuntimeError, ValueError):  # a scheme whose rotate needs more than positions
+        return False
+    x = probe if M is None else torch.cat([apply_groups(probe[:, :H], M), apply_groups(probe[:, H:], M)], dim=1)
+    paired = torch.view_as_complex(x[..., perm].unflatten(-1, (-1, 2)).contiguous())
+    ours = torch.view_as_real(paired * table[at]).flatten(-2)[..., torch.argsort(perm)]
+    tol = 1e-9 if dtype == torch.float64 else 1e-4
+    return bool(torch.allclose(ours[:, :H], ref_q, atol=tol) and torch.allclose(ours[:, H:], ref_k, atol=tol))
+
+
 def _permute_heads(w: torch.Tensor, perm: torch.Tensor, start: int, heads: int) -> None:
     """Reorder, in place, the channels of ``heads`` heads of the last dim of ``w`` beginning at
     column ``start`` (each head's ``len(perm)`` channels by ``perm``)."""
@@ -284,40 +329,13 @@ class FastDecoder:
         return self
 
     def _rope_tables(self, pos: RotaryEmbedding, head_dim: int):
-        """(table, perm): the rotation at every position as complex multipliers (capacity,
-        D/2) over paired channels (``cos + i·sin`` for rotary pairs, 1 past the rotary width)
-        and the pairing permutation, built from the scheme's own cos/sin and verified against
-        ``pos.rotate`` on a random probe."""
-        if head_dim % 2 or self.dtype not in (torch.float32, torch.float64):
-            return None  # complex multiply needs a complex dtype: none for bfloat16 (generic path)
-        cos, sin = pos.cos_sin(self.positions_for_tables(), self.dtype)
-        cos, sin = cos.reshape(self.capacity, -1), sin.reshape(self.capacity, -1)
-        half = cos.shape[-1]
-        if 2 * half > head_dim:
+        """(table, perm) of :func:`rope_table`, verified by :func:`rotation_matches`."""
+        spec = rope_table(pos, self.capacity, head_dim, self.dtype, self.device)
+        mixer = self.model.blocks[0].mixer
+        if spec is None or not rotation_matches(pos, *spec, None, mixer.heads, mixer.kv_heads, head_dim,
+                                                self.capacity, self.dtype, self.device):
             return None
-        re = torch.ones(self.capacity, head_dim // 2, dtype=self.dtype, device=self.device)
-        im = torch.zeros_like(re)
-        re[:, :half], im[:, :half] = cos, sin
-        table = torch.complex(re, im)
-        perm = _pairing(head_dim, half).to(self.device)
-        # The probe: the scheme's own rotation of random q, k at a few positions must match.
-        g = torch.Generator(device="cpu").manual_seed(0)
-        H, Hk = self.model.blocks[0].mixer.heads, self.model.blocks[0].mixer.kv_heads
-        probe = torch.randn(1, H + Hk, 3, head_dim, generator=g, dtype=torch.float64).to(self.device, self.dtype)
-        at = torch.tensor([0, 1, self.capacity - 1], device=self.device)
-        try:
-            ref_q, ref_k = pos.rotate(probe[:, :H], probe[:, H:], at, at)
-        except (RuntimeError, ValueError):  # a scheme whose rotate needs more than positions
-            return None
-        paired = torch.view_as_complex(probe[..., perm].unflatten(-1, (-1, 2)).contiguous())
-        ours = torch.view_as_real(paired * table[at]).flatten(-2)[..., torch.argsort(perm)]
-        tol = 1e-9 if self.dtype == torch.float64 else 1e-4
-        if not (torch.allclose(ours[:, :H], ref_q, atol=tol) and torch.allclose(ours[:, H:], ref_k, atol=tol)):
-            return None
-        return table, perm
-
-    def positions_for_tables(self) -> torch.Tensor:
-        return torch.arange(self.capacity, device=self.device)
+        return spec
 
     # ------------------------------------------------------------------ decoding
 

@@ -65,6 +65,11 @@ class WhisperBaseline(nn.Module):
     def token_embedding(self) -> nn.Embedding:
         return self.hf.model.decoder.embed_tokens
 
+    @property
+    def n_text_ctx(self) -> int:
+        """Decoder positions (start token included)."""
+        return int(self.hf.config.max_target_positions)
+
     def encode(self, features: torch.Tensor) -> torch.Tensor:
         if features.dim() != 3 or tuple(features.shape[1:]) != (self.hf.config.num_mel_bins, self.n_frames):
             raise ValueError(f"input_features must be (batch, {self.hf.config.num_mel_bins} mel bins, "

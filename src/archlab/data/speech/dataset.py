@@ -82,18 +82,14 @@ def featurise(utterances: list[Utterance], *, n_mels: int, n_frames: int, where:
                              "model.family_options.n_audio_ctx (frames = 2 × n_audio_ctx) or drop the utterance")
         out[i] = log_mel_spectrogram(pad_or_trim(audio, n), n_mels).numpy().astype(np.float16)
     if cache is not None:
-        import os
-        import tempfile
+        from archlab.atomic import replace_atomically
+
+        def write(tmp: Path) -> None:
+            with open(tmp, "wb") as f:  # a file object: np.save would append ".npy" to a path
+                np.save(f, out)
 
         cache.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{cache.name}.", suffix=".npy", dir=cache.parent)
-        try:
-            with os.fdopen(fd, "wb") as f:
-                np.save(f, out)
-            os.replace(tmp, cache)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        replace_atomically(cache, write)
     return torch.from_numpy(out)
 
 

@@ -40,15 +40,20 @@ def _needs_speech_extra() -> None:
         raise ConfigError(f"data.corpus: 'speech' needs {' and '.join(missing)} (pip install -e '.[speech]')")
 
 
+def _speech_cache(cfg) -> Path:
+    """``<data.cache_dir or the default cache>/speech``: generated corpora and feature files."""
+    from archlab.data import default_cache_dir
+
+    root = Path(cfg.data.cache_dir).expanduser() if cfg.data.cache_dir is not None else default_cache_dir()
+    return root / "speech"
+
+
 def corpus_folder(cfg) -> Path:
     """Where the run's utterances are: ``data.speech.path``, or the generated corpus in the cache."""
     s = cfg.data.speech
     if s.path is not None:
         return Path(s.path).expanduser()
-    from archlab.data import default_cache_dir
-
-    root = Path(cfg.data.cache_dir).expanduser() if cfg.data.cache_dir is not None else default_cache_dir()
-    return root / "speech" / f"espeak-seed{s.seed}-{s.n_train}-{s.n_valid}-{s.n_test}"
+    return _speech_cache(cfg) / f"espeak-seed{s.seed}-{s.n_train}-{s.n_valid}-{s.n_test}"
 
 
 def _manifest(folder: Path, split: str) -> Path:
@@ -75,12 +80,7 @@ def load_splits(cfg, tokenizer: Any, splits: tuple[str, ...] = SPLITS) -> dict[s
             raise ConfigError(f"data.speech: {e}") from None
     elif not folder.is_dir():
         raise ConfigError(f"data.speech.path: {folder} is not a folder")
-    cache = corpus_folder(cfg).parent / "features" if s.path is None else None
-    if cache is None:
-        from archlab.data import default_cache_dir
-
-        root = Path(cfg.data.cache_dir).expanduser() if cfg.data.cache_dir is not None else default_cache_dir()
-        cache = root / "speech" / "features"
+    cache = _speech_cache(cfg) / "features"
     out = {}
     for split in splits:
         src = _manifest(folder, split)
@@ -122,7 +122,7 @@ def evaluate_speech(model: Any, split: Any, *, tokenizer: Any, batch_size: int, 
     n = len(split) if max_utterances is None else min(len(split), max_utterances)
     device = device or next(model.parameters()).device
     ctx = autocast or contextlib.nullcontext
-    limit = model_text_ctx(model)
+    limit = model.n_text_ctx
     new = max_new_tokens or (max(len(t) for t in split.tokens[:n]) + 10)
     new = min(new, limit - 1)
     was = model.training
@@ -139,12 +139,13 @@ def evaluate_speech(model: Any, split: Any, *, tokenizer: Any, batch_size: int, 
             feats, labels = split.batch(idx, ignore_index=IGNORE_INDEX)
             feats, labels = feats.to(device), labels.to(device)
             with ctx():
-                out = model(feats, targets=labels)
+                memory = model.encode(feats)  # once for the loss and the transcription
+                out = model(None, targets=labels, memory=memory)
                 k = int((labels[:, 1:] != IGNORE_INDEX).sum())
                 nll += float(out.nll) * k
                 count += k
                 start = torch.full((len(idx), 1), split.sot, dtype=torch.long, device=device)
-                ids = greedy_decode(model, feats, start, max_new_tokens=new, eos_token_id=split.eot)
+                ids = greedy_decode(model, None, start, memory=memory, max_new_tokens=new, eos_token_id=split.eot)
             hyps += [tokenizer.decode(r[1:]).strip() for r in ids.tolist()]
     finally:
         model.train(was)
@@ -153,13 +154,6 @@ def evaluate_speech(model: Any, split: Any, *, tokenizer: Any, batch_size: int, 
     chars = jiwer.process_characters(refs, hyps)
     return {"wer": float(words.wer), "cer": float(chars.cer), "loss": nll / max(count, 1), "utterances": n,
             "examples": [[r, h] for r, h in zip(refs[:3], hyps[:3])]}
-
-
-def model_text_ctx(model: Any) -> int:
-    """The decoder's context (n_text_ctx) of an Echo or Whisper model."""
-    if hasattr(model, "hf"):
-        return int(model.hf.config.max_target_positions)
-    return int(model.decoder.n_ctx)
 
 
 @torch.no_grad()
@@ -185,7 +179,7 @@ def transcribe_run(run: Any, files: list[str], *, batch: int, max_new_tokens: in
             continue
         good.append((str(f), log_mel_spectrogram(pad_or_trim(audio, n), opts.n_mels)))
     tok, model = run.tokenizer, run.model.eval()
-    new = min(max_new_tokens or model_text_ctx(model), model_text_ctx(model) - 1)
+    new = min(max_new_tokens or model.n_text_ctx, model.n_text_ctx - 1)
     out = []
     for i in range(0, len(good), batch):
         chunk = good[i:i + batch]
