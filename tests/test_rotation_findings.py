@@ -114,6 +114,69 @@ def test_module_scores_equal_plain_rope_on_rotated_q_and_k(kw):
     assert diff <= 1e-12
 
 
+def _fold_twins(cross: bool, bias: bool):
+    """An attention (self or cross) with a per-key-head Givens rotation and a relative bias,
+    and a copy of it whose projections carry a no-op forward hook (so it never folds)."""
+    import copy
+
+    from archlab.nn.mixers.cross_attention import CrossAttention
+    from archlab.nn.positional.relative import ClippedRelativeBias
+    from archlab.nn.positional.stack import PositionStack
+
+    torch.manual_seed(0)
+    pos = PositionStack([RotatedRotary(head_dim=4, heads=4, kv_heads=2, givens_rounds=-1, scope="head"),
+                         ClippedRelativeBias(heads=4, max_rel_dist=3, bidirectional=cross)])
+    kw = dict(dim=16, heads=4, kv_heads=2, position=pos, bias=bias)
+    attn = (CrossAttention(**kw) if cross else Attention(**kw)).double()
+    with torch.no_grad():
+        for p in attn.parameters():
+            p.add_(0.1 * torch.randn_like(p))
+    twin = copy.deepcopy(attn)
+    for m in ((twin.q, twin.kv) if cross else (twin.qkv,)):
+        m.register_forward_hook(lambda *a: None)
+    return attn, twin
+
+
+@pytest.mark.parametrize("cross", [False, True])
+@pytest.mark.parametrize("bias", [False, True])
+def test_folding_the_rotation_into_the_projections_changes_nothing(cross, bias, monkeypatch):
+    """B·T ≥ width: the fixed rotation goes into W_q/W_k (and their biases); outputs and every
+    gradient equal the activation path to float64 rounding."""
+    import archlab.nn.mixers.attention as A
+    import archlab.nn.mixers.cross_attention as C
+
+    calls = []
+    real = A.fold_rows
+    spy = lambda *a: calls.append(1) or real(*a)  # noqa: E731
+    monkeypatch.setattr(A, "fold_rows", spy)
+    monkeypatch.setattr(C, "fold_rows", spy)
+    attn, twin = _fold_twins(cross, bias)
+    x = torch.randn(3, 6, 16, dtype=F64)
+    kw = {"memory": torch.randn(3, 9, 16, dtype=F64)} if cross else {}
+    outs = []
+    for m in (attn, twin):
+        before = len(calls)
+        y = m(x, positions=torch.arange(6), **kw)
+        (y * torch.linspace(-1, 1, y.numel(), dtype=F64).view_as(y)).sum().backward()
+        outs.append((y, {n: p.grad for n, p in m.named_parameters()}, len(calls) - before))
+    (y, g, n), (y2, g2, n2) = outs
+    assert n == 2 and n2 == 0  # the first folded (q and k), the hooked twin did not
+    torch.testing.assert_close(y, y2, atol=1e-12, rtol=0)
+    assert g.keys() == g2.keys() and all(g[k] is not None for k in g)
+    for k in g:
+        torch.testing.assert_close(g[k], g2[k], atol=1e-11, rtol=0, msg=k)
+
+
+def test_a_short_call_rotates_the_activations_instead():
+    """One token at a time (decoding) folding would cost more than it saves: not taken."""
+    import archlab.nn.mixers.attention as A
+
+    attn, _ = _fold_twins(False, False)
+    assert not A.fold_worthwhile(torch.zeros(1, 1, 16)) and A.fold_worthwhile(torch.zeros(2, 8, 16))
+    assert attn.pre_rotation(torch.zeros(1, 1, 16, dtype=F64), torch.arange(1)) is None
+    assert attn.pre_rotation(torch.zeros(2, 8, 16, dtype=F64), torch.arange(8)) is not None
+
+
 # ----------------------------------------------------------------------------- (b)
 
 

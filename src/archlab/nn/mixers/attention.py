@@ -38,6 +38,32 @@ def allowed_mask(
     return allowed
 
 
+def fold_rows(weight: torch.Tensor, bias: torch.Tensor | None, M: torch.Tensor, heads: int):
+    """The projection whose per-head outputs are those of (``weight``, ``bias``) times M.
+
+    weight (heads·D, dim), bias (heads·D,) or None, M (G, D, D) with G dividing ``heads`` (head
+    h uses M[h // (heads/G)]): (x·W_hᵀ + b_h)·M = x·(MᵀW_h)ᵀ + b_h·M, so W_h ← MᵀW_h and
+    b_h ← b_h·M (the bias rides along as one more column)."""
+    G, D, _ = M.shape
+    Wb = weight if bias is None else torch.cat([weight, bias[:, None]], dim=1)
+    Wb = (M.to(Wb.dtype).transpose(-1, -2)[:, None] @ Wb.view(G, heads // G, D, -1)).reshape(heads * D, -1)
+    return (Wb, None) if bias is None else (Wb[:, :-1], Wb[:, -1])
+
+
+def hooked(module: nn.Module) -> bool:
+    """Whether forward hooks watch ``module`` (activation capture, probes). PyTorch has no
+    public query for this, so the hook dictionaries are read directly; a folded projection
+    bypasses the module's call, so attention only folds into modules nobody watches."""
+    return bool(module._forward_hooks or module._forward_pre_hooks
+                or nn.modules.module._global_forward_hooks or nn.modules.module._global_forward_pre_hooks)
+
+
+def fold_worthwhile(x: torch.Tensor) -> bool:
+    """Folding a (D, D) matrix per head into a projection of width ``dim`` costs about as much
+    as applying it to ``dim`` tokens: worth it once the call has at least that many."""
+    return x.shape[0] * x.shape[1] >= x.shape[-1]
+
+
 class Attention(nn.Module):
     fused: bool = True  # False: scores, mask and softmax computed explicitly, never the fused kernel
 
@@ -71,10 +97,28 @@ class Attention(nn.Module):
     def init_cache(self) -> KVCache:
         return KVCache()
 
-    def project(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """x (B, T, dim) -> q (B, H, T, D), k and v (B, Hk, T, D)."""
+    def pre_rotation(self, x: torch.Tensor, positions: torch.Tensor) -> torch.Tensor | None:
+        """The scheme's fixed first rotation when this call should fold it into the projection."""
+        pos = self.position
+        if not pos.uses_rotate or pos.uses_input or not fold_worthwhile(x) or hooked(self.qkv):
+            return None
+        return pos.pre_rotation(positions)
+
+    def project(self, x: torch.Tensor, M: torch.Tensor | None = None
+                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """x (B, T, dim) -> q (B, H, T, D), k and v (B, Hk, T, D); with M (G, D, D), q and k come
+        out multiplied by it (folded into the weights: :func:`fold_rows`)."""
         B, T, _ = x.shape
-        q, k, v = self.qkv(x).split(self.split, dim=-1)
+        if M is None:
+            qkv = self.qkv(x)
+        else:
+            W, b = self.qkv.weight, self.qkv.bias
+            nq, nk, _ = self.split
+            wq, bq = fold_rows(W[:nq], None if b is None else b[:nq], M, self.heads)
+            wk, bk = fold_rows(W[nq:nq + nk], None if b is None else b[nq:nq + nk], M, self.kv_heads)
+            qkv = F.linear(x, torch.cat([wq, wk, W[nq + nk:]]),
+                           None if b is None else torch.cat([bq, bk, b[nq + nk:]]))
+        q, k, v = qkv.split(self.split, dim=-1)
         q = q.view(B, T, self.heads, self.head_dim).transpose(1, 2)
         k = k.view(B, T, self.kv_heads, self.head_dim).transpose(1, 2)
         v = v.view(B, T, self.kv_heads, self.head_dim).transpose(1, 2)
@@ -89,10 +133,13 @@ class Attention(nn.Module):
         mask: torch.Tensor | None = None,
     ) -> torch.Tensor:
         B, T, _ = x.shape
-        q, k, v = self.project(x)
+        M = self.pre_rotation(x, positions)
+        q, k, v = self.project(x, M)
         pos = self.position
         if pos.uses_rotate:
-            if pos.uses_input:  # rotation predicted from the hidden state
+            if M is not None:
+                q, k = pos.rotate_rest(q, k, positions, positions)
+            elif pos.uses_input:  # rotation predicted from the hidden state
                 q, k = pos.rotate(q, k, positions, positions, x=x)
             else:
                 q, k = pos.rotate(q, k, positions, positions)
@@ -120,6 +167,8 @@ class Attention(nn.Module):
             if Tq == 1:  # one new token attends to every cached (earlier) key
                 return F.scaled_dot_product_attention(q, k, v, dropout_p=p, enable_gqa=gqa)
         allowed = allowed_mask(q_pos, k_pos, causal=self.causal, key_mask=mask)
+        if bias is not None and bias.requires_grad:
+            return biased_attention(q, k, v, bias, allowed, p=p)
         if bias is None:
             attn_mask = allowed
         else:
@@ -135,6 +184,27 @@ class Attention(nn.Module):
         allowed = allowed_mask(q_pos, k_pos, causal=self.causal, key_mask=mask)
         return explicit_attention(self.position, q, k, v, q_pos, k_pos, allowed=allowed,
                                   scale=1.0 / math.sqrt(self.head_dim), p=p)
+
+
+def biased_attention(q, k, v, bias, allowed, *, p: float) -> torch.Tensor:
+    """softmax(q·kᵀ/√D + bias, masked to ``allowed``)·v for a bias that is being trained.
+
+    SDPA's fused kernels return no gradient for ``attn_mask``, so a trainable bias sends it to
+    its math path, whose safe softmax also scans every row for full masking (``allowed_mask``
+    never leaves a row empty). Written out, with the bias as the addend of one batched
+    matmul, the same function costs about a third less (forward and backward, tiny Echo's
+    encoder shape)."""
+    B, H, Tq, D = q.shape
+    if k.shape[1] != H:
+        k, v = k.repeat_interleave(H // k.shape[1], dim=1), v.repeat_interleave(H // v.shape[1], dim=1)
+    Tk = k.shape[2]
+    bias = bias.to(q.dtype)
+    if allowed is not None:
+        bias = bias.masked_fill(~allowed, float("-inf"))
+    scores = torch.baddbmm(bias.expand(B, H, Tq, Tk).reshape(B * H, Tq, Tk), q.reshape(B * H, Tq, D),
+                           k.reshape(B * H, Tk, D).transpose(1, 2), alpha=1.0 / math.sqrt(D))
+    weights = F.dropout(scores.softmax(dim=-1), p=p, training=p > 0)
+    return torch.bmm(weights, v.reshape(B * H, Tk, D)).view(B, H, Tq, D)
 
 
 def explicit_attention(pos: PositionalScheme, q, k, v, q_pos, k_pos, *, allowed, scale: float, p: float):

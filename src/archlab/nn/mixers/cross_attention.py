@@ -11,10 +11,11 @@ for decoding.
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from archlab.nn.cache import _RowCache
-from archlab.nn.mixers.attention import Attention
+from archlab.nn.mixers.attention import Attention, fold_rows, fold_worthwhile, hooked
 from archlab.nn.positional.base import PositionalScheme
 
 
@@ -49,9 +50,25 @@ class CrossAttention(Attention):
     def init_cache(self) -> MemoryCache:
         return MemoryCache()
 
-    def memory_kv(self, memory: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def _fold(self, x: torch.Tensor, proj: nn.Linear, positions: torch.Tensor) -> torch.Tensor | None:
+        """The scheme's fixed first rotation when ``proj``'s call on ``x`` should absorb it."""
+        pos = self.position
+        if not pos.uses_rotate or not fold_worthwhile(x) or hooked(proj):
+            return None
+        return pos.pre_rotation(positions)
+
+    def memory_kv(self, memory: torch.Tensor, M: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """The memory's keys and values (B, Hk, S, D); with M (G, D, D) the keys come out
+        multiplied by it (folded into the weights)."""
         B, S, _ = memory.shape
-        k, v = self.kv(memory).view(B, S, 2, self.kv_heads, self.head_dim).permute(2, 0, 3, 1, 4).unbind(0)
+        if M is None:
+            kv = self.kv(memory)
+        else:
+            W, b = self.kv.weight, self.kv.bias
+            nk = self.kv_heads * self.head_dim
+            wk, bk = fold_rows(W[:nk], None if b is None else b[:nk], M, self.kv_heads)
+            kv = F.linear(memory, torch.cat([wk, W[nk:]]), None if b is None else torch.cat([bk, b[nk:]]))
+        k, v = kv.view(B, S, 2, self.kv_heads, self.head_dim).permute(2, 0, 3, 1, 4).unbind(0)
         return k, v
 
     def forward(self, x: torch.Tensor, *, positions: torch.Tensor, memory: torch.Tensor | None = None,
@@ -60,20 +77,28 @@ class CrossAttention(Attention):
         """``memory`` may be omitted when ``cache`` already holds it. ``memory_mask`` (B, S):
         False marks padding frames."""
         B, T, _ = x.shape
-        q = self.q(x).view(B, T, self.heads, self.head_dim).transpose(1, 2)
         pos = self.position
+        Mq = self._fold(x, self.q, positions)
+        if Mq is None:
+            q = self.q(x)
+        else:
+            q = F.linear(x, *fold_rows(self.q.weight, self.q.bias, Mq, self.heads))
+        q = q.view(B, T, self.heads, self.head_dim).transpose(1, 2)
         if cache is not None and cache.k is not None:
             k, v, k_pos = cache.k, cache.v, cache.pos
         else:
             if memory is None:
                 raise ValueError("cross-attention needs the memory on its first call")
-            k, v = self.memory_kv(memory)
+            Mk = self._fold(memory, self.kv, positions)
+            k, v = self.memory_kv(memory, Mk)
             k_pos = memory_positions if memory_positions is not None else torch.arange(memory.shape[1], device=x.device)
             if pos.uses_rotate:  # the keys rotate once, at their own positions (q and k rotate independently)
-                _, k = pos.rotate(q[:, :, :1], k, positions[..., :1], k_pos)
+                turn = pos.rotate if Mk is None else pos.rotate_rest
+                _, k = turn(q[:, :, :1], k, positions[..., :1], k_pos)
             if cache is not None:
                 cache.k, cache.v, cache.pos = k, v, k_pos
         if pos.uses_rotate:
-            q, _ = pos.rotate(q, k[:, :, :1], positions, k_pos[..., :1])
+            turn = pos.rotate if Mq is None else pos.rotate_rest
+            q, _ = turn(q, k[:, :, :1], positions, k_pos[..., :1])
         y = self.attend(q, k, v, positions, k_pos, mask=memory_mask)
         return self.out(y.transpose(1, 2).reshape(B, T, -1))

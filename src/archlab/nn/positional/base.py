@@ -5,6 +5,9 @@ Attention asks its scheme at three points and never knows which scheme it has:
 * ``embed(x, positions)``: add a position signal to the residual stream (absolute schemes).
 * ``rotate(q, k, q_pos, k_pos)``: transform queries and keys (the rotary family). With a KV
   cache, ``k`` holds only the *new* keys; cached keys were rotated when they were new.
+  A rotation whose first step is one fixed matrix per head (``pre_rotation``: the same at every
+  position and for every input) lets the attention fold that matrix into its projection
+  weights and call ``rotate_rest`` for what follows.
 * ``bias(q, k, q_pos, k_pos, scores)``: an additive logit bias of shape broadcastable to
   (B, H, Tq, Tk). ``scores`` (q·kᵀ/√d) is passed only to schemes with ``needs_scores``.
 
@@ -44,6 +47,20 @@ class PositionalScheme(nn.Module):
     ) -> tuple[torch.Tensor, torch.Tensor]:
         return q, k
 
+    def pre_rotation(self, positions: torch.Tensor) -> torch.Tensor | None:
+        """The (G, D, D) matrix M that :meth:`rotate` applies first, as q·M and k·M (query head h
+        uses M[h // (H/G)], key head j M[j // (Hk/G)]), when it is the same at every position and
+        for every input; None when ``rotate`` has no such step. Being linear and fixed per
+        forward, it can be folded into the projections: x·Wᵀ·M = x·(MᵀW)ᵀ. ``positions`` are the
+        forward's (a scheme may memoise M per forward on them)."""
+        return None
+
+    def rotate_rest(
+        self, q: torch.Tensor, k: torch.Tensor, q_pos: torch.Tensor, k_pos: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """:meth:`rotate` without its :meth:`pre_rotation`, for q and k that already carry it."""
+        return self.rotate(q, k, q_pos, k_pos)
+
     def bias(
         self,
         q: torch.Tensor,
@@ -62,6 +79,15 @@ class PositionalScheme(nn.Module):
 def relative_positions(q_pos: torch.Tensor, k_pos: torch.Tensor) -> torch.Tensor:
     """i − j for every (query i, key j): shape (1, Tq, Tk) or (B, 1, Tq, Tk) (a head axis to broadcast)."""
     return (q_pos.unsqueeze(-1) - k_pos.unsqueeze(-2)).unsqueeze(-3)
+
+
+def table_bias(table: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """Per-head logit biases from a table (N, H) at integer rows ``index`` (Tq, Tk) or
+    (B, Tq, Tk) -> (H, Tq, Tk) or (B, H, Tq, Tk). Through ``index_select``: the values of
+    ``table[index]``, and a backward that is an index_add (≈ 20× faster on CPU than the
+    accumulating index_put of advanced indexing)."""
+    out = table.t().index_select(1, index.reshape(-1)).view(-1, *index.shape)
+    return out.movedim(0, -3)
 
 
 def per_position(t: torch.Tensor) -> torch.Tensor:

@@ -7,7 +7,7 @@ import math
 import torch
 from torch import nn
 
-from archlab.nn.positional.base import PositionalScheme, relative_positions
+from archlab.nn.positional.base import PositionalScheme, relative_positions, table_bias
 
 
 def alibi_slopes(heads: int) -> torch.Tensor:
@@ -85,4 +85,4 @@ class T5RelativeBias(PositionalScheme):
         rel = relative_positions(q_pos, k_pos).squeeze(-3)
         buckets = t5_bucket(rel, bidirectional=self.bidirectional, num_buckets=self.num_buckets,
                             max_distance=self.max_distance)
-        return self.table(buckets).movedim(-1, -3)
+        return table_bias(self.table.weight, buckets)

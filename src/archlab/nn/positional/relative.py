@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from archlab.nn.positional.base import PositionalScheme, relative_positions
+from archlab.nn.positional.base import PositionalScheme, relative_positions, table_bias
 
 
 class ClippedRelativeBias(PositionalScheme):
@@ -40,7 +40,7 @@ class ClippedRelativeBias(PositionalScheme):
         return rel.clamp(self.low, self.max_rel_dist) - self.low
 
     def bias(self, q, k, q_pos, k_pos, scores=None, allowed=None):
-        return self.table[self.index(q_pos, k_pos)].movedim(-1, -3)
+        return table_bias(self.table, self.index(q_pos, k_pos))
 
 
 def signed_log_distance(d: torch.Tensor) -> torch.Tensor:
@@ -93,4 +93,4 @@ class DynamicPositionBias(PositionalScheme):
             rel = rel.clamp(min=0)
         lo, hi = int(rel.min()), int(rel.max())
         table = self.mlp(torch.arange(lo, hi + 1, device=rel.device))  # (distinct, H)
-        return table[rel - lo].movedim(-1, -3)
+        return table_bias(table, rel - lo)

@@ -23,8 +23,11 @@ Parameterisations (all return an n×n matrix per group, G = 1 shared or one per 
   λ·‖R Rᵀ − I‖²_F returned by ``aux_losses()`` and added to the training loss by the LM.
 
 The product ∏G_k·R is formed once per forward (Givens matrices built in one scatter, then
-multiplied as a balanced tree: ⌈log₂ K⌉ batched matmuls) and applied to q and k with a single
-matmul each. :class:`ConditionalRotary` instead predicts the angles from each token's hidden
+multiplied as a balanced tree: ⌈log₂ K⌉ batched matmuls). Attention folds it into the q and k
+rows of its projection weights when that is cheaper than turning the activations (B·T ≥ the
+model width: W_h ← MᵀW_h costs D²·dim per head, q·M costs B·T·D² per head), which is exact
+and differentiable in M (``pre_rotation``; tests/test_rotation_findings.py); otherwise
+(decoding a token) it is applied to q and k with a single matmul each. :class:`ConditionalRotary` instead predicts the angles from each token's hidden
 state, so its rotation differs per token and is applied round by round.
 
 What a static rotation (all but :class:`ConditionalRotary`) buys: q·M and k·M with M fixed
@@ -367,6 +370,12 @@ class RotatedRotary(RotaryEmbedding):
     def _drop_memo(self, entry: tuple) -> None:
         if self._rot_memo is entry:
             self._rot_memo = None
+
+    def pre_rotation(self, positions: torch.Tensor) -> torch.Tensor:
+        return self.rotation(positions)
+
+    def rotate_rest(self, q, k, q_pos, k_pos):
+        return super().rotate(q, k, q_pos, k_pos)
 
     def rotate(self, q, k, q_pos, k_pos):
         M = self.rotation(q_pos).to(q.dtype)

@@ -42,6 +42,23 @@ class PositionStack(PositionalScheme):
                 q, k = p.rotate(q, k, q_pos, k_pos, x=x) if p.uses_input else p.rotate(q, k, q_pos, k_pos)
         return q, k
 
+    def _first_rotating(self) -> PositionalScheme | None:
+        return next((p for p in self.parts if p.uses_rotate), None)
+
+    def pre_rotation(self, positions: torch.Tensor) -> torch.Tensor | None:
+        """The first rotating part's (it is the first thing ``rotate`` does)."""
+        first = self._first_rotating()
+        return None if first is None or self.uses_input else first.pre_rotation(positions)
+
+    def rotate_rest(self, q, k, q_pos, k_pos):
+        first = self._first_rotating()
+        for p in self.parts:
+            if p is first:
+                q, k = p.rotate_rest(q, k, q_pos, k_pos)
+            elif p.uses_rotate:
+                q, k = p.rotate(q, k, q_pos, k_pos)  # no part uses the input (else no pre_rotation)
+        return q, k
+
     def bias(self, q, k, q_pos, k_pos, scores=None, allowed=None):
         total = None
         for p in self.parts:
