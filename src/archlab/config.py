@@ -424,12 +424,13 @@ def _validate(cfg: Config, require_budget: bool = True) -> Config:
         t.dynamics = parse_dynamics(t.dynamics, {"model": m, "train": t})
     layers = m.layer_configs()  # parses overrides, raising on bad keys
     ctx = {"model": m, "train": t}
-    checks = [(m.position, "model.position")]
-    for i, lc in enumerate(layers):
-        checks += [(getattr(lc, n), f"model.layers[{i}].{n}") for n in ("mixer", "ffn", "norm", "position")]
-    for p, where in checks:
+    checks = [(m.position, "model.position", ctx)]
+    for i, lc in enumerate(layers):  # a layer's parts also see the layer's resolved config
+        checks += [(getattr(lc, n), f"model.layers[{i}].{n}", {**ctx, "layer": lc})
+                   for n in ("mixer", "ffn", "norm", "position")]
+    for p, where, part_ctx in checks:
         if p is not None and hasattr(p, "check"):
-            p.check(ctx, where)
+            p.check(part_ctx, where)
     for i, lc in enumerate(layers):
         if lc.position is not None and getattr(lc.position, "embed_only", False):
             raise ConfigError(

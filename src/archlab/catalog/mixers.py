@@ -1,17 +1,18 @@
 """Token mixers by kind: full attention, sliding-window (local) attention, attention with a
-parallel causal convolution."""
+parallel causal convolution, multi-scale retention."""
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Literal
+from typing import ClassVar, Literal
 
 from archlab.catalog.context import BuildContext
 from archlab.nn.mixers.attention import Attention
 from archlab.nn.mixers.conv_attention import ConvAttention
 from archlab.nn.mixers.local import LocalAttention
-from archlab.registry import MIXER, ConfigError, PartConfig
+from archlab.nn.mixers.retention import MultiScaleRetention
+from archlab.registry import MIXER, POSITION, ConfigError, PartConfig
 
 
 def attention_options(ctx: BuildContext) -> dict:
@@ -79,3 +80,56 @@ def _local(cfg: LocalConfig, ctx: BuildContext):
         raise ConfigError("mixer.kind: 'local' is causal-only; use 'attention' in bidirectional (encoder) stacks")
     return LocalAttention(window=cfg.window, global_heads=cfg.global_heads, global_tokens=cfg.global_tokens,
                           **attention_options(ctx))  # ctx.causal is True here
+
+
+@dataclass
+class RetentionConfig(PartConfig):
+    output_neutral: ClassVar[dict[str, str]] = {
+        "form": "the parallel, chunkwise and recurrent forms compute the same outputs (float64 equality "
+                "in tests/test_retention.py); the form decides cost and memory",
+        "chunk_size": "any chunk size gives the same outputs (tests/test_retention.py); it trades the "
+                      "T × C score blocks against the number of state updates",
+    }
+    # per-head decays γ_h in (0, 1), one per head; default the paper's 1 − 2^(−5−h)
+    gammas: list[float] | None = None
+    value_factor: int = 1  # value/gate width per head = head_dim · value_factor (the paper: 2)
+    # auto: parallel up to chunk_size tokens, chunkwise beyond; with a cache recurrent per token
+    form: Literal["auto", "parallel", "chunkwise", "recurrent"] = "auto"
+    chunk_size: int = 64
+
+    def validate(self, where: str) -> None:
+        if self.chunk_size < 1:
+            raise ConfigError(f"{where}.chunk_size: must be ≥ 1, got {self.chunk_size}")
+        if self.value_factor < 1:
+            raise ConfigError(f"{where}.value_factor: must be ≥ 1, got {self.value_factor}")
+        if self.gammas is not None and not all(0.0 < g < 1.0 for g in self.gammas):
+            raise ConfigError(f"{where}.gammas: every decay must be in (0, 1), got {self.gammas}")
+
+    def check(self, ctx: dict, where: str) -> None:
+        m = ctx["model"]
+        if self.gammas is not None and len(self.gammas) != m.heads:
+            raise ConfigError(f"{where}.gammas: {len(self.gammas)} decays for model.heads={m.heads}; "
+                              "give one per head")
+        layer = ctx.get("layer")
+        pos_cfg = layer.position if layer is not None and layer.position is not None else m.position
+        probe = BuildContext(dim=m.dim, heads=m.heads, kv_heads=m.resolved_kv_heads(), head_dim=m.resolved_head_dim(),
+                             max_seq_len=m.max_seq_len)
+        scheme = POSITION.build(pos_cfg, probe)  # its capabilities are declared on the built module
+        if scheme.uses_bias or scheme.needs_scores or scheme.attend is not None:
+            raise ConfigError(f"{where}: retention has no attention logits for position '{pos_cfg.kind}' to act on; "
+                              "allowed: a rotary scheme (rope and its variants), an input-embedding scheme, or none")
+
+
+@MIXER.register("retention", RetentionConfig,
+                "multi-scale retention (RetNet): parallel, chunkwise and recurrent forms, constant-size state")
+def _retention(cfg: RetentionConfig, ctx: BuildContext):
+    if not ctx.causal:
+        raise ConfigError("mixer.kind: 'retention' is causal-only; use 'attention' in bidirectional (encoder) stacks")
+    if cfg.gammas is not None and len(cfg.gammas) != ctx.heads:
+        raise ConfigError(f"mixer.gammas: {len(cfg.gammas)} decays for {ctx.heads} heads; give one per head")
+    try:
+        return MultiScaleRetention(dim=ctx.dim, heads=ctx.heads, head_dim=ctx.head_dim, position=ctx.position,
+                                   value_factor=cfg.value_factor, gammas=cfg.gammas, form=cfg.form,
+                                   chunk_size=cfg.chunk_size, bias=ctx.bias)
+    except ValueError as e:  # a bias scheme handed to retention
+        raise ConfigError(f"mixer.kind: 'retention': {e}") from None
