@@ -402,3 +402,37 @@ def test_export_run(corpus, tmp_path, tokenizer):
     text = "class y: return self ☕"
     assert hf_tok(text)["input_ids"] == run.tokenizer.encode(text)
     assert hf_tok.decode(run.tokenizer.encode(text)) == text
+
+
+# ----------------------------------------------------------------------------- retention (RetNet)
+
+RETNET_SETS = ("model.layers.default.mixer.kind=retention", "model.layers.default.ffn.kind=swiglu")
+
+
+@pytest.mark.parametrize("hybrid", [False, True], ids=["retnet", "hybrid"])
+def test_a_retnet_round_trips_and_generates_through_transformers(tmp_path, hybrid):
+    """A RetNet (or a retention/attention hybrid) saves and loads bit-exactly; transformers'
+    greedy and beam generation, with its cache (the retention state) or without, and a
+    left-padded batch give archlab's tokens."""
+    sets = RETNET_SETS + (('model.layers.overrides={"1": {"mixer": {"kind": "attention"}}}',) if hybrid else ())
+    lm = tiny_lm(*sets, seed=3)
+    model = wrap(lm)
+    model.save_pretrained(tmp_path)
+    loaded = load(tmp_path)
+    assert type(loaded.model.blocks[0].mixer).__name__ == "MultiScaleRetention"
+    a, b = model.state_dict(), loaded.state_dict()
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    ids = ids_of(2, 6)
+    ours = generate(lm, ids, max_new_tokens=10, temperature=0)
+    for use_cache in (True, False):
+        assert torch.equal(loaded.generate(ids, max_new_tokens=10, do_sample=False, use_cache=use_cache), ours)
+    beams = loaded.generate(ids, max_new_tokens=6, num_beams=3, do_sample=False)
+    assert torch.equal(beams, loaded.generate(ids, max_new_tokens=6, num_beams=3, do_sample=False, use_cache=False))
+    rows = [ids[0, :3], ids[1]]
+    batch = torch.zeros(2, 6, dtype=torch.long)
+    mask = torch.zeros_like(batch)
+    for i, r in enumerate(rows):
+        batch[i, 6 - len(r):], mask[i, 6 - len(r):] = r, 1
+    out = loaded.generate(batch, attention_mask=mask, max_new_tokens=8, do_sample=False)
+    for i, r in enumerate(rows):
+        assert torch.equal(out[i, 6:], generate(lm, r[None], max_new_tokens=8, temperature=0)[0, len(r):]), i

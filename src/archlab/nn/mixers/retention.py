@@ -229,7 +229,10 @@ class MultiScaleRetention(nn.Module):
         self.norm = nn.GroupNorm(heads, hv, eps=eps)
         self.out = nn.Linear(hv, dim, bias=bias)
         self.out.residual_out = True
-        self.register_buffer("log_gamma", decay_schedule(heads, gammas).log(), persistent=False)
+        # log γ, not γ: in low precision γ = 1 − 2^(−12) would round to 1 (no decay), its log keeps
+        # its relative precision
+        self.register_buffer("log_gamma", decay_schedule(heads, gammas).log().to(torch.get_default_dtype()),
+                             persistent=False)
 
     def init_cache(self) -> RetentionState:
         return RetentionState()
