@@ -277,3 +277,37 @@ def test_xtransformers_adapter_shape() -> None:
     with torch.inference_mode():
         out = gen(torch.randint(0, 16, (1, 3)), 5)
     assert out.shape == (1, 5)
+
+
+@pytest.mark.parametrize("mixer", ["attention", "retention:form=parallel", "retention"])
+def test_scaling_point_times_training_and_decoding(mixer) -> None:
+    """One point of ``bench scaling`` in this process (the bench spawns one per point): a
+    forward+backward time, a peak, and a decoding time per token after T cached tokens."""
+    from archlab.bench.scaling import _measure, decode_growth
+
+    class Box(list):
+        put = list.append
+
+    box = Box()
+    for T in (8, 16):
+        _measure(mixer, T, 16, 2, 1, "cpu", box)
+    assert all("error" not in p for p in box), box
+    assert all(p["seconds"] > 0 and p["decode_ms_per_token"] > 0 for p in box)
+    g = decode_growth({"points": box})
+    assert set(g) == {mixer} and g[mixer] > 0
+
+
+@pytest.mark.parametrize("argv, needle", [
+    (["--mixers", "retention:form=blocked"], "--mixers"),
+    (["--mixers", "nosuch"], "--mixers"),
+    (["--mixers", "retention:form"], "not key=value"),
+    (["--lengths", "128,x"], "--lengths"),
+    (["--lengths", "0"], "--lengths"),
+    (["--repeats", "0"], "--repeats"),
+])
+def test_scaling_refuses_bad_options_before_measuring(argv, needle, capsys) -> None:
+    from archlab.bench.scaling import main
+
+    with pytest.raises(SystemExit) as e:
+        main(argv)
+    assert e.value.code == 2 and needle in capsys.readouterr().err

@@ -25,7 +25,8 @@ float64):
 * **recurrent**: a state per head, S_n = γ^Δ S_(n−1) + k_nᵀv_n with Δ = p_n − p_(n−1), and
   alongside it the key sum u_n = γ^Δ u_(n−1) + k_n and the count z_n = γ^Δ z_(n−1) + 1, so
   that the output q_n S_n / √z_n and the score sum q_n·u_n are available per token at constant
-  cost (decoding);
+  cost (decoding). u is kept as one more column of S (values extended by a 1: S = Σ kᵀ[v, 1]),
+  and the same extension gives the parallel form's row sums Σ_m R_nm from its R·V product;
 * **chunkwise**: the parallel form within each chunk plus the state carried across chunks,
   for any chunk size (the last chunk may be shorter).
 
@@ -67,12 +68,12 @@ def decay_schedule(heads: int, gammas: Sequence[float] | None = None) -> torch.T
 
 
 class RetentionState:
-    """One layer's decoding state: S̄ (B, H, Dk, Dv), ū (B, H, Dk), z (B, H), the position
-    the sums are referred to (B,), and the number of tokens consumed (``len``)."""
+    """One layer's decoding state: S (B, H, Dk, Dv + 1), whose first Dv columns are S̄ and
+    last column ū (:func:`_extend`), z (B, H), the position the sums are referred to ((B,) or
+    (1,) when the rows share positions), and the number of tokens consumed (``len``)."""
 
     def __init__(self) -> None:
         self.S: torch.Tensor | None = None
-        self.u: torch.Tensor | None = None
         self.z: torch.Tensor | None = None
         self.ref: torch.Tensor | None = None
         self.length = 0
@@ -82,12 +83,20 @@ class RetentionState:
 
     def reorder(self, index: torch.Tensor) -> None:
         if self.S is not None:
-            self.S, self.u, self.z, self.ref = (t.index_select(0, index) for t in (self.S, self.u, self.z, self.ref))
+            self.S, self.z = self.S.index_select(0, index), self.z.index_select(0, index)
+            if self.ref.shape[0] > 1:  # per-row positions (shared ones need no reordering)
+                self.ref = self.ref.index_select(0, index)
 
     @staticmethod
-    def empty(B: int, H: int, Dk: int, Dv: int, ref: torch.Tensor, like: torch.Tensor) -> tuple:
-        z = like.new_zeros(B, H)
-        return like.new_zeros(B, H, Dk, Dv), like.new_zeros(B, H, Dk), z, ref
+    def empty(q: torch.Tensor, v_ext: torch.Tensor, pos: torch.Tensor) -> tuple:
+        B, H, _, Dk = q.shape
+        return q.new_zeros(B, H, Dk, v_ext.shape[-1]), q.new_zeros(B, H), pos[:, 0]
+
+
+def _extend(v: torch.Tensor) -> torch.Tensor:
+    """(…, T, Dv) -> (…, T, Dv + 1) with a column of ones: one product with R then gives both
+    Σ_m R_nm v_m and Σ_m R_nm, and the state kᵀ[v, 1] holds S and u side by side."""
+    return torch.cat([v, v.new_ones(*v.shape[:-1], 1)], dim=-1)
 
 
 def _safe_sqrt(z: torch.Tensor) -> torch.Tensor:
@@ -96,8 +105,9 @@ def _safe_sqrt(z: torch.Tensor) -> torch.Tensor:
     return z.clamp(min=torch.finfo(z.dtype).tiny).sqrt()
 
 
-def _finish(num: torch.Tensor, dot: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
-    """o = (num / √z) / max(|dot| / √z, 1) for num (…, T, Dv), dot and z (…, T)."""
+def _finish(num_ext: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+    """o = (num / √z) / max(|dot| / √z, 1) for num_ext = [num, dot] (…, T, Dv + 1), z (…, T)."""
+    num, dot = num_ext[..., :-1], num_ext[..., -1]
     r = _safe_sqrt(z)
     den = (dot.abs() / r).clamp(min=1.0)
     return num / (r * den).unsqueeze(-1)
@@ -110,20 +120,20 @@ def _decay(log_gamma: torch.Tensor, delta: torch.Tensor) -> torch.Tensor:
 
 
 def _block(q, k, log_gamma, pos, visible):
-    """Within a block of C tokens: A (B, H, C, C) = γ^(p_n − p_m) on m ≤ n (present keys
-    only: D, unnormalised) and R = (q·kᵀ) ⊙ A."""
+    """Within a block of C tokens: A (B or 1, H, C, C) = γ^(p_n − p_m) on m ≤ n (present keys
+    only: D, unnormalised) and R = (q·kᵀ) ⊙ A. Rows sharing positions share A."""
     C = q.shape[2]
     A = _decay(log_gamma, (pos[:, :, None] - pos[:, None, :]).clamp(min=0))
     keep = torch.ones(C, C, dtype=torch.bool, device=q.device).tril()
     if visible is not None:
         keep = keep & visible[:, None, None, :]
     A = A * keep
-    return A, (q @ k.transpose(-1, -2)) * A
+    return A, (q @ k.transpose(-1, -2)).mul_(A)  # in place: the product is not saved for backward
 
 
-def _advance(state: tuple, k, v, log_gamma, pos, visible) -> tuple:
+def _advance(state: tuple, k, v_ext, log_gamma, pos, visible) -> tuple:
     """The state after a block of keys/values, referred to the block's last position."""
-    S, u, z, ref = state
+    S, z, ref = state
     end = pos[:, -1]
     w = _decay(log_gamma, end[:, None] - pos)  # (B, H, C): each key's weight at the end
     if visible is not None:
@@ -131,40 +141,36 @@ def _advance(state: tuple, k, v, log_gamma, pos, visible) -> tuple:
     carry = _decay(log_gamma, end - ref) * z  # (B, H): the old state's
     z_new = carry + w.sum(-1)
     inv = 1.0 / z_new.clamp(min=torch.finfo(z_new.dtype).tiny)
-    kw = k * w.unsqueeze(-1)
-    S = (carry[..., None, None] * S + kw.transpose(-1, -2) @ v) * inv[..., None, None]
-    u = (carry[..., None] * u + kw.sum(2)) * inv[..., None]
-    return S, u, z_new, end
+    S = (carry[..., None, None] * S + (k * w.unsqueeze(-1)).transpose(-1, -2) @ v_ext) * inv[..., None, None]
+    return S, z_new, end
 
 
 def retention_parallel(q, k, v, log_gamma, pos, visible=None):
-    """q, k (B, H, T, Dk) (k already scaled), v (B, H, T, Dv); log_gamma (H,); pos (B, T)
-    float; visible (B, T) bool or None -> o (B, H, T, Dv) from the whole T × T matrix, and the
-    state after the last token (to continue recurrently)."""
+    """q, k (B, H, T, Dk) (k already scaled), v (B, H, T, Dv); log_gamma (H,); pos (B, T), or
+    (1, T) shared by the rows, float; visible (B, T) bool or None -> o (B, H, T, Dv) from the
+    whole T × T matrix, and the state after the last token (to continue recurrently)."""
+    ve = _extend(v)
     A, R = _block(q, k, log_gamma, pos, visible)
-    o = _finish(R @ v, R.sum(-1), A.sum(-1))
-    B, H, _, Dk = q.shape
-    empty = RetentionState.empty(B, H, Dk, v.shape[-1], pos[:, 0], q)
-    return o, _advance(empty, k, v, log_gamma, pos, visible)
+    o = _finish(R @ ve, A.sum(-1))
+    return o, _advance(RetentionState.empty(q, ve, pos), k, ve, log_gamma, pos, visible)
 
 
 def retention_chunkwise(q, k, v, log_gamma, pos, visible=None, *, chunk: int, state: tuple | None = None):
     """The parallel form on chunks of ``chunk`` tokens (the last may be shorter) with the
-    state carried across them; ``state`` (S̄, ū, z, ref) continues an earlier call. Same
+    state carried across them; ``state`` (S, z, ref) continues an earlier call. Same
     arguments and results as :func:`retention_parallel`."""
-    B, H, T, Dk = q.shape
-    state = state if state is not None else RetentionState.empty(B, H, Dk, v.shape[-1], pos[:, 0], q)
+    ve = _extend(v)
+    T = q.shape[2]
+    state = state if state is not None else RetentionState.empty(q, ve, pos)
     outs = []
     for a in range(0, T, chunk):
         b = min(a + chunk, T)
-        qc, kc, vc, pc = q[:, :, a:b], k[:, :, a:b], v[:, :, a:b], pos[:, a:b]
+        qc, kc, vc, pc = q[:, :, a:b], k[:, :, a:b], ve[:, :, a:b], pos[:, a:b]
         vis = None if visible is None else visible[:, a:b]
-        S, u, z, ref = state
+        S, z, ref = state
         A, R = _block(qc, kc, log_gamma, pc, vis)
         into = _decay(log_gamma, pc - ref[:, None]) * z[..., None]  # (B, H, C): the state's weight per query
-        num = R @ vc + into.unsqueeze(-1) * (qc @ S)
-        dot = R.sum(-1) + into * (qc @ u.unsqueeze(-1)).squeeze(-1)
-        outs.append(_finish(num, dot, into + A.sum(-1)))
+        outs.append(_finish(R @ vc + into.unsqueeze(-1) * (qc @ S), into + A.sum(-1)))
         state = _advance(state, kc, vc, log_gamma, pc, vis)
     return torch.cat(outs, dim=2), state
 
@@ -173,25 +179,21 @@ def retention_recurrent(q, k, v, log_gamma, pos, visible=None, *, state: tuple |
     """One token at a time: S ← γ^Δ S + kᵀv, u ← γ^Δ u + k, z ← γ^Δ z + 1 (stored as the
     averages S̄ = S/z, ū = u/z); o_n from q_n S_n, q_n·u_n and z_n. Same arguments and
     results as :func:`retention_chunkwise`."""
-    B, H, T, Dk = q.shape
-    Dv = v.shape[-1]
-    S, u, z, ref = state if state is not None else RetentionState.empty(B, H, Dk, Dv, pos[:, 0], q)
+    ve = _extend(v)
+    S, z, ref = state if state is not None else RetentionState.empty(q, ve, pos)
     outs = []
-    for t in range(T):
-        qt, kt, vt, pt = q[:, :, t], k[:, :, t], v[:, :, t], pos[:, t]
+    for t in range(q.shape[2]):
+        qt, kt, vt, pt = q[:, :, t], k[:, :, t], ve[:, :, t], pos[:, t]
         present = torch.ones_like(pt) if visible is None else visible[:, t].to(q.dtype)
         carry = _decay(log_gamma, pt - ref) * z  # (B, H)
-        z_new = carry + present[:, None]
-        inv = 1.0 / z_new.clamp(min=torch.finfo(z_new.dtype).tiny)
+        z = carry + present[:, None]
+        inv = 1.0 / z.clamp(min=torch.finfo(z.dtype).tiny)
         kp = kt * present[:, None, None]
         S = (carry[..., None, None] * S + kp.unsqueeze(-1) * vt.unsqueeze(-2)) * inv[..., None, None]
-        u = (carry[..., None] * u + kp) * inv[..., None]
-        z, ref = z_new, pt
-        # with S̄ = S/z: q S / √z = q S̄ √z and q·u / √z = q·ū √z
-        num = (qt.unsqueeze(-2) @ S).squeeze(-2) * z[..., None]
-        dot = (qt * u).sum(-1) * z
-        outs.append(_finish(num.unsqueeze(-2), dot.unsqueeze(-1), z.unsqueeze(-1)))
-    return torch.cat(outs, dim=2), (S, u, z, ref)
+        ref = pt
+        # with S = z·S̄: q S / √z = q S̄ √z (and the same for the score sum)
+        outs.append(_finish(((qt.unsqueeze(-2) @ S) * z[..., None, None]), z.unsqueeze(-1)))
+    return torch.cat(outs, dim=2), (S, z, ref)
 
 
 FORMS = ("auto", "parallel", "chunkwise", "recurrent")
@@ -256,12 +258,13 @@ class MultiScaleRetention(nn.Module):
             q, k = (self.position.rotate(q, k, positions, positions, x=x) if self.position.uses_input
                     else self.position.rotate(q, k, positions, positions))
         k = k * (1.0 / math.sqrt(Dk))
-        pos = positions.expand(B, T).to(q.dtype)
+        pos = positions.to(q.dtype)
+        pos = pos[None] if pos.dim() == 1 else pos  # (1, T): rows share positions, and the decay matrix
         visible = None if mask is None else mask[:, -T:].bool()
         lg = self.log_gamma.to(q.dtype)
         state = None
         if cache is not None and cache.S is not None:
-            state = (cache.S, cache.u, cache.z, cache.ref)
+            state = (cache.S, cache.z, cache.ref)
         form = self.pick_form(T, cache is not None)
         if form == "recurrent":
             o, new = retention_recurrent(q, k, v, lg, pos, visible, state=state)
@@ -271,7 +274,7 @@ class MultiScaleRetention(nn.Module):
             chunk = T if form == "parallel" else self.chunk_size
             o, new = retention_chunkwise(q, k, v, lg, pos, visible, chunk=chunk, state=state)
         if cache is not None:
-            cache.S, cache.u, cache.z, cache.ref = new
+            cache.S, cache.z, cache.ref = new
             cache.length += T
         y = self.norm(o.transpose(1, 2).reshape(B * T, H * Dv)).view(B, T, H * Dv)
         return self.out(F.silu(g) * y)
