@@ -22,4 +22,5 @@ BENCHES: dict[str, tuple[str, str, str]] = {
     "quality": ("archlab.bench.quality", "main", "validation bpb after equal training, archlab vs x-transformers"),
     "frontend": ("archlab.bench.frontend", "main", "log-mel feature speed vs transformers' and openai-whisper's"),
     "echo": ("archlab.bench.echo", "main", "Echo vs transformers' Whisper of the same dims: training step, greedy decoding"),
+    "retnet": ("archlab.bench.retnet", "main", "RetNet vs yet-another-retnet: training step by length, recurrent decoding"),
 }
