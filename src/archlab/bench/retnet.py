@@ -94,7 +94,7 @@ def main(argv: list[str] | None = None, mode: str = "retnet") -> int:
                         epilog="examples:\n" + examples.replace("    archlab", "  archlab"))
     ap.add_argument("--lengths", default="256,1024,2048", help="comma-separated training lengths")
     ap.add_argument("--tokens", type=int, default=4096, help="training tokens per step (batch = tokens / length)")
-    ap.add_argument("--chunk", type=int, default=64, help="chunk size of both sides' chunkwise form")
+    ap.add_argument("--chunk", type=int, default=256, help="chunk size of both sides' chunkwise form")
     ap.add_argument("--new-tokens", type=int, default=64, help="greedy tokens per decode")
     a = ap.parse_args(argv)
     try:

@@ -10,7 +10,7 @@ positions T, T + 1, … are timed; the median per token is the point.
 
 A mixer is a kind, optionally with knobs: ``retention:form=parallel:chunk_size=128``. By
 default every registered kind runs, retention twice: in its parallel form and as ``auto``
-(chunkwise beyond 64 tokens in training, recurrent when decoding).
+(chunkwise beyond chunk_size = 256 tokens in training, recurrent when decoding).
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 DEFAULT_LENGTHS = (128, 256, 512, 1024, 2048, 4096, 8192)
-DECODE_STEPS = 24  # timed single-token decoding calls per point
+DECODE_STEPS = 64  # timed single-token decoding calls per point (after 4 untimed ones)
 
 
 def parse_mixer(spec: str) -> dict:
@@ -94,11 +94,11 @@ def _measure(mixer: str, T: int, dim: int, heads: int, repeats: int, device: str
             cache = block.init_cache()
             block(x.detach(), positions=positions, cache=cache)
             tok = torch.randn(1, 1, dim, device=device)
-            for i in range(DECODE_STEPS + 2):
+            for i in range(DECODE_STEPS + 4):
                 t0 = time.perf_counter()
                 block(tok, positions=torch.tensor([T + i], device=device), cache=cache)
                 sync()
-                if i >= 2:  # two warm-up steps
+                if i >= 4:  # the first steps after a long prefill are slower (memory just freed)
                     steps.append(time.perf_counter() - t0)
         q.put({"mixer": mixer, "T": T, "seconds": statistics.median(times), "peak_mb": max(peak, 0.0),
                "decode_ms_per_token": statistics.median(steps) * 1e3})

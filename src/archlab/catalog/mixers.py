@@ -95,7 +95,7 @@ class RetentionConfig(PartConfig):
     value_factor: int = 1  # value/gate width per head = head_dim · value_factor (the paper: 2)
     # auto: parallel up to chunk_size tokens, chunkwise beyond; with a cache recurrent per token
     form: Literal["auto", "parallel", "chunkwise", "recurrent"] = "auto"
-    chunk_size: int = 64
+    chunk_size: int = 256  # CPU measurements (docs/retnet.md): the parallel form is cheaper up to ~512 tokens
 
     def validate(self, where: str) -> None:
         if self.chunk_size < 1:

@@ -213,7 +213,7 @@ class MultiScaleRetention(nn.Module):
 
     def __init__(self, *, dim: int, heads: int, position: PositionalScheme, head_dim: int | None = None,
                  value_factor: int = 1, gammas: Sequence[float] | None = None, form: str = "auto",
-                 chunk_size: int = 64, bias: bool = False, eps: float = 1e-5) -> None:
+                 chunk_size: int = 256, bias: bool = False, eps: float = 1e-5) -> None:
         super().__init__()
         if form not in FORMS:
             raise ValueError(f"retention form '{form}'; allowed: {', '.join(FORMS)}")
