@@ -273,7 +273,13 @@ FAST_CASES = [{}, {"model.position.kind": "learned"}, {"model.position.kind": "n
               {"model.position.kind": "dynamic", "model.kv_heads": 2},
               {"model.layers.overrides": {"1": {"position": {"kind": "alibi"}}}},
               {"model.layers.default.mixer": {"kind": "local", "window": 4}},
-              {"model.layers.overrides": {"0": {"mixer": {"kind": "local", "window": 3}}}, "model.position.kind": "alibi"}]
+              {"model.layers.overrides": {"0": {"mixer": {"kind": "local", "window": 3}}}, "model.position.kind": "alibi"},
+              {"model.layers.default.mixer": {"kind": "retention"}},
+              {"model.layers.default.mixer": {"kind": "retention", "chunk_size": 2, "value_factor": 2},
+               "model.layers.default.ffn.kind": "gelu", "model.layers.default.norm.kind": "layer", "model.bias": True},
+              {"model.layers.default.mixer": {"kind": "retention"}, "model.position.kind": "none"},
+              {"model.layers.default.mixer": {"kind": "retention", "gammas": [0.5, 0.7, 0.9, 0.99]},
+               "model.layers.overrides": {"1": {"mixer": {"kind": "attention"}}}}]
 
 
 @pytest.mark.parametrize("sets", FAST_CASES, ids=lambda s: ",".join(f"{k.split('.')[-1]}={v}" for k, v in s.items()) or "rope")
@@ -318,6 +324,25 @@ def test_fast_decoder_column_blocks_at_batch_one(sets, parts, tiny_config, build
                 split = lin.out_features % parts == 0
                 assert w.shape == ((parts, lin.in_features, lin.out_features // parts) if split
                                    else (lin.in_features, lin.out_features))
+        seq = generate(model, ids, max_new_tokens=12, temperature=0.0, fast_path=False)
+        full = model(seq).logits
+        steps = [fd.prefill(seq[:, :4])] + [fd.step(seq[:, t]) for t in range(4, seq.shape[1] - 1)]
+    torch.testing.assert_close(torch.stack(steps, 1), full[:, 3:-1], atol=1e-12, rtol=0)
+
+
+@pytest.mark.parametrize("parts", [2, 3])
+def test_fast_retention_decoder_at_batch_one(parts, tiny_config, build):
+    """A RetNet/attention hybrid at batch 1 with column-block weights: the lean path's logits
+    equal the full forward's at every step."""
+    from archlab.models.fastdecode import FastDecoder
+
+    model = build(tiny_config(**{"model.layers.default.mixer": {"kind": "retention"}, "model.bias": True,
+                                 "model.layers.overrides": {"0": {"mixer": {"kind": "attention"}}}}), double=True)
+    ids = torch.randint(0, 256, (1, 4), generator=torch.Generator().manual_seed(1))
+    with torch.inference_mode():
+        fd = FastDecoder.build(model, batch=1, capacity=16, dtype=torch.float64, device=torch.device("cpu"),
+                               parts=parts)
+        assert fd is not None and fd.layers[1].S is not None and fd.layers[0].S is None
         seq = generate(model, ids, max_new_tokens=12, temperature=0.0, fast_path=False)
         full = model(seq).logits
         steps = [fd.prefill(seq[:, :4])] + [fd.step(seq[:, t]) for t in range(4, seq.shape[1] - 1)]

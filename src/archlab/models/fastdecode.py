@@ -45,6 +45,7 @@ from archlab.nn.ffn import GeluMLP, SwiGLU
 from archlab.nn.cache import KVCache
 from archlab.nn.mixers.attention import Attention
 from archlab.nn.mixers.local import LocalAttention
+from archlab.nn.mixers.retention import MultiScaleRetention
 from archlab.nn.norms import LayerNorm, RMSNorm
 from archlab.nn.residual import PreNorm
 from archlab.nn.positional.rope import RotaryEmbedding
@@ -192,6 +193,8 @@ def _permute_heads(w: torch.Tensor, perm: torch.Tensor, start: int, heads: int) 
 
 class _Layer:
     __slots__ = (
+        "Dv",
+        "S",
         "act",
         "b_down",
         "b_up",
@@ -204,6 +207,11 @@ class _Layer:
         "k_new",
         "k_new_c",
         "kc",
+        "gamma",
+        "gate",
+        "gnorm",
+        "ve",
+        "z",
         "norm1",
         "norm2",
         "q",
@@ -218,6 +226,9 @@ class _Layer:
         "window",
         "wqkv",
     )
+
+    def __init__(self) -> None:
+        self.S = None  # set for retention layers (their state); attention layers keep K/V buffers
 
 
 class FastDecoder:
@@ -249,6 +260,12 @@ class FastDecoder:
         for block in model.blocks:
             attn, ffn = block.mixer, block.ffn
             pre = type(block.residual1) is PreNorm and type(block.residual2) is PreNorm
+            if type(attn) is MultiScaleRetention and pre and isinstance(block.drop, nn.Identity):
+                L = self._retention_layer(block, tables)
+                if L is None:
+                    return None
+                self.layers.append(L)
+                continue
             if type(attn) not in (Attention, LocalAttention) or not pre or not attn.causal \
                     or not isinstance(block.drop, nn.Identity):
                 return None
@@ -299,8 +316,9 @@ class FastDecoder:
             self.layers.append(L)
         self.attn = [b.mixer for b in model.blocks]
         a0 = self.attn[0]
-        self.H, self.Hk, self.D = a0.heads, a0.kv_heads, a0.head_dim
-        if any((a.heads, a.kv_heads, a.head_dim) != (self.H, self.Hk, self.D) for a in self.attn):
+        self.H, self.Hk, self.D = a0.heads, getattr(a0, "kv_heads", a0.heads), a0.head_dim
+        if any((a.heads, getattr(a, "kv_heads", a.heads), a.head_dim) != (self.H, self.Hk, self.D)
+               for a in self.attn):
             return None
         self.gqa = self.Hk != self.H
         self.n_qk = (self.H + self.Hk) * self.D
@@ -319,6 +337,9 @@ class FastDecoder:
         # RoPE, the cache writes and attention read are made once here, not at every step.
         H, Hk, D, HD = self.H, self.Hk, self.D, self.H * self.D
         for L in self.layers:
+            if L.S is not None:  # retention
+                self._retention_buffers(L, batch)
+                continue
             L.qkv_out, qkv = _out_buffer(L.wqkv, batch)
             L.q = qkv[:, :HD].view(batch, H, 1, D)
             L.k_new = qkv[:, HD:self.n_qk].view(batch, Hk, D)
@@ -337,6 +358,92 @@ class FastDecoder:
             return None
         return spec
 
+    # ------------------------------------------------------------------ retention layers
+
+    def _retention_layer(self, block: nn.Module, tables: dict) -> _Layer | None:
+        """A retention layer's plan: its projection in (in, out) layout with the key scale
+        1/√d_k folded into the k columns and q/k paired for the complex RoPE multiply, the
+        per-head decays, the raw state S = Σ γ^(n−m) k_mᵀ[v_m, 1] (B, H, Dk, Dv + 1) and z."""
+        ret = block.mixer
+        pos = ret.position
+        if type(pos) is RotaryEmbedding:
+            if getattr(pos, "groups", 1) != 1 or getattr(pos, "phase", None) is not None:
+                return None
+            if id(pos) not in tables:
+                spec = rope_table(pos, self.capacity, ret.head_dim, self.dtype, self.device)
+                if spec is None or not rotation_matches(pos, *spec, None, ret.heads, ret.heads, ret.head_dim,
+                                                        self.capacity, self.dtype, self.device):
+                    return None
+                tables[id(pos)] = spec
+        elif pos.uses_rotate or pos.uses_embed and pos is not self.model.position:
+            return None
+        L = _Layer()
+        L.norm1, L.norm2 = _norm_fn(block.norm1), _norm_fn(block.norm2)
+        plan = ffn_weights(block.ffn)
+        if L.norm1 is None or L.norm2 is None or plan is None:
+            return None
+        L.act, L.hidden, L.w_up, L.b_up, L.w_down, L.b_down = plan
+        H, Dk, Dv = ret.heads, ret.head_dim, ret.value_dim
+        L.wqkv, L.bqkv = _t(ret.proj.weight), None if ret.proj.bias is None else ret.proj.bias.detach().clone()
+        L.wo, L.bo = _t(ret.out.weight), ret.out.bias
+        scale = 1.0 / Dk ** 0.5
+        L.wqkv[:, H * Dk:2 * H * Dk] *= scale
+        if L.bqkv is not None:
+            L.bqkv[H * Dk:2 * H * Dk] *= scale
+        L.rotary = tables.get(id(pos)) if type(pos) is RotaryEmbedding else None
+        if L.rotary is not None:
+            _permute_heads(L.wqkv, L.rotary[1], 0, 2 * H)
+            if L.bqkv is not None:
+                _permute_heads(L.bqkv, L.rotary[1], 0, 2 * H)
+        L.gamma = ret.log_gamma.to(self.device, self.dtype).exp()
+        L.gnorm = ret.norm
+        L.Dv = Dv
+        L.S = torch.zeros(self.B, H, Dk, Dv + 1, dtype=self.dtype, device=self.device)
+        L.z = torch.zeros(self.B, H, dtype=self.dtype, device=self.device)
+        L.window, L.bias = None, None
+        return L
+
+    def _retention_buffers(self, L: _Layer, batch: int) -> None:
+        H, Dk, Dv = L.S.shape[1], L.S.shape[2], L.Dv
+        L.qkv_out, qkv = _out_buffer(L.wqkv, batch)
+        L.q = qkv[:, :H * Dk].view(batch, H, Dk)
+        L.k_new = qkv[:, H * Dk:2 * H * Dk].view(batch, H, Dk)
+        L.v_new = qkv[:, 2 * H * Dk:2 * H * Dk + H * Dv].view(batch, H, Dv)
+        L.gate = qkv[:, 2 * H * Dk + H * Dv:]
+        if L.rotary is not None:
+            L.q_c = torch.view_as_complex(qkv[:, :H * Dk].view(batch, H, Dk // 2, 2))
+            L.k_new_c = torch.view_as_complex(qkv[:, H * Dk:2 * H * Dk].view(batch, H, Dk // 2, 2))
+        L.ve = torch.ones(batch, H, Dv + 1, dtype=self.dtype, device=self.device)
+
+    def _retention_step(self, L: _Layer, x: torch.Tensor, p: int, turns: dict) -> torch.Tensor:
+        """x + MSR(norm1(x)) for the token at position p (one step after the previous one:
+        the decay is γ), then the feed-forward. The state is kept as raw sums here (the
+        generic path stores S/z); the output is the same function."""
+        B, H, Dv = x.shape[0], L.S.shape[1], L.Dv
+        h = L.norm1(x)
+        if L.bqkv is None:
+            _mm(h, L.wqkv, out=L.qkv_out)
+        else:
+            _addmm(L.bqkv, h, L.wqkv, out=L.qkv_out)
+        if L.rotary is not None:
+            t = turns.get(id(L.rotary))
+            if t is None:
+                t = turns[id(L.rotary)] = L.rotary[0][p]
+            L.q_c.mul_(t)
+            L.k_new_c.mul_(t)
+        L.ve[..., :Dv].copy_(L.v_new)
+        L.S.mul_(L.gamma[:, None, None]).add_(L.k_new.unsqueeze(-1) * L.ve.unsqueeze(-2))
+        L.z.mul_(L.gamma).add_(1.0)
+        y = torch.matmul(L.q.unsqueeze(-2), L.S).squeeze(-2)  # (B, H, Dv + 1): [q S, q·u]
+        inv_r = L.z.rsqrt()
+        den = (y[..., -1].abs() * inv_r).clamp_(min=1.0)
+        o = y[..., :-1] * (inv_r / den).unsqueeze(-1)
+        g = L.gnorm
+        o = torch.group_norm(o.reshape(B, H * Dv), g.num_groups, g.weight, g.bias, g.eps)
+        u = F.silu(L.gate) * o
+        x = (_addmm(x, u, L.wo) if L.bo is None else _addmm(x + L.bo, u, L.wo)).view(B, -1)
+        return ffn_step(x, L)
+
     # ------------------------------------------------------------------ decoding
 
     def prefill(self, ids: torch.Tensor) -> torch.Tensor:
@@ -345,10 +452,16 @@ class FastDecoder:
         from archlab.models.lm import ModelCache
 
         # every key of the prompt (a local layer's own cache would keep only its window)
-        cache = ModelCache([KVCache() for _ in self.layers])
+        cache = ModelCache([b.init_cache() if L.S is not None else KVCache()
+                            for b, L in zip(self.model.blocks, self.layers)])
         logits = self.model(ids, cache=cache).logits[:, -1]
         T = ids.shape[1]
         for L, c in zip(self.layers, cache.layers):
+            if L.S is not None:  # retention: the raw sums S = z·S̄ (rows in the paired order), and z
+                S = c.S * c.z[..., None, None]
+                L.S.copy_(S if L.rotary is None else S[:, :, L.rotary[1]])
+                L.z.copy_(c.z)
+                continue
             L.k[:, :, :T] = c.k[:, :, :T] if L.rotary is None else c.k[:, :, :T][..., L.rotary[1]]
             L.v[:, :, :T] = c.v[:, :, :T]
         self.length = T
@@ -368,6 +481,9 @@ class FastDecoder:
         turns = {}  # each rotary table's multipliers at position p, looked up once per step
         masks = {}  # each relative bias at position p
         for L in self.layers:
+            if L.S is not None:
+                x = self._retention_step(L, x, p, turns)
+                continue
             h = L.norm1(x)
             if L.bqkv is None:
                 _mm(h, L.wqkv, out=L.qkv_out)
