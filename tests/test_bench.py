@@ -311,3 +311,30 @@ def test_scaling_refuses_bad_options_before_measuring(argv, needle, capsys) -> N
     with pytest.raises(SystemExit) as e:
         main(argv)
     assert e.value.code == 2 and needle in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("argv, needle", [
+    (["--lengths", "100"], "divide --tokens"),
+    (["--lengths", "a"], "--lengths"),
+    (["--chunk", "0"], "--chunk"),
+    (["--new-tokens", "0"], "--new-tokens"),
+])
+def test_retnet_bench_refuses_bad_options(argv, needle, capsys) -> None:
+    from archlab.bench.retnet import main
+
+    with pytest.raises(SystemExit) as e:
+        main(argv)
+    assert e.value.code == 2 and needle in capsys.readouterr().err
+
+
+def test_retnet_bench_peer_chunkwise_equals_its_parallel_form() -> None:
+    """The peer driven chunk by chunk (how the bench times its chunkwise form) computes what
+    its parallel form does, so the two peer contenders do the same job."""
+    pytest.importorskip("yet_another_retnet")
+    from archlab.bench.retnet import _peer, _peer_chunkwise
+
+    torch.manual_seed(0)
+    peer, _ = _peer(32, 2, 4)
+    ids = torch.randint(0, 256, (2, 20))
+    with torch.no_grad():
+        torch.testing.assert_close(_peer_chunkwise(peer.eval(), ids, 8), peer.forward_parallel(ids), atol=1e-4, rtol=1e-4)

@@ -19,6 +19,12 @@ drops the rest, for the configurations where that is provably the same computati
   the rotation in one operation. Scores q·k are sums over channels, so the same permutation
   of q and k leaves them unchanged; cached keys are kept in the permuted order (the prompt's
   keys are permuted when adopted) and values are not permuted at all;
+* a retention layer (:class:`~archlab.nn.mixers.retention.MultiScaleRetention`): one product for
+  q, k, v and the gate (the key scale folded into the k columns, q and k paired for the
+  complex RoPE multiply like attention's) → the raw state S = Σ γ^(n−m) k_mᵀ[v_m, 1] and the
+  count z updated in place (γ per head: consecutive positions) → q·S, both normalisations,
+  the group norm and the swish gate → ``addmm`` into the residual; the prompt's state is
+  adopted from the generic chunkwise prefill (S = z·S̄ there);
 * at batch 1 every weight is stored as column blocks, one per thread, and each product runs
   as a batched product over them (:func:`_mm`): BLAS gives a one-row product a single thread,
   and decoding at batch 1 is bound by streaming the weights, so this uses every core;
