@@ -5,12 +5,14 @@ configuration, interleaved in one process.
     archlab bench retnet --lengths 512 --rounds 7 --out runs/bench/retnet.json
 
 The matched model (both sides, random initialisation): width 256, 4 layers, 4 heads, byte
-vocabulary, LayerNorm pre-norm, a two-layer feed-forward of width 1024, biases in every
-linear layer, an untied output layer; retention with value width = model width, the swish
-gate and a group norm per head. What differs by design: archlab's retention applies the
-paper's two normalisations and decays over positions (the peer applies neither); archlab's
-feed-forward uses GELU, the peer's swish; the peer's decays are log-spaced from 1/32 to 1/512
-(archlab's, the paper's 1 − 2^(−5−h), coincide with them at 5 heads).
+vocabulary, LayerNorm pre-norm, a two-layer GELU feed-forward of width 1024, biases in every
+linear layer, an untied output layer; retention with value width = model width, a gate and a
+group norm per head. What differs by design: archlab's retention applies the paper's two
+normalisations and decays over positions (the peer applies neither); the peer has one
+activation knob for its feed-forward and its gate, set to GELU to match archlab's
+feed-forward (the larger cost), so its gate is GELU where archlab's is the paper's swish; the
+peer's decays are log-spaced from 1/32 to 1/512 (archlab's, the paper's 1 − 2^(−5−h),
+coincide with them at 5 heads).
 
 * **train**: one AdamW step (forward, backward, update) on a batch of ``--tokens`` tokens per
   step (batch = tokens / length) at each length. archlab's model trains in its ``auto`` form
@@ -44,7 +46,7 @@ def _peer(dim: int, depth: int, heads: int):
     except ImportError as e:  # pragma: no cover - depends on the environment
         return None, f"yet-another-retnet not installed ({e}); pip install 'archlab[peers]'"
     return RetNet(num_tokens=VOCAB, d_model=dim, nhead=heads, num_layers=depth, dropout=0.0,
-                  activation="swish", dim_feedforward=4 * dim, norm_first=True), None
+                  activation="gelu", dim_feedforward=4 * dim, norm_first=True), None
 
 
 def _ours(dim: int, depth: int, heads: int, max_len: int, chunk: int):
