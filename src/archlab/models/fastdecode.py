@@ -197,6 +197,24 @@ def _permute_heads(w: torch.Tensor, perm: torch.Tensor, start: int, heads: int) 
     block.copy_(block[..., perm].clone())
 
 
+def _project(L: object, x: torch.Tensor, p: int, turns: dict) -> torch.Tensor | None:
+    """norm1 and the layer's one fused projection into its output buffer; with RoPE, q rotated
+    in place and this position's multipliers returned (looked up once per step and table in
+    ``turns``), else None."""
+    h = L.norm1(x)
+    if L.bqkv is None:
+        _mm(h, L.wqkv, out=L.qkv_out)
+    else:
+        _addmm(L.bqkv, h, L.wqkv, out=L.qkv_out)
+    if L.rotary is None:
+        return None
+    t = turns.get(id(L.rotary))
+    if t is None:
+        t = turns[id(L.rotary)] = L.rotary[0][p]
+    L.q_c.mul_(t)
+    return t
+
+
 class _Layer:
     __slots__ = (
         "Dv",
@@ -426,16 +444,8 @@ class FastDecoder:
         the decay is γ), then the feed-forward. The state is kept as raw sums here (the
         generic path stores S/z); the output is the same function."""
         B, H, Dv = x.shape[0], L.S.shape[1], L.Dv
-        h = L.norm1(x)
-        if L.bqkv is None:
-            _mm(h, L.wqkv, out=L.qkv_out)
-        else:
-            _addmm(L.bqkv, h, L.wqkv, out=L.qkv_out)
-        if L.rotary is not None:
-            t = turns.get(id(L.rotary))
-            if t is None:
-                t = turns[id(L.rotary)] = L.rotary[0][p]
-            L.q_c.mul_(t)
+        t = _project(L, x, p, turns)
+        if t is not None:
             L.k_new_c.mul_(t)
         L.ve[..., :Dv].copy_(L.v_new)
         L.S.mul_(L.gamma[:, None, None]).add_(L.k_new.unsqueeze(-1) * L.ve.unsqueeze(-2))
@@ -490,17 +500,8 @@ class FastDecoder:
             if L.S is not None:
                 x = self._retention_step(L, x, p, turns)
                 continue
-            h = L.norm1(x)
-            if L.bqkv is None:
-                _mm(h, L.wqkv, out=L.qkv_out)
-            else:
-                _addmm(L.bqkv, h, L.wqkv, out=L.qkv_out)
-            if L.rotary is not None:
-                # rotate q in place and write the rotated k straight into the cache
-                t = turns.get(id(L.rotary))
-                if t is None:
-                    t = turns[id(L.rotary)] = L.rotary[0][p]
-                L.q_c.mul_(t)
+            t = _project(L, x, p, turns)
+            if t is not None:  # q is rotated; write the rotated k straight into the cache
                 torch.mul(L.k_new_c, t, out=L.kc.select(2, p))
             else:
                 L.k.select(2, p).copy_(L.k_new)
