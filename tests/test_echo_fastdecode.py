@@ -112,3 +112,32 @@ def test_echo_bench_runs_and_writes_ratios(tmp_path, capsys):
     assert set(res["decode_speedup_vs_whisper"]) == {"echo", "echo_rope", "echo_own", "echo_rope_own"}
     assert all(v > 0 for v in res["train_speedup_vs_whisper"].values())
     assert "greedy decode" in capsys.readouterr().out
+
+
+def test_the_weight_plan_is_reused_and_rebuilt_when_the_weights_change():
+    """Two calls over memories of the same length share the plan (weights laid out once); an
+    in-place update of any decoder parameter (an optimiser step) makes the next call rebuild
+    it, and decoding then follows the new weights."""
+    m = model_of(ACCEPTED["default"])
+    feats = torch.randn(2, 8, 32, dtype=torch.float64)
+    ids = torch.randint(3, m.decoder.embed.num_embeddings, (2, 12))
+
+    def check():
+        memory = m.encode(feats)
+        fd = EchoFastDecoder.build(m, memory, capacity=12)
+        with torch.no_grad():
+            ref = m.decode(ids, memory)
+            ours = torch.stack([fd.step(ids[:, t]) for t in range(12)], dim=1)
+        torch.testing.assert_close(ours, ref, atol=1e-10, rtol=1e-10)
+        return m._fast_plan[1]
+
+    first = check()
+    assert check() is first
+    with torch.no_grad():
+        m.decoder.blocks[0].cross.q.weight.mul_(1.5)  # in place, as an optimiser does
+    rebuilt = check()
+    assert rebuilt is not first
+    with torch.no_grad():
+        for p in m.decoder.blocks[1].mixer.position.parameters():
+            p.add_(0.3)  # the Givens angles: the folded matrix must follow
+    assert check() is not rebuilt

@@ -30,6 +30,8 @@ float64 (tests/test_echo_fastdecode.py).
 
 from __future__ import annotations
 
+import copy
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -37,7 +39,7 @@ from torch import nn
 from archlab.models.fastdecode import (_addmm, _mm, _norm_fn, _out_buffer, _permute_heads, _split, _t, apply_groups,
                                        ffn_step, ffn_weights, rope_table, rotation_matches)
 from archlab.nn.mixers.attention import Attention
-from archlab.nn.positional.rope import RotaryEmbedding
+from archlab.nn.positional.rope import RotaryEmbedding, params_key
 from archlab.nn.positional.rotations import RotatedRotary
 from archlab.nn.positional.stack import PositionStack
 from archlab.nn.residual import PreNorm
@@ -90,6 +92,82 @@ class _Layer:
                  "xq_c", "act", "hidden", "w_up", "b_up", "w_down", "b_down")
 
 
+class _Plan:
+    """What a decoder's weights and the call's sizes fix: the (in, out)-layout weights with the
+    rotations folded and the RoPE pairs permuted, the rotary tables and the bias tables. Built
+    once per weights version, capacity, memory length, dtype, device and block count, and
+    reused by every decoding call that matches (``EchoFastDecoder.build``)."""
+
+    __slots__ = ("layers", "final_norm", "head", "H", "D")
+
+
+def _plan(model: nn.Module, *, S: int, capacity: int, dtype, device, parts: int) -> _Plan | None:
+    dec = model.decoder
+    plan = _Plan()
+    plan.final_norm = _norm_fn(dec.norm)
+    if plan.final_norm is None:
+        return None
+    plan.layers = []
+    for block in dec.blocks:
+        attn, cross, ffn = block.mixer, block.cross, block.ffn
+        if type(attn) is not Attention or type(block.residual) is not PreNorm or not attn.causal \
+                or not isinstance(block.drop, nn.Identity) or attn.kv_heads != attn.heads \
+                or cross.kv_heads != cross.heads or attn.head_dim != cross.head_dim:
+            return None
+        H, D = attn.heads, attn.head_dim
+        L = _Layer()
+        L.norm1, L.norm_x, L.norm2 = _norm_fn(block.norm1), _norm_fn(block.norm_cross), _norm_fn(block.norm2)
+        if None in (L.norm1, L.norm_x, L.norm2) or any(m.bias is not None for m in
+                                                       (attn.qkv, attn.out, cross.q, cross.out)):
+            return None
+        # self-attention: rotation (folded matrix + RoPE table) and bias table
+        r, ok = _rotary(attn.position)
+        if not ok:
+            return None
+        L.wqkv, L.wo = _t(attn.qkv.weight), _t(attn.out.weight)
+        L.rot = None
+        if r is not None:
+            spec = rope_table(r, capacity, D, dtype, device)
+            M = _matrix(r)
+            if spec is None or not rotation_matches(r, *spec, M, H, H, D, capacity, dtype, device):
+                return None
+            if M is not None:  # the q heads, then the k heads (each head h by its group's matrix)
+                _fold(L.wqkv, M, 0, H, D)
+                _fold(L.wqkv, M, H * D, H, D)
+            _permute_heads(L.wqkv, spec[1], 0, 2 * H)
+            L.rot = spec
+        L.bias = _bias_table(attn.position, capacity, capacity, H, D, dtype, device)
+        # cross-attention: the query side (the memory's keys are the call's)
+        rx, ok = _rotary(cross.position)
+        if not ok:
+            return None
+        L.wq_x, L.wo_x = _t(cross.q.weight), _t(cross.out.weight)
+        L.rot_x = None
+        if rx is not None:
+            cap_x = max(capacity, S)
+            spec = rope_table(rx, cap_x, D, dtype, device)
+            M = _matrix(rx)
+            if spec is None or not rotation_matches(rx, *spec, M, H, H, D, cap_x, dtype, device):
+                return None
+            if M is not None:
+                _fold(L.wq_x, M, 0, H, D)
+            _permute_heads(L.wq_x, spec[1], 0, H)
+            L.rot_x = spec
+        L.bias_x = _bias_table(cross.position, capacity, S, H, D, dtype, device)
+        ffn_plan = ffn_weights(ffn)
+        if ffn_plan is None:
+            return None
+        L.act, L.hidden, L.w_up, L.b_up, L.w_down, L.b_down = ffn_plan
+        L.wqkv, L.wo, L.wq_x, L.wo_x, L.w_up, L.w_down = (
+            _split(w, parts) for w in (L.wqkv, L.wo, L.wq_x, L.wo_x, L.w_up, L.w_down))
+        plan.layers.append(L)
+    plan.H, plan.D = dec.blocks[0].mixer.heads, dec.blocks[0].mixer.head_dim
+    if any((b.mixer.heads, b.mixer.head_dim) != (plan.H, plan.D) for b in dec.blocks):
+        return None
+    plan.head = _split(_t(dec.embed.weight), parts)
+    return plan
+
+
 class EchoFastDecoder:
     """Decoding state and (in, out)-layout weights of one EchoModel's decoder over one memory."""
 
@@ -102,86 +180,39 @@ class EchoFastDecoder:
             return None
         B, S, _ = memory.shape
         dtype, device = memory.dtype, memory.device
-        self = cls()
-        self.dec, self.B, self.capacity, self.dtype = dec, B, capacity, dtype
-        self.final_norm = _norm_fn(dec.norm)
-        if self.final_norm is None:
-            return None
-        self.layers: list[_Layer] = []
-        self_pos = torch.arange(capacity, device=device)
-        for block in dec.blocks:
-            attn, cross, ffn = block.mixer, block.cross, block.ffn
-            if type(attn) is not Attention or type(block.residual) is not PreNorm or not attn.causal \
-                    or not isinstance(block.drop, nn.Identity) or attn.kv_heads != attn.heads \
-                    or cross.kv_heads != cross.heads or attn.head_dim != cross.head_dim:
-                return None
-            H, D = attn.heads, attn.head_dim
-            L = _Layer()
-            L.norm1, L.norm_x, L.norm2 = _norm_fn(block.norm1), _norm_fn(block.norm_cross), _norm_fn(block.norm2)
-            if None in (L.norm1, L.norm_x, L.norm2) or any(m.bias is not None for m in
-                                                           (attn.qkv, attn.out, cross.q, cross.out)):
-                return None
-            # self-attention: rotation (folded matrix + RoPE table) and bias table
-            r, ok = _rotary(attn.position)
-            if not ok:
-                return None
-            L.wqkv, L.wo = _t(attn.qkv.weight), _t(attn.out.weight)
-            L.rot = None
-            if r is not None:
-                spec = rope_table(r, capacity, D, dtype, device)
-                M = _matrix(r)
-                if spec is None or not rotation_matches(r, *spec, M, H, H, D, capacity, dtype, device):
-                    return None
-                if M is not None:  # the q heads, then the k heads (each head h by its group's matrix)
-                    _fold(L.wqkv, M, 0, H, D)
-                    _fold(L.wqkv, M, H * D, H, D)
-                _permute_heads(L.wqkv, spec[1], 0, 2 * H)
-                L.rot = spec
-            L.bias = _bias_table(attn.position, capacity, capacity, H, D, dtype, device)
-            L.k = torch.empty(B, H, capacity, D, dtype=dtype, device=device)
-            L.v = torch.empty_like(L.k)
-            L.kc = torch.view_as_complex(L.k.unflatten(-1, (-1, 2))) if L.rot is not None else None
-            # cross-attention: the memory's keys/values once (rotated by the scheme itself)
-            rx, ok = _rotary(cross.position)
-            if not ok:
-                return None
-            k, v = cross.memory_kv(memory)
-            L.wq_x, L.wo_x = _t(cross.q.weight), _t(cross.out.weight)
-            L.rot_x = None
-            if rx is not None:
-                cap_x = max(capacity, S)
-                spec = rope_table(rx, cap_x, D, dtype, device)
-                M = _matrix(rx)
-                if spec is None or not rotation_matches(rx, *spec, M, H, H, D, cap_x, dtype, device):
-                    return None
-                _, k = cross.position.rotate(torch.zeros_like(k[:, :, :1]), k, self_pos[:1],
-                                             torch.arange(S, device=device))
-                k = k[..., spec[1]]
-                if M is not None:
-                    _fold(L.wq_x, M, 0, H, D)
-                _permute_heads(L.wq_x, spec[1], 0, H)
-                L.rot_x = spec
-            L.xk, L.xv = k.contiguous(), v.contiguous()
-            L.bias_x = _bias_table(cross.position, capacity, S, H, D, dtype, device)
-            plan = ffn_weights(ffn)
-            if plan is None:
-                return None
-            L.act, L.hidden, L.w_up, L.b_up, L.w_down, L.b_down = plan
-            self.layers.append(L)
-        self.H, self.D = dec.blocks[0].mixer.heads, dec.blocks[0].mixer.head_dim
-        if any((b.mixer.heads, b.mixer.head_dim) != (self.H, self.D) for b in dec.blocks):
-            return None
-        self.head = _t(dec.embed.weight)
         if parts is None:
             parts = torch.get_num_threads() if device.type == "cpu" else 1
         if B != 1:
             parts = 1
-        for L in self.layers:
-            L.wqkv, L.wo, L.wq_x, L.wo_x, L.w_up, L.w_down = (
-                _split(w, parts) for w in (L.wqkv, L.wo, L.wq_x, L.wo_x, L.w_up, L.w_down))
-        self.head = _split(self.head, parts)
+        # The weight plan is reused while the decoder's parameters are unchanged (their data
+        # pointers and in-place versions: an optimiser step or load_state_dict invalidates it).
+        key = (params_key([*dec.parameters(), *dec.buffers()]), capacity, S, dtype, device, parts)
+        memo = getattr(model, "_fast_plan", None)
+        if memo is not None and memo[0] == key:
+            plan = memo[1]
+        else:
+            plan = _plan(model, S=S, capacity=capacity, dtype=dtype, device=device, parts=parts)
+            model._fast_plan = (key, plan)
+        if plan is None:
+            return None
+        self = cls()
+        self.dec, self.B, self.capacity, self.dtype = dec, B, capacity, dtype
+        self.final_norm, self.head, self.H, self.D = plan.final_norm, plan.head, plan.H, plan.D
         H, D, HD = self.H, self.D, self.H * self.D
-        for L in self.layers:
+        self_pos = torch.arange(capacity, device=device)
+        self.layers = []
+        for P, block in zip(plan.layers, dec.blocks):
+            L = copy.copy(P)  # the plan's weights and tables, this call's buffers
+            L.k = torch.empty(B, H, capacity, D, dtype=dtype, device=device)
+            L.v = torch.empty_like(L.k)
+            L.kc = torch.view_as_complex(L.k.unflatten(-1, (-1, 2))) if L.rot is not None else None
+            cross = block.cross
+            k, v = cross.memory_kv(memory)
+            if L.rot_x is not None:  # the memory's keys rotated by the scheme itself, then paired
+                _, k = cross.position.rotate(torch.zeros_like(k[:, :, :1]), k, self_pos[:1],
+                                             torch.arange(S, device=device))
+                k = k[..., L.rot_x[1]]
+            L.xk, L.xv = k.contiguous(), v.contiguous()
             L.qkv_out, qkv = _out_buffer(L.wqkv, B)
             L.q = qkv[:, :HD].view(B, H, 1, D)
             L.k_new = qkv[:, HD:2 * HD].view(B, H, D)
@@ -193,6 +224,7 @@ class EchoFastDecoder:
                 L.k_new_c = torch.view_as_complex(qkv[:, HD:2 * HD].view(B, H, D // 2, 2))
             if L.rot_x is not None:
                 L.xq_c = torch.view_as_complex(xq.view(B, H, D // 2, 2))
+            self.layers.append(L)
         self.positions = torch.arange(capacity, device=device)
         self.length = 0
         return self
