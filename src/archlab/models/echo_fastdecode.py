@@ -17,6 +17,13 @@ whose helpers this uses):
   multiplied by M once per call, and the step does plain RoPE. The same fold applies to the
   cross-attention's query; its keys are rotated by the scheme itself.
 
+The weights' layouts, the folded rotations and the rotary and bias tables depend only on the
+decoder's parameters and the call's sizes, so they are built once (a ``_Plan``) and reused by
+every call with the same parameters (data pointers and in-place versions: an optimiser step
+invalidates it), capacity, memory length, dtype, device and block count; it is kept on the
+model as ``_fast_plan`` (one entry, a copy of the decoder's weights). Per call only the
+memory's keys and values and the step buffers are made.
+
 Which decoders qualify is decided structurally (:meth:`EchoFastDecoder.build` returns ``None``
 otherwise and :func:`~archlab.models.echo.greedy_decode` takes the generic path): the
 rotation must be RoPE with one table for every head (a multi-scale or query-phase RoPE is
