@@ -108,6 +108,23 @@ class _Plan:
     __slots__ = ("layers", "final_norm", "head", "H", "D")
 
 
+def _rotation_into(r: RotaryEmbedding, w: torch.Tensor, starts: tuple[int, ...], H: int, D: int, capacity: int,
+                   dtype, device) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """The scheme's RoPE table over ``capacity`` positions, checked against its own ``rotate``,
+    after folding its fixed matrix (if any) into the H heads of (in, out) weight ``w`` at each
+    column offset in ``starts`` (consecutive blocks) and pairing their channels; None when
+    this path cannot reproduce the scheme."""
+    spec = rope_table(r, capacity, D, dtype, device)
+    M = _matrix(r)
+    if spec is None or not rotation_matches(r, *spec, M, H, H, D, capacity, dtype, device):
+        return None
+    if M is not None:  # each head h by its group's matrix
+        for start in starts:
+            _fold(w, M, start, H, D)
+    _permute_heads(w, spec[1], starts[0], len(starts) * H)
+    return spec
+
+
 def _plan(model: nn.Module, *, S: int, capacity: int, dtype, device, parts: int) -> _Plan | None:
     dec = model.decoder
     plan = _Plan()
@@ -133,16 +150,10 @@ def _plan(model: nn.Module, *, S: int, capacity: int, dtype, device, parts: int)
             return None
         L.wqkv, L.wo = _t(attn.qkv.weight), _t(attn.out.weight)
         L.rot = None
-        if r is not None:
-            spec = rope_table(r, capacity, D, dtype, device)
-            M = _matrix(r)
-            if spec is None or not rotation_matches(r, *spec, M, H, H, D, capacity, dtype, device):
+        if r is not None:  # the q heads, then the k heads
+            L.rot = _rotation_into(r, L.wqkv, (0, H * D), H, D, capacity, dtype, device)
+            if L.rot is None:
                 return None
-            if M is not None:  # the q heads, then the k heads (each head h by its group's matrix)
-                _fold(L.wqkv, M, 0, H, D)
-                _fold(L.wqkv, M, H * D, H, D)
-            _permute_heads(L.wqkv, spec[1], 0, 2 * H)
-            L.rot = spec
         L.bias = _bias_table(attn.position, capacity, capacity, H, D, dtype, device)
         # cross-attention: the query side (the memory's keys are the call's)
         rx, ok = _rotary(cross.position)
@@ -151,15 +162,9 @@ def _plan(model: nn.Module, *, S: int, capacity: int, dtype, device, parts: int)
         L.wq_x, L.wo_x = _t(cross.q.weight), _t(cross.out.weight)
         L.rot_x = None
         if rx is not None:
-            cap_x = max(capacity, S)
-            spec = rope_table(rx, cap_x, D, dtype, device)
-            M = _matrix(rx)
-            if spec is None or not rotation_matches(rx, *spec, M, H, H, D, cap_x, dtype, device):
+            L.rot_x = _rotation_into(rx, L.wq_x, (0,), H, D, max(capacity, S), dtype, device)
+            if L.rot_x is None:
                 return None
-            if M is not None:
-                _fold(L.wq_x, M, 0, H, D)
-            _permute_heads(L.wq_x, spec[1], 0, H)
-            L.rot_x = spec
         L.bias_x = _bias_table(cross.position, capacity, S, H, D, dtype, device)
         ffn_plan = ffn_weights(ffn)
         if ffn_plan is None:
