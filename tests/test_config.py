@@ -7,9 +7,10 @@ import yaml
 
 from archlab.catalog.ffn import FFNConfig, SwiGLUConfig
 from archlab.catalog.norms import LayerNormConfig, NormConfig
+from archlab.catalog.residual import LAuReLConfig
 from archlab.catalog.positions import AlibiConfig, RopeConfig, T5Config
 from archlab.config import Config, ConfigError, apply_overrides, load_config, parse_config
-from archlab.registry import POSITION
+from archlab.registry import POSITION, PartConfig
 
 
 def load(*sets: str, path=None):
@@ -70,7 +71,7 @@ def test_unknown_kind_lists_allowed():
         ("train.precision=fp8", "train.precision", "allowed"),
         ("data.tokenizer=words", "data.tokenizer", "allowed"),
         ("model.position.base=big", "model.position.base", "number"),
-        ("model.layers.default.norm.placement=middle", "model.layers.default.norm.placement", "allowed"),
+        ("model.layers.default.norm.placement=middle", "model.layers.default.norm.placement.kind", "allowed"),
         ("model.kv_heads=two", "model.kv_heads", "expected"),
         ("model=3", "model", "mapping"),
     ],
@@ -177,7 +178,9 @@ def test_partial_part_refines_default_kind():
     ffn = load("model.layers.default.ffn.mult=2").model.layers.default.ffn
     assert ffn == SwiGLUConfig(kind="swiglu", mult=2.0)
     norm = load("model.layers.default.norm.placement=post").model.layers.default.norm
-    assert norm == NormConfig(kind="rms", placement="post")
+    assert norm == NormConfig(kind="rms", placement=PartConfig(kind="post"))
+    laurel = load("model.layers.default.norm.placement.kind=laurel").model.layers.default.norm.placement
+    assert laurel == LAuReLConfig(kind="laurel")  # a bare kind or a mapping: the same policy
     # a key the default kind does not have is still refused, naming the kind
     msg = config_error("model.position.num_buckets=8")
     assert msg.startswith("model.position.num_buckets: unknown key for kind 'rope'")

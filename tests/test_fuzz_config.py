@@ -31,6 +31,7 @@ import pytest
 import archlab.models  # noqa: F401  (registers the model families)
 from archlab.config import (Config, DataConfig, LayerConfig, LayersConfig, ModelConfig, SpeechDataConfig, TrainConfig,
                             load_config)
+from archlab.catalog.mixers import PIDConfig
 from archlab.registry import REGISTRIES, ConfigError
 from archlab.train.dynamics import CONTROLLER
 
@@ -85,9 +86,10 @@ def _slots() -> list[Slot]:
            Slot("train", TrainConfig, "train"), Slot("layers", LayersConfig, "model.layers"),
            Slot("layer", LayerConfig, "model.layers.default")]
     where = {"position": "model.position", "mixer": "model.layers.default.mixer", "ffn": "model.layers.default.ffn",
-             "norm": "model.layers.default.norm", "task": "data.task", "family": "model.family_options"}
+             "norm": "model.layers.default.norm", "task": "data.task", "family": "model.family_options",
+             "residual": "model.layers.default.norm.placement"}
     for group, reg in REGISTRIES.items():
-        if group in ("residual", "init", "method", "compressor"):  # chosen by a name (norm.placement, model.init, ...)
+        if group in ("init", "method", "compressor"):  # chosen by a name (model.init, train.method, ...)
             continue
         for kind in reg.kinds():
             cls, at = reg.entry(kind).config_cls, where[group]
@@ -100,6 +102,9 @@ def _slots() -> list[Slot]:
             else:
                 base = ((at, {"kind": kind}),)
             out.append(Slot(f"{group}:{kind}", cls, at, base, kind=kind))
+    for kind in ("attention", "local", "conv_attention"):  # PID control, a section of attention mixers
+        out.append(Slot(f"pid:{kind}", PIDConfig, "model.layers.default.mixer.pid",
+                        (("model.layers.default.mixer", {"kind": kind, "pid": {}}),), kind=kind))
     out.append(Slot("speech", SpeechDataConfig, "data.speech", (("model.family", "echo"), *SPEECH_BASE)))
     for kind in CONTROLLER.kinds():  # the learning-dynamics controllers (train.dynamics items)
         out.append(Slot(f"dynamics:{kind}", CONTROLLER.entry(kind).config_cls, "train.dynamics",
@@ -181,6 +186,11 @@ VALID: dict[tuple[str, str], set[str]] = {
     ("family:hierarchical", "vq_beta"): {"zero"},  # weights of auxiliary losses: 0 switches them off
     ("family:hierarchical", "window_sizes"): {"zero", "null"},  # 0: no attention; null: full causal
     ("family:echo", "max_rel_dist"): {"zero"},  # 0: no relative bias
+    ("mixer:attention", "persistent"): {"zero"},  # 0: no persistent memory
+    ("mixer:memory", "heads"): {"zero"}, ("mixer:memory", "temperature"): {"zero"},  # 0: the defaults
+    ("residual:laurel", "rank"): {"zero"}, ("residual:laurel", "previous"): {"zero"},  # 0: no LR / PA term
+    ("residual:mixln", "alpha"): {"zero"},  # all pre-norm
+    **{(f"pid:{k}", n): {"zero"} for k in ("attention", "local", "conv_attention") for n in ("p", "i", "d", "beta")},
     ("speech", "seed"): {"zero"}, ("speech", "max_new_tokens"): {"zero"},  # 0: the default
 }
 

@@ -25,7 +25,7 @@ from archlab.nn import positional as P
 from archlab.nn.ffn import GeluMLP, SwiGLU
 from archlab.registry import FFN, MIXER, NORM, POSITION, RESIDUAL
 
-GROUPS = {"position": POSITION, "mixer": MIXER, "ffn": FFN, "norm": NORM}
+GROUPS = {"position": POSITION, "mixer": MIXER, "ffn": FFN, "norm": NORM, "residual": RESIDUAL}
 T = 24  # long enough that T5 distances reach the log-spaced buckets (≥ num_buckets/2 = 16)
 V = 256
 
@@ -46,6 +46,8 @@ PARTS = part_cases()
 
 
 def part_key(group: str) -> str:
+    if group == "residual":  # a residual policy is named by the layer's norm.placement
+        return "model.layers.default.norm.placement"
     return "model.position" if group == "position" else f"model.layers.default.{group}"
 
 
@@ -56,16 +58,42 @@ def part_overrides(group: str, kind: str, placement: str | None, **knobs) -> dic
     return {part_key(group): value}
 
 
+def part_of(cfg, group: str):
+    """The parsed config of ``group``'s part in the tiny model ``cfg``."""
+    if group == "position":
+        return cfg.model.position
+    if group == "residual":
+        return cfg.model.layers.default.norm.placement
+    return getattr(cfg.model.layers.default, group)
+
+
 def make_ids(B: int = 2, T: int = T, seed: int = 1) -> torch.Tensor:
     return torch.randint(0, V, (B, T), generator=torch.Generator().manual_seed(seed))
 
 
 def transplant(src: torch.nn.Module, dst: torch.nn.Module) -> None:
     """Copy every parameter/buffer the two models share (same name and shape) from src to dst,
-    so an output difference comes from what differs, not from a different random init."""
+    so an output difference comes from what differs, not from a different random init.
+
+    The parameters only one of them has are moved off their initial values by a fixed small step: a
+    learned branch often starts exactly at what it augments (LAuReL's zero B, a zero gate), and
+    the question is what the part computes, not where training starts it. A parameter that is
+    never used still changes nothing, so a dead switch is still caught."""
     own = dst.state_dict()
-    shared = {k: v for k, v in src.state_dict().items() if k in own and own[k].shape == v.shape}
+    theirs = src.state_dict()
+    shared = {k: v for k, v in theirs.items() if k in own and own[k].shape == v.shape}
     dst.load_state_dict(shared, strict=False)
+    jitter(dst, skip=set(shared))
+    jitter(src, skip={k for k, v in theirs.items() if k in own and own[k].shape == v.shape})
+
+
+@torch.no_grad()
+def jitter(model: torch.nn.Module, skip: set = frozenset(), scale: float = 0.05) -> None:
+    """Add a seeded N(0, scale²) step to every parameter not named in ``skip``."""
+    g = torch.Generator().manual_seed(11)
+    for name, p in model.named_parameters():
+        if name not in skip:
+            p.add_(scale * torch.randn(p.shape, generator=g, dtype=torch.float64).to(p.dtype))
 
 
 # ----------------------------------------------------------------------------- shared checks
@@ -142,7 +170,11 @@ def test_cache_equals_full_recomputation(case, tiny_config, build):
 
 @pytest.mark.parametrize("case", PARTS)
 def test_every_parameter_gets_gradient(case, tiny_config, build):
+    """At a point near the initialisation, not at it: a zero-initialised factor (LAuReL's B, as
+    in LoRA) blocks the gradient of the factor it multiplies only at exactly zero; a parameter
+    the graph never reaches gets none anywhere."""
     model = build(tiny_config(**part_overrides(*case)), double=True).train()
+    jitter(model)
     ids = make_ids()
     targets = torch.roll(ids, -1, dims=1)
     model(ids, targets=targets).loss.backward()
@@ -189,6 +221,7 @@ KNOB_VALUES = {
     "rounds": 3,  # Givens rounds: the default -1 (all) doubled would be invalid
     "max_rel_dist": 8,  # clipping must bite at T=24
     "max_pos": 8,  # CoPE: the cap must bite at T=24 (a larger table is never read)
+    "alpha": 0.5,  # Mix-LN: ⌊α·depth⌋ must change at depth 2 (0.25 → 0.125 leaves it at 0)
 }
 
 
@@ -228,8 +261,7 @@ def test_knob_changes_output(case, tiny_config, build):
     group, kind, placement, name, value = case
     model = build(tiny_config(**part_overrides(group, kind, placement)), double=True)
     cfg = tiny_config(**part_overrides(group, kind, placement, **{name: value}))
-    assert getattr(cfg.model.position if group == "position" else getattr(cfg.model.layers.default, group),
-                   name) == value
+    assert getattr(part_of(cfg, group), name) == value
     alt = build(cfg, double=True)
     transplant(model, alt)
     ids = make_ids()

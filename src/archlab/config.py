@@ -428,6 +428,7 @@ def _validate(cfg: Config, require_budget: bool = True) -> Config:
     for i, lc in enumerate(layers):  # a layer's parts also see the layer's resolved config
         checks += [(getattr(lc, n), f"model.layers[{i}].{n}", {**ctx, "layer": lc})
                    for n in ("mixer", "ffn", "norm", "position")]
+        checks.append((lc.norm.placement, f"model.layers[{i}].norm.placement", {**ctx, "layer": lc}))
     for p, where, part_ctx in checks:
         if p is not None and hasattr(p, "check"):
             p.check(part_ctx, where)

@@ -19,3 +19,4 @@ class BuildContext:
     init_std: float = 0.02
     position: Any = None  # the PositionalScheme the layer's attention uses
     depth: int = 1
+    layer: int = 0  # the index of the block being built (Mix-LN picks post- or pre-norm by it)

@@ -17,7 +17,7 @@ from types import SimpleNamespace
 from typing import Any, Callable
 
 from archlab.catalog.context import BuildContext
-from archlab.registry import COMPRESSOR, FAMILY, MIXER, POSITION, ConfigError, PartConfig, to_dict
+from archlab.registry import COMPRESSOR, FAMILY, FFN, MIXER, POSITION, ConfigError, PartConfig, to_dict
 
 AUTO = "auto"
 
@@ -130,9 +130,12 @@ def model_kwargs(m: Any, opts: HierarchicalConfig, where: str = "model.family_op
     if m.layers.overrides:
         raise ConfigError("model.layers.overrides: not used by family 'hierarchical'; "
                           f"set per-hierarchy values in {where} (window_sizes, heads, ...)")
-    if default.mixer.kind != "attention" or default.position is not None:
+    if to_dict(default.mixer) != to_dict(MIXER.parse("attention", "mixer")) or default.position is not None:
         raise ConfigError("model.layers.default: family 'hierarchical' uses its own attention; "
                           "leave mixer (attention) and position (unset) at their defaults")
+    if default.ffn.kind == "none":
+        raise ConfigError("model.layers.default.ffn.kind: family 'hierarchical' keeps a feed-forward in every block; "
+                          f"allowed: {', '.join(k for k in FFN.kinds() if k != 'none')}")
     if m.bias:
         raise ConfigError("model.bias: biases in linear layers are not supported by family 'hierarchical'; "
                           "allowed: false")
@@ -226,8 +229,14 @@ class SpeechOptions(PartConfig):
         if m.init != "fan_in":
             raise ConfigError(f"model.init: family '{family}' has its own initialisation "
                               "(docs/echo.md); leave model.init unset")
-        if m.layers.default.norm.placement != "pre":
+        if m.layers.default.norm.placement.kind != "pre":
             raise ConfigError(f"model.layers.default.norm.placement: family '{family}' is pre-norm; allowed: pre")
+        if m.layers.default.ffn.kind == "none":
+            raise ConfigError(f"model.layers.default.ffn.kind: family '{family}' keeps a feed-forward in every block; "
+                              f"allowed: {', '.join(k for k in FFN.kinds() if k != 'none')}")
+        if getattr(m.layers.default.mixer, "pid", None) is not None:
+            raise ConfigError(f"model.layers.default.mixer.pid: PID control across layers is built for family 'lm' "
+                              f"only; leave it unset for family '{family}'")
 
 
 def speech_dims(m: Any, opts: SpeechOptions, where: str) -> dict[str, int]:

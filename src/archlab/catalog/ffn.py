@@ -38,3 +38,8 @@ def _swiglu(cfg: SwiGLUConfig, ctx: BuildContext):
     m = cfg.multiple_of
     hidden = -(-int(2 * cfg.mult * ctx.dim / 3) // m) * m
     return SwiGLU(dim=ctx.dim, hidden=hidden, bias=ctx.bias, dropout=ctx.dropout)
+
+
+@FFN.register("none", PartConfig, "no feed-forward sublayer (memory-read and all-attention blocks)")
+def _none(cfg: PartConfig, ctx: BuildContext):
+    return None  # the block has no second sublayer (nn/block.py)

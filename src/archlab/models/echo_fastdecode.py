@@ -135,7 +135,7 @@ def _plan(model: nn.Module, *, S: int, capacity: int, dtype, device, parts: int)
     for block in dec.blocks:
         attn, cross, ffn = block.mixer, block.cross, block.ffn
         if type(attn) is not Attention or type(block.residual) is not PreNorm or not attn.causal \
-                or not isinstance(block.drop, nn.Identity) or attn.kv_heads != attn.heads \
+                or attn.persistent or not isinstance(block.drop, nn.Identity) or attn.kv_heads != attn.heads \
                 or cross.kv_heads != cross.heads or attn.head_dim != cross.head_dim:
             return None
         H, D = attn.heads, attn.head_dim

@@ -295,6 +295,8 @@ class FastDecoder:
                 return None
             if type(attn) is LocalAttention and (attn.global_heads or attn.global_tokens):
                 return None  # global heads/tokens: generic path
+            if attn.persistent or attn.pid is not None or block.ffn is None:
+                return None  # persistent slots, PID control, no feed-forward: generic path
             pos = attn.position
             if type(pos) is RotaryEmbedding:
                 # one table for every head and for q and k alike: no multi-scale head groups,

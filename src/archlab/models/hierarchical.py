@@ -79,7 +79,7 @@ class HierarchicalLM(nn.Module):
         self.compressor_kind = compressor
         ffn_cfg = FFN.parse(ffn, names("ffn"))
         norm_cfg = NORM.parse(norm, names("norm"))
-        if getattr(norm_cfg, "placement", "pre") != "pre":
+        if norm_cfg.placement.kind != "pre":
             raise ConfigError(f"{names('norm')}.placement: the hierarchical family is pre-norm only; allowed: pre")
 
         pos_cfg = stream_position(position, rope_base, rope_fraction, names("position"))

@@ -16,6 +16,7 @@ from torch import nn
 from archlab.catalog import BuildContext
 from archlab.nn.block import Block
 from archlab.nn.init import Initializer
+from archlab.nn.residual import Stream
 from archlab.registry import FFN, INIT, MIXER, NORM, POSITION, RESIDUAL, PartConfig
 
 IGNORE_INDEX = -100  # targets with this value are not counted (prompt / padding tokens)
@@ -49,22 +50,20 @@ def context_for(cfg, *, causal: bool = True, position=None) -> BuildContext:
     )
 
 
-def _policy(norm_cfg) -> PartConfig:
-    """The residual policy a layer's norm config names (``placement``)."""
-    return PartConfig(kind=norm_cfg.placement)
-
-
 def build_blocks(cfg, *, causal: bool, shared_position: nn.Module) -> nn.ModuleList:
     """One Block per layer from the resolved per-layer configs. Layers without their own
     ``position`` share the model's scheme instance (one table, one set of parameters)."""
     blocks = []
-    for lc in cfg.layer_configs():
+    for i, lc in enumerate(cfg.layer_configs()):
         ctx = context_for(cfg, causal=causal)
+        ctx.layer = i
         ctx.position = POSITION.build(lc.position, ctx) if lc.position is not None else shared_position
+        ffn = FFN.build(lc.ffn, ctx)  # None: no feed-forward sublayer (kind 'none')
         blocks.append(Block(
-            mixer=MIXER.build(lc.mixer, ctx), ffn=FFN.build(lc.ffn, ctx),
-            norm1=NORM.build(lc.norm, ctx), norm2=NORM.build(lc.norm, ctx),
-            residual1=RESIDUAL.build(_policy(lc.norm), ctx), residual2=RESIDUAL.build(_policy(lc.norm), ctx),
+            mixer=MIXER.build(lc.mixer, ctx), ffn=ffn,
+            norm1=NORM.build(lc.norm, ctx), norm2=NORM.build(lc.norm, ctx) if ffn is not None else None,
+            residual1=RESIDUAL.build(lc.norm.placement, ctx),
+            residual2=RESIDUAL.build(lc.norm.placement, ctx) if ffn is not None else None,
             dropout=cfg.dropout,
         ))
     return nn.ModuleList(blocks)
@@ -98,10 +97,13 @@ class LM(nn.Module):
         self.embed = nn.Embedding(V, D)
         self.position = POSITION.build(cfg.position, context_for(cfg))
         self.blocks = build_blocks(cfg, causal=True, shared_position=self.position)
-        default_norm = cfg.layers.default.norm
-        # Post-norm blocks end normalised already; pre-norm needs a final norm before the head.
-        final = RESIDUAL.build(_policy(default_norm), context_for(cfg)).final_norm
-        self.norm = NORM.build(default_norm, context_for(cfg)) if final else nn.Identity()
+        # Post-norm blocks end normalised already; pre-norm needs a final norm before the head
+        # (the last block's last policy decides: Mix-LN ends pre-norm unless α = 1).
+        last = self.blocks[-1]
+        final = (last.residual2 or last.residual1).final_norm
+        self.norm = NORM.build(cfg.layers.default.norm, context_for(cfg)) if final else nn.Identity()
+        # a Stream is carried through the blocks only when some part looks back or is controlled
+        self.uses_stream = any(b.uses_stream for b in self.blocks)
         self.drop = nn.Dropout(cfg.dropout) if cfg.dropout > 0 else nn.Identity()
         self.head = nn.Linear(D, V, bias=False)
         init_weights(self, cfg.init_std, cfg.depth, cfg.init)
@@ -145,8 +147,10 @@ class LM(nn.Module):
         if self.position.uses_embed:
             x = self.position.embed(x, positions)
         x = self.drop(x)
+        stream = Stream() if self.uses_stream else None
         for i, block in enumerate(self.blocks):
-            x = block(x, positions=positions, cache=cache.layers[i] if cache is not None else None, mask=mask)
+            x = block(x, positions=positions, cache=cache.layers[i] if cache is not None else None, mask=mask,
+                      stream=stream)
         if cache is not None:
             cache.offset += T
         logits = self.head(self.norm(x))

@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from archlab.nn.cache import KVCache
+from archlab.nn.mixers.pid import PIDControl
 from archlab.nn.positional.base import PositionalScheme
 
 
@@ -78,6 +79,8 @@ class Attention(nn.Module):
         causal: bool = True,
         bias: bool = False,
         dropout: float = 0.0,
+        persistent: int = 0,
+        pid: PIDControl | None = None,
     ) -> None:
         super().__init__()
         self.heads = heads
@@ -93,6 +96,20 @@ class Attention(nn.Module):
         self.qkv = nn.Linear(dim, sum(self.split), bias=bias)
         self.out = nn.Linear(heads * hd, dim, bias=bias)
         self.out.residual_out = True
+        # Persistent memory (Sukhbaatar et al., 2019, "Augmenting Self-attention with Persistent
+        # Memory"): ``persistent`` learned key/value vectors per key/value head that every query
+        # sees in the same softmax as the context, with no position (no rotation, no bias).
+        # PID control across layers (nn/mixers/pid.py); it needs the model's per-call Stream
+        self.pid = pid
+        self.uses_stream = pid is not None
+        self.persistent = int(persistent)
+        if self.persistent:
+            if position.needs_scores or position.attend is not None:
+                raise ValueError("persistent memory slots have no position for a scheme that "
+                                 "reads the scores (CoPE) to act on")
+            # keys N(0, 1/D) and values N(0, 1/N): logits and outputs of unit scale at the start
+            self.memory_k = nn.Parameter(torch.randn(self.kv_heads, self.persistent, hd) / math.sqrt(hd))
+            self.memory_v = nn.Parameter(torch.randn(self.kv_heads, self.persistent, hd) / math.sqrt(self.persistent))
 
     def init_cache(self) -> KVCache:
         return KVCache()
@@ -131,8 +148,12 @@ class Attention(nn.Module):
         positions: torch.Tensor,
         cache: KVCache | None = None,
         mask: torch.Tensor | None = None,
+        stream=None,
     ) -> torch.Tensor:
         B, T, _ = x.shape
+        if self.pid is not None and stream is None:
+            raise ValueError("PID attention is controlled across layers: it needs the stream the model's "
+                             "blocks carry (archlab.nn.residual.Stream)")
         M = self.pre_rotation(x, positions)
         q, k, v = self.project(x, M)
         pos = self.position
@@ -145,9 +166,14 @@ class Attention(nn.Module):
                 q, k = pos.rotate(q, k, positions, positions)
         fresh = cache is None or len(cache) == 0
         k_pos = positions
+        v_new = v
         if cache is not None:
             k, v, k_pos = cache.update(k, v, positions)
         y = self.attend(q, k, v, positions, k_pos, mask=mask, fresh=fresh)
+        if self.pid is not None:
+            if self.kv_heads != self.heads:
+                v_new = v_new.repeat_interleave(self.heads // self.kv_heads, dim=1)
+            y = self.pid(y, v_new, stream.state.setdefault("pid", {}))
         return self.out(y.transpose(1, 2).reshape(B, T, -1))
 
     def attend(self, q, k, v, q_pos, k_pos, *, mask=None, fresh=True):
@@ -155,6 +181,8 @@ class Attention(nn.Module):
         pos = self.position
         p = self.dropout if self.training else 0.0
         gqa = self.kv_heads != self.heads
+        if self.persistent:
+            return self._with_memory(q, k, v, q_pos, k_pos, mask=mask, p=p)
         if pos.needs_scores or not self.fused:
             return self._explicit(q, k, v, q_pos, k_pos, mask=mask, p=p)
         bias = pos.bias(q, k, q_pos, k_pos) if pos.uses_bias else None
@@ -176,6 +204,26 @@ class Attention(nn.Module):
             if allowed is not None:
                 attn_mask = attn_mask.masked_fill(~allowed, float("-inf"))
         return F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, dropout_p=p, enable_gqa=gqa)
+
+    def _with_memory(self, q, k, v, q_pos, k_pos, *, mask, p):
+        """One softmax over the persistent slots followed by the context keys: the slots are
+        always visible (to every query, whatever the causal or padding mask) and carry no
+        positional bias."""
+        B, N = q.shape[0], self.persistent
+        k = torch.cat([self.memory_k.to(k.dtype).expand(B, -1, -1, -1), k], dim=2)
+        v = torch.cat([self.memory_v.to(v.dtype).expand(B, -1, -1, -1), v], dim=2)
+        allowed = allowed_mask(q_pos, k_pos, causal=self.causal, key_mask=mask)
+        pos = self.position
+        bias = pos.bias(q, k[:, :, N:], q_pos, k_pos) if pos.uses_bias else None
+        attn_mask = None
+        if bias is not None or allowed is not None:
+            shape = torch.broadcast_shapes(*(t.shape for t in (bias, allowed) if t is not None))
+            attn_mask = q.new_zeros(shape) if bias is None else bias.to(q.dtype).expand(shape)
+            if allowed is not None:
+                attn_mask = attn_mask.masked_fill(~allowed, float("-inf"))
+            attn_mask = F.pad(attn_mask, (N, 0))  # the slots: logit bias 0, never masked
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, dropout_p=p,
+                                              enable_gqa=self.kv_heads != self.heads)
 
     def _explicit(self, q, k, v, q_pos, k_pos, *, mask, p):
         if self.kv_heads != self.heads:

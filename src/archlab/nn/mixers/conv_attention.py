@@ -68,6 +68,7 @@ class ConvAttention(nn.Module):
         if combine not in ("sum", "gate"):
             raise ValueError(f"combine '{combine}'; allowed: sum, gate")
         self.attn = attention
+        self.uses_stream = bool(getattr(attention, "uses_stream", False))  # PID-controlled attention
         self.kernel = kernel
         self.combine = combine
         self.causal = causal
@@ -100,10 +101,12 @@ class ConvAttention(nn.Module):
         positions: torch.Tensor,
         cache: ConvAttentionCache | None = None,
         mask: torch.Tensor | None = None,
+        stream=None,
     ) -> torch.Tensor:
         if cache is not None and not self.causal:
             raise ValueError("a non-causal conv_attention sees later tokens and cannot decode with a cache")
-        a = self.attn(x, positions=positions, cache=cache.attn if cache is not None else None, mask=mask)
+        extra = {"stream": stream} if self.uses_stream else {}
+        a = self.attn(x, positions=positions, cache=cache.attn if cache is not None else None, mask=mask, **extra)
         T = x.shape[1]
         xc = x if mask is None else x * mask[:, -T:, None].to(x.dtype)
         history = cache.conv if cache is not None else None

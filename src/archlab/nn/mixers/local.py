@@ -98,7 +98,7 @@ class LocalAttention(Attention):
         return WindowedKVCache(self.window, keep_first=self.global_tokens)
 
     def forward(self, x: torch.Tensor, *, positions: torch.Tensor, cache=None,
-                mask: torch.Tensor | None = None) -> torch.Tensor:
+                mask: torch.Tensor | None = None, stream=None) -> torch.Tensor:
         windowed = isinstance(cache, WindowedKVCache)
         if windowed and cache.window < self.window:
             raise RuntimeError(f"the window grew to {self.window} after this cache was made for "
@@ -107,7 +107,7 @@ class LocalAttention(Attention):
         # mask covers every slot, so attend() needs the slots the windowed cache returned.
         self._slots = cache if windowed and mask is not None else None
         try:
-            return super().forward(x, positions=positions, cache=cache, mask=mask)
+            return super().forward(x, positions=positions, cache=cache, mask=mask, stream=stream)
         finally:
             self._slots = None
 
