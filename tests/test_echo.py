@@ -111,7 +111,10 @@ def test_cross_attention_sees_the_whole_memory():
 @pytest.mark.parametrize("kw", [{}, dict(cross_attention=False), dict(max_rel_dist=0),
                                 dict(position="rope"), dict(position="alibi"), dict(position="learned_sinusoidal"),
                                 dict(decoder_mixer={"kind": "local", "window": 3}),
-                                dict(encoder_mixer="conv_attention", decoder_mixer="conv_attention")])
+                                dict(encoder_mixer="conv_attention", decoder_mixer="conv_attention"),
+                                dict(encoder_mixer="memory", decoder_mixer={"kind": "memory", "projections": True}),
+                                dict(encoder_mixer={"kind": "attention", "persistent": 3},
+                                     decoder_mixer={"kind": "attention", "persistent": 3})])
 def test_cached_decoding_equals_recomputation(kw):
     m = make(**kw)
     f, ids = feats(), tokens(T=11)

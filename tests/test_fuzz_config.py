@@ -187,7 +187,7 @@ VALID: dict[tuple[str, str], set[str]] = {
     ("family:hierarchical", "window_sizes"): {"zero", "null"},  # 0: no attention; null: full causal
     ("family:echo", "max_rel_dist"): {"zero"},  # 0: no relative bias
     ("mixer:attention", "persistent"): {"zero"},  # 0: no persistent memory
-    ("mixer:memory", "heads"): {"zero"}, ("mixer:memory", "temperature"): {"zero"},  # 0: the defaults
+    ("mixer:memory", "temperature"): {"zero"},  # 0: the default √(head width)
     ("residual:laurel", "rank"): {"zero"}, ("residual:laurel", "previous"): {"zero"},  # 0: no LR / PA term
     ("residual:mixln", "alpha"): {"zero"},  # all pre-norm
     **{(f"pid:{k}", n): {"zero"} for k in ("attention", "local", "conv_attention") for n in ("p", "i", "d", "beta")},

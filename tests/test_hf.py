@@ -127,7 +127,13 @@ def test_config_roundtrips_archlab_model_config(tmp_path):
     ("model.position.kind=learned",),  # one table shared by the model and every attention
     ("model.tie_embeddings=false", "model.position.kind=learned"),  # shared table, untied head
     ("model.position.kind=givens_rope",),  # a shared scheme with a persistent buffer (pairs)
-], ids=["rope-tied", "alibi", "sinusoidal", "learned-shared", "untied-learned", "givens-shared-buffer"])
+    ("model.layers.default.norm.placement={kind: laurel, rank: 4, previous: 3}",),  # a policy with parameters
+    ("model.depth=4", "model.layers.default.norm.placement={kind: mixln, alpha: 0.5}"),
+    ("model.layers.default.mixer={kind: memory, projections: true, learn_temperature: true}",
+     "model.layers.default.ffn.kind=none"),
+    ("model.layers.default.mixer={kind: attention, persistent: 4, pid: {p: 0.5}}",),
+], ids=["rope-tied", "alibi", "sinusoidal", "learned-shared", "untied-learned", "givens-shared-buffer",
+        "laurel", "mixln", "memory", "persistent-pid"])
 def test_save_load_is_bit_exact(tmp_path, sets):
     lm = tiny_lm(*sets)
     with torch.no_grad():  # make the norms non-trivial so they are really checked
@@ -422,6 +428,23 @@ def test_a_retnet_round_trips_and_generates_through_transformers(tmp_path, hybri
     assert type(loaded.model.blocks[0].mixer).__name__ == "MultiScaleRetention"
     a, b = model.state_dict(), loaded.state_dict()
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert_generates_like_archlab(lm, loaded)
+
+
+@pytest.mark.parametrize("sets", [
+    ("model.layers.default.mixer={kind: memory, norm: true}", "model.layers.default.ffn.kind=none"),
+    ("model.layers.default.mixer={kind: attention, persistent: 4, pid: {}}", "model.layers.default.ffn.kind=none"),
+    ("model.layers.default.norm.placement={kind: laurel, rank: 4, previous: 3}",),
+], ids=["memory", "all-attention-pid", "laurel"])
+def test_memory_and_residual_variants_generate_through_transformers(tmp_path, sets):
+    lm = tiny_lm(*sets, seed=3)
+    wrap(lm).save_pretrained(tmp_path)
+    assert_generates_like_archlab(lm, load(tmp_path))
+
+
+def assert_generates_like_archlab(lm, loaded) -> None:
+    """transformers' greedy and beam generation, with its cache or without, and a left-padded
+    batch give archlab's tokens."""
     ids = ids_of(2, 6)
     ours = generate(lm, ids, max_new_tokens=10, temperature=0)
     for use_cache in (True, False):

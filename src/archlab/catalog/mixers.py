@@ -201,8 +201,8 @@ def _retention(cfg: RetentionConfig, ctx: BuildContext):
 
 @dataclass
 class MemoryConfig(PartConfig):
+    # heads: model.heads, of width model.dim / model.heads (the positional scheme is built for them)
     slots: int = 64  # persistent memory slots per head (the swapped read's hidden units)
-    heads: int = 0  # 0: model.heads; must divide model.dim (no head_dim of its own)
     temperature: float = 0.0  # of every read; 0: √(dim / heads)
     learn_temperature: bool = False  # one learned temperature per read and head, starting at the above
     projections: bool = False  # the context read through q/k/v/output projections (as attention)
@@ -212,25 +212,23 @@ class MemoryConfig(PartConfig):
     def validate(self, where: str) -> None:
         if self.slots < 1:
             raise ConfigError(f"{where}.slots: must be ≥ 1, got {self.slots}")
-        if self.heads < 0:
-            raise ConfigError(f"{where}.heads: must be ≥ 0 (0: model.heads), got {self.heads}")
         if self.temperature < 0:
             raise ConfigError(f"{where}.temperature: must be > 0 (or 0: √head width), got {self.temperature}")
 
     def check(self, ctx: dict, where: str) -> None:
         m = ctx["model"]
-        heads = self.heads or m.heads
-        if m.dim % heads:
-            raise ConfigError(f"{where}.heads: {heads} heads do not divide model.dim={m.dim}")
+        if m.dim % m.heads or m.dim // m.heads != m.resolved_head_dim():
+            raise ConfigError(f"{where}: the memory reads split model.dim={m.dim} into model.heads={m.heads} heads; "
+                              "allowed: heads that divide dim, with model.head_dim unset (or dim / heads)")
 
 
 @MIXER.register("memory", MemoryConfig,
                 "memory reads: persistent memory, causal context, persistent memory swapped (the 'MLP')")
 def _memory(cfg: MemoryConfig, ctx: BuildContext):
-    heads = cfg.heads or ctx.heads
-    if ctx.dim % heads:
-        raise ConfigError(f"mixer.heads: {heads} heads do not divide width {ctx.dim}")
-    return MemoryRead(dim=ctx.dim, heads=heads, position=ctx.position, slots=cfg.slots,
+    if ctx.dim % ctx.heads or ctx.dim // ctx.heads != ctx.head_dim:
+        raise ConfigError(f"mixer.kind: 'memory' splits width {ctx.dim} into {ctx.heads} heads of width "
+                          f"{ctx.head_dim}; allowed: head width = width / heads")
+    return MemoryRead(dim=ctx.dim, heads=ctx.heads, position=ctx.position, slots=cfg.slots,
                       temperature=cfg.temperature or None, learn_temperature=cfg.learn_temperature,
                       projections=cfg.projections, norm=cfg.norm, tied=cfg.tied, causal=ctx.causal,
                       dropout=ctx.dropout, bias=ctx.bias)

@@ -8,13 +8,15 @@ import yaml
 from archlab.config import Config, TrainConfig
 from archlab.models import build_model
 from archlab.models.counting import count_parameters, nonembedding_params, train_flops_per_token
+from archlab.registry import PartConfig
 
 
 def _part(p) -> str:
     if p is None:
         return "(model)"
     args = {k: v for k, v in vars(p).items() if k != "kind"}
-    inner = ", ".join(f"{k}={v}" for k, v in args.items())
+    # a part inside a part (a norm's residual policy): its own kind(knobs)
+    inner = ", ".join(f"{k}={_part(v) if isinstance(v, PartConfig) else v}" for k, v in args.items())
     return f"{p.kind}({inner})" if inner else p.kind
 
 

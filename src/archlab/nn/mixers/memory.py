@@ -88,8 +88,9 @@ class MemoryRead(nn.Module):
         return self.log_temp.exp() if self.learn_temperature else self.temp
 
     def swapped_memory(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """(keys, values) of the third read: the first read's values and keys when tied."""
-        return (self.values, self.keys) if self.tied else (self.values2, self.keys2)
+        """(keys, values) of the third read: the first read's values and keys when tied, its
+        own keys and values otherwise."""
+        return (self.values, self.keys) if self.tied else (self.keys2, self.values2)
 
     def _heads(self, x: torch.Tensor) -> torch.Tensor:
         B, T, _ = x.shape
@@ -123,11 +124,18 @@ class MemoryRead(nn.Module):
             qh, k = pos.rotate(qh, k, positions, positions, x=x) if pos.uses_input \
                 else pos.rotate(qh, k, positions, positions)
         k_pos = positions
+        fresh = cache is None or len(cache) == 0
         if cache is not None:
             k, v, k_pos = cache.update(k, v, positions)
-        allowed = allowed_mask(positions, k_pos, causal=self.causal, key_mask=mask)
         p = self.dropout if self.training else 0.0
-        if pos.uses_bias or pos.needs_scores or pos.attend is not None:
+        plain = not (pos.uses_bias or pos.needs_scores or pos.attend is not None)
+        if plain and mask is None and (fresh or not self.causal):  # the fused causal kernel, no mask
+            y = F.scaled_dot_product_attention(qh / temp.to(qh.dtype), k, v, dropout_p=p, scale=1.0,
+                                               is_causal=self.causal)
+            y = self._merge(y)
+            return self.out(y) if self.projections else y
+        allowed = allowed_mask(positions, k_pos, causal=self.causal, key_mask=mask)
+        if not plain:
             # softmax(q·kᵀ/temp + bias): the queries carry 1/temp, the scores' 1/√D is undone
             qh = qh * (math.sqrt(self.head_dim) / temp.to(qh.dtype))
             y = explicit_attention(pos, qh, k, v, positions, k_pos, allowed=allowed,
