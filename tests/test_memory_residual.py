@@ -11,7 +11,6 @@ import math
 
 import pytest
 import torch
-import torch.nn.functional as F
 
 from archlab.config import ConfigError
 from archlab.nn.mixers.memory import MemoryRead, mem
