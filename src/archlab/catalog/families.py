@@ -48,6 +48,13 @@ def _per_level(name: str, value: Any, n: int, hierarchies: tuple) -> list:
     return [value] * n
 
 
+def require_ffn(m: Any, family: str) -> None:
+    """Families whose blocks always have a feed-forward refuse ``ffn: none``."""
+    if m.layers.default.ffn.kind == "none":
+        raise ConfigError(f"model.layers.default.ffn.kind: family '{family}' keeps a feed-forward in every block; "
+                          f"allowed: {', '.join(k for k in FFN.kinds() if k != 'none')}")
+
+
 def check_int(name: str, v: Any, lo: int) -> int:
     if isinstance(v, bool) or not isinstance(v, int) or v < lo:
         raise ConfigError(f"{name}: expected an integer ≥ {lo}, got {v!r}")
@@ -133,9 +140,7 @@ def model_kwargs(m: Any, opts: HierarchicalConfig, where: str = "model.family_op
     if to_dict(default.mixer) != to_dict(MIXER.parse("attention", "mixer")) or default.position is not None:
         raise ConfigError("model.layers.default: family 'hierarchical' uses its own attention; "
                           "leave mixer (attention) and position (unset) at their defaults")
-    if default.ffn.kind == "none":
-        raise ConfigError("model.layers.default.ffn.kind: family 'hierarchical' keeps a feed-forward in every block; "
-                          f"allowed: {', '.join(k for k in FFN.kinds() if k != 'none')}")
+    require_ffn(m, "hierarchical")
     if m.bias:
         raise ConfigError("model.bias: biases in linear layers are not supported by family 'hierarchical'; "
                           "allowed: false")
@@ -231,9 +236,7 @@ class SpeechOptions(PartConfig):
                               "(docs/echo.md); leave model.init unset")
         if m.layers.default.norm.placement.kind != "pre":
             raise ConfigError(f"model.layers.default.norm.placement: family '{family}' is pre-norm; allowed: pre")
-        if m.layers.default.ffn.kind == "none":
-            raise ConfigError(f"model.layers.default.ffn.kind: family '{family}' keeps a feed-forward in every block; "
-                              f"allowed: {', '.join(k for k in FFN.kinds() if k != 'none')}")
+        require_ffn(m, family)
         if getattr(m.layers.default.mixer, "pid", None) is not None:
             raise ConfigError(f"model.layers.default.mixer.pid: PID control across layers is built for family 'lm' "
                               f"only; leave it unset for family '{family}'")

@@ -225,9 +225,7 @@ class MemoryConfig(PartConfig):
 @MIXER.register("memory", MemoryConfig,
                 "memory reads: persistent memory, causal context, persistent memory swapped (the 'MLP')")
 def _memory(cfg: MemoryConfig, ctx: BuildContext):
-    if ctx.dim % ctx.heads or ctx.dim // ctx.heads != ctx.head_dim:
-        raise ConfigError(f"mixer.kind: 'memory' splits width {ctx.dim} into {ctx.heads} heads of width "
-                          f"{ctx.head_dim}; allowed: head width = width / heads")
+    # MemoryConfig.check has refused a head width other than dim / heads
     return MemoryRead(dim=ctx.dim, heads=ctx.heads, position=ctx.position, slots=cfg.slots,
                       temperature=cfg.temperature or None, learn_temperature=cfg.learn_temperature,
                       projections=cfg.projections, norm=cfg.norm, tied=cfg.tied, causal=ctx.causal,
