@@ -23,6 +23,7 @@ from typing import Any, Literal
 import yaml
 
 from archlab import catalog  # noqa: F401  (registers the built-in parts)
+from archlab.catalog.warm import WarmStartConfig, parse_warm_start
 from archlab.data.speech.text import DEFAULT_ALPHABET
 from archlab.registry import FAMILY, INIT, INT_LIMIT, METHOD, TASK, ConfigError, PartConfig, from_dict, part, to_dict
 
@@ -167,6 +168,11 @@ class TrainConfig:
     tensorboard: bool = True  # used when tensorboard is installed
     # learning-dynamics controllers ({kind: rope_base | window | dropout, ...knobs}); see docs/dynamics.md
     dynamics: list[Any] = field(default_factory=list)
+    # steps at which the periodic evaluation also runs (0: before the first step, on a fresh run)
+    eval_at: list[int] = field(default_factory=list)
+    # initialisation from data statistics after model.init ({tokens, parts: [{kind: bit_cipher | cooccurrence |
+    # closed_form, ...}]}); see docs/warm_start.md
+    warm_start: WarmStartConfig | None = None
 
     def total_steps(self) -> int | None:
         """Steps of a step/token budget; None for a wall-clock budget."""
@@ -404,6 +410,10 @@ def _validate_train(t: TrainConfig) -> None:
     # Whether CUDA or MPS is present is the trainer's question; the spelling is settled here.
     if not DEVICE.fullmatch(t.device):
         raise ConfigError(f"train.device: '{t.device}' is not a device; allowed: auto, cpu, cuda, cuda:N, mps")
+    if not isinstance(t.eval_at, list) or not all(
+            isinstance(s, int) and not isinstance(s, bool) and 0 <= s < INT_LIMIT for s in t.eval_at):
+        raise ConfigError(f"train.eval_at: expected a list of step numbers ≥ 0 (0: before the first step), "
+                          f"got {t.eval_at!r}")
 
 
 def _require_budget(t: TrainConfig) -> None:
@@ -422,6 +432,11 @@ def _validate(cfg: Config, require_budget: bool = True) -> Config:
         from archlab.catalog.dynamics import parse_dynamics
 
         t.dynamics = parse_dynamics(t.dynamics, {"model": m, "train": t})
+    if t.warm_start is not None:
+        t.warm_start = parse_warm_start(t.warm_start, {"model": m, "train": t})
+        if t.warm_start.parts and d.corpus in ("task", "speech"):
+            raise ConfigError(f"train.warm_start: reads a text corpus's token stream; corpus '{d.corpus}' has none "
+                              "(allowed: stdlib, path, enwik8)")
     layers = m.layer_configs()  # parses overrides, raising on bad keys
     ctx = {"model": m, "train": t}
     checks = [(m.position, "model.position", ctx)]

@@ -184,6 +184,13 @@ class Trainer:
                 self.streams = self.objective.prepare(cfg, self.tokenizer, self.dir)
             distributed.barrier(self.dist)
         self.model = build_model(cfg.model).to(self.device)
+        self.warm = None  # what train.warm_start did (tokens read, seconds); restored on resume
+        if t.warm_start is not None and t.warm_start.parts and not self.resume:
+            from archlab.train.warm import warm_start
+
+            # before the optimiser is built: a part may fix a parameter (requires_grad False)
+            self.warm = warm_start(self.model, cfg, self.objective.warm_tokens(self.streams, t.warm_start.tokens))
+            self.elapsed = self.warm["seconds"]  # the statistics pass counts in the run's wall time
         self.optimizer = build_optimizer(self.model, t, self.device)
         self.method = METHOD.build(PartConfig(kind=t.method))  # how each micro-batch's gradient is obtained
         # Controllers change the model between steps, so they run before other callbacks (which
@@ -210,6 +217,7 @@ class Trainer:
             self.best_val = float(state.get("best_val", math.inf))
             self.elapsed = float(state.get("elapsed", 0.0))
             self.train_time = float(state.get("train_time", 0.0))
+            self.warm = state.get("warm_start")
             for cb in self.callbacks:
                 cb.load_state_dict(state.get("callbacks", {}).get(cb.name, {}))
         if self.dist.main:
@@ -217,6 +225,9 @@ class Trainer:
             trim_metrics(self.dir / "metrics.jsonl", self.step)
             if self.resume:
                 self._write_metrics({"event": "resume", "step": self.step})
+            elif self.warm is not None:
+                self._write_metrics({"event": "warm_start", "step": 0, "warm_tokens": self.warm["tokens"],
+                                     "warm_seconds": self.warm["seconds"]})
             write_text_atomic(self.dir / "config.yaml", yaml.safe_dump(cfg.to_dict(), sort_keys=False))
         self.n_params = count_parameters(self.model)
         if t.tensorboard and self.rank == 0:
@@ -248,6 +259,7 @@ class Trainer:
             "train_time": self.train_time,
             "config": self.cfg.to_dict(),
             "callbacks": {cb.name: cb.state_dict() for cb in self.callbacks},
+            "warm_start": self.warm,
         }
 
     def save(self) -> Path | None:
@@ -312,6 +324,17 @@ class Trainer:
         if not finite:
             rec["skipped"] = True
         return rec
+
+    def _evaluate_and_record(self, elapsed: float) -> dict[str, float]:
+        """The periodic evaluation at the current step, written to metrics.jsonl."""
+        ev = self.evaluate()
+        self.best_val = min(self.best_val, ev["loss"])
+        self.elapsed = elapsed
+        t = self.cfg.train
+        self._write_metrics({"step": self.step, "tokens": self.step * t.batch * t.seq_len,
+                             "elapsed": self.elapsed, "train_time": self.train_time,
+                             **{f"val_{k}": ev[k] for k in self.val_metrics}})
+        return ev
 
     def _on_signal(self, signum: int, frame: Any) -> None:
         if self._stop_signal is not None:  # asked twice: stop now; the last checkpoint stays intact
@@ -413,6 +436,9 @@ class Trainer:
         elapsed0 = self.elapsed
         t_log, tok_log = time.perf_counter(), 0
         rate = None  # tokens/s over the last logging interval
+        eval_at = set(t.eval_at)
+        if self.step == 0 and 0 in eval_at and self.dist.main:  # the curve from the initial weights
+            self._evaluate_and_record(elapsed0)
         try:
             while not self.budget_done():
                 t0 = time.perf_counter()
@@ -443,14 +469,8 @@ class Trainer:
                                elapsed=self.elapsed, peak_mem_mb=peak_memory_mb(self.device))
                     t_log, tok_log = now, 0
                     self._write_metrics(rec)
-                if (self.step % t.eval_every == 0 or last) and self.dist.main:
-                    ev = self.evaluate()
-                    self.best_val = min(self.best_val, ev["loss"])
-                    last_val = ev
-                    self.elapsed = elapsed0 + time.perf_counter() - session_start
-                    self._write_metrics({"step": self.step, "tokens": self.step * tokens_per_step,
-                                         "elapsed": self.elapsed, "train_time": self.train_time,
-                                         **{f"val_{k}": ev[k] for k in self.val_metrics}})
+                if (self.step % t.eval_every == 0 or last or self.step in eval_at) and self.dist.main:
+                    last_val = self._evaluate_and_record(elapsed0 + time.perf_counter() - session_start)
                     t_log = time.perf_counter()  # evaluation time is not training throughput
                 if logged and lines:
                     self._say(self._step_line(rec, last_val))
@@ -486,6 +506,8 @@ class Trainer:
             "train_time": self.train_time,
             "tokens_per_s": session_tokens / session_train if session_train > 0 else None,
             "peak_mem_mb": peak_memory_mb(self.device), "unit": getattr(self.tokenizer, "unit", "byte"),
+            "warm_start_tokens": self.warm["tokens"] if self.warm else 0,
+            "warm_start_seconds": self.warm["seconds"] if self.warm else 0.0,
         }
         if self.rank == 0:
             write_text_atomic(self.dir / "summary.json", json.dumps(summary, indent=2))

@@ -41,6 +41,11 @@ class Objective:
         checked against the config (one-line ``ConfigError`` otherwise)."""
         raise NotImplementedError
 
+    def warm_tokens(self, streams: Mapping[str, Any], n: int) -> Any:
+        """The first ``n`` tokens of the train split as a 1-D array: what ``train.warm_start``'s
+        statistics pass reads. Objectives without a token stream refuse warm starts in the config."""
+        raise NotImplementedError(f"objective '{self.kind}' has no token stream for train.warm_start")
+
     def sampler(self, train: Any, cfg, *, ignore_index: int, rank: int, world: int) -> Any:
         """The batch sampler over the train split: ``.batch(step) -> (inputs, targets)``."""
         raise NotImplementedError

@@ -37,6 +37,9 @@ class LMObjective(Objective):
         check_streams(streams, seq_len=cfg.train.seq_len)  # a split too short for one window: one line, now
         return streams
 
+    def warm_tokens(self, streams: Mapping[str, Any], n: int) -> Any:
+        return streams["train"].tokens[:n]
+
     def sampler(self, train: Any, cfg, *, ignore_index: int, rank: int, world: int) -> Any:
         t = cfg.train
         return WindowSampler(train, seq_len=t.seq_len, batch_size=t.batch, seed=t.seed, rank=rank, world_size=world)
