@@ -336,6 +336,49 @@ def whisper_kwargs(m: Any, opts: WhisperOptions, where: str = "model.family_opti
     return dict(**dims, ffn_mult=float(d.ffn.mult), dropout=m.dropout, init_std=m.init_std)
 
 
+@dataclass
+class SAFUOptions(PartConfig):
+    """Family ``safu``: a reconstruction of the self-attentive feed-forward unit model
+    (docs/warm_start.md). Three context reads of the current token — its fixed-position block of
+    ``block`` tokens, the last ``radius`` tokens, and the bag of the whole window so far —
+    each a similarity attention without projections, each followed by a softmax hidden layer;
+    the output layer reads the three hidden distributions. ``width``: the embedding (code)
+    width, null: model.dim. ``freeze_embeddings``: the embedding is not trained (the regime of
+    the similarity cache, which makes the document read linear in the window)."""
+
+    width: int | None = None
+    block: int = 16
+    radius: int = 8
+    temperature: float = 1.0  # of the document read's similarities
+    freeze_embeddings: bool = False
+
+    def check(self, ctx: dict, where: str) -> None:
+        m = ctx["model"]
+        for k, hi in (("block", 4096), ("radius", 4096)):
+            v = getattr(self, k)
+            if isinstance(v, bool) or not 1 <= v <= hi:
+                raise ConfigError(f"{where}.{k}: expected an integer in 1..{hi}, got {v!r}")
+        if self.width is not None and (isinstance(self.width, bool) or not 1 <= self.width <= 65536):
+            raise ConfigError(f"{where}.width: expected a positive integer (or null: model.dim), got {self.width!r}")
+        d = self.width if self.width is not None else m.dim
+        if 2 ** min(d, 64) - 1 < m.vocab_size:
+            raise ConfigError(f"{where}.width: {d} code bits give {2 ** d - 1} codes, fewer than the {m.vocab_size} "
+                              f"tokens; allowed: ≥ {m.vocab_size.bit_length()}")
+        if not 0 < self.temperature < 1e6:
+            raise ConfigError(f"{where}.temperature: must be in (0, 1e6), got {self.temperature}")
+        if m.tie_embeddings:
+            raise ConfigError("model.tie_embeddings: family 'safu' reads its output from hidden distributions, "
+                              "not the embedding; allowed: false")
+        defaults = type(m)()  # the model section's defaults (its class is the config's; not imported here)
+        for key in ("depth", "heads", "kv_heads", "head_dim", "bias", "dropout"):
+            if getattr(m, key) != getattr(defaults, key):
+                raise ConfigError(f"model.{key}: not used by family 'safu' (no stack of blocks, no projections); "
+                                  f"leave it at {getattr(defaults, key)!r}")
+        if to_dict(m.layers) != to_dict(defaults.layers) or to_dict(m.position) != to_dict(defaults.position):
+            raise ConfigError("model.layers / model.position: family 'safu' has its own reads (family_options "
+                              "block, radius) and no positional scheme; leave them at their defaults")
+
+
 FAMILY.declare("lm", PartConfig, "decoder-only language model", build="archlab.models.lm:LM")
 FAMILY.declare("hierarchical", HierarchicalConfig, "hierarchical transformer: compressed streams merged per layer",
                build="archlab.models.hierarchical:from_config")
@@ -343,3 +386,5 @@ FAMILY.declare("echo", EchoOptions, "Echo: a Whisper-shaped speech recogniser wi
                build="archlab.models.echo:from_config")
 FAMILY.declare("whisper", WhisperOptions, "transformers' WhisperForConditionalGeneration of the same dims (corpus speech)",
                build="archlab.models.whisper:from_config")
+FAMILY.declare("safu", SAFUOptions, "SAFU-style model: block, radial and document reads with softmax hidden layers "
+               "(a reconstruction)", build="archlab.models.safu:from_config")

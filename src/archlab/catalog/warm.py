@@ -72,6 +72,14 @@ class CooccurrenceConfig(EmbeddingWarmConfig):
         super().check(ctx, where)
         if isinstance(self.radius, bool) or not 1 <= self.radius <= 64:
             raise ConfigError(f"{where}.radius: expected an integer in 1..64, got {self.radius}")
+        m = ctx["model"]
+        if m.family == "safu":  # SAFU keeps the vectors as they are (non-negative): they must fit its width
+            d = m.family_config().width or m.dim
+            b = self.width if self.width is not None else d
+            n = (2 * self.radius * b if self.combine == "concat" else b) + (b if self.self_code else 0)
+            if n > d:
+                raise ConfigError(f"{where}: vectors of width {n} do not fit family safu's embedding width {d}; "
+                                  "lower width or radius, or combine: sum with self_code: false")
 
 
 @dataclass

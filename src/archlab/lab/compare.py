@@ -58,6 +58,19 @@ def read_curve(run_dir: Path) -> list[dict[str, float]]:
     return [points[s] for s in sorted(points)]
 
 
+def early_metrics(exp: Experiment, cfg, run_dir: Path) -> dict[str, float]:
+    """``<metric>@<p>%``: the trainer's periodic evaluation at each ``eval.fractions`` step."""
+    if not exp.eval_fractions:
+        return {}
+    by_step = {p["step"]: p for p in read_curve(run_dir)}
+    out = {}
+    for label, step in exp.fraction_steps(cfg).items():
+        point = by_step.get(step, {})
+        for m in exp.objective.val_metrics[:2]:
+            out[f"{m}@{label}"] = point.get(f"val_{m}", float("nan"))
+    return out
+
+
 # --------------------------------------------------------------------------- stale runs
 
 
@@ -170,7 +183,9 @@ def run_one(exp: Experiment, variant: str, seed: int, run_dir: Path, *, callback
         primary: summary[primary], "best_val_loss": summary["best_val_loss"],
         "tokens_per_s": summary["tokens_per_s"], "wall_time": summary["wall_time"],
         "train_time": summary["train_time"], "peak_mem_mb": summary["peak_mem_mb"],
-        "curve": read_curve(run_dir), **extra,
+        "curve": read_curve(run_dir), **extra, **early_metrics(exp, cfg, run_dir),
+        "warm_start_tokens": summary.get("warm_start_tokens", 0),
+        "warm_start_seconds": summary.get("warm_start_seconds", 0.0),
     }
     _atomic_json(run_dir / "result.json", _stamp(result, exp, variant, seed))
     return result

@@ -23,6 +23,7 @@ not touch the budget or the batch shape: equal compute is the point of the compa
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -58,6 +59,9 @@ class Experiment:
     metric: str = "bpb"  # primary metric (lower is better): verdicts are given on it
     also: list[str] = field(default_factory=list)  # secondary metrics, tabulated with the same statistics
     eval_seq_lens: list[int] = field(default_factory=list)  # extra held-out evaluations at these lengths
+    # fractions of the budget at which the trainer's periodic evaluation also runs (and step 0):
+    # metrics <m>@<100·f>% for the objective's first two periodic metrics (loss, and bpb or an error rate)
+    eval_fractions: list[float] = field(default_factory=list)
     correction: str = "holm"  # stats.correction: family-wise correction over the variants (lab/stats.py)
     level: float = 0.95  # stats.level: confidence level; 1 - level is the family-wise error rate
 
@@ -71,11 +75,27 @@ class Experiment:
         """Every metric a run of this experiment reports (all lower-is-better), as its objective
         names them (bpb and loss, and ``@n`` for each ``eval.seq_lens``; a task's error rates and
         answer loss, and ``@ood_*`` for each OOD split)."""
-        return self.objective.metric_names(self)
+        return [*self.objective.metric_names(self), *self.early_metric_names()]
+
+    def early_metric_names(self) -> list[str]:
+        return [f"{m}@{fraction_label(f)}" for f in self.eval_fractions for m in self.objective.val_metrics[:2]]
+
+    def fraction_steps(self, cfg: Config) -> dict[str, int]:
+        """``eval.fractions`` as steps of ``cfg``'s budget, by label (``1%`` -> step ⌈0.01·steps⌉)."""
+        total = cfg.train.total_steps()
+        return {fraction_label(f): max(1, math.ceil(f * total)) for f in self.eval_fractions}
 
     def config_for(self, variant: str, seed: int) -> Config:
-        raw = apply_overrides(self.variants[variant].to_dict(), {"train.seed": seed})
+        over: dict[str, Any] = {"train.seed": seed}
+        if self.eval_fractions:  # the periodic evaluation also at step 0 and at each fraction of the budget
+            cfg = self.variants[variant]
+            over["train.eval_at"] = sorted({*cfg.train.eval_at, 0, *self.fraction_steps(cfg).values()})
+        raw = apply_overrides(self.variants[variant].to_dict(), over)
         return parse_config(raw)
+
+
+def fraction_label(f: float) -> str:
+    return f"{100 * f:g}%"
 
 
 def _override_keys(d: dict) -> dict[str, Any]:
@@ -196,9 +216,18 @@ def load_experiment(path: str | Path) -> Experiment:
         overrides[name] = over
 
     ev = _given(raw, "eval", {})
-    if not isinstance(ev, dict) or set(ev) - {"split", "max_tokens", "seq_lens"}:
+    if not isinstance(ev, dict) or set(ev) - {"split", "max_tokens", "seq_lens", "fractions"}:
         got = f"keys {', '.join(map(str, ev))}" if isinstance(ev, dict) else repr(ev)
-        raise ConfigError(f"{path}: eval: expected a mapping with keys split, max_tokens, seq_lens; got {got}")
+        raise ConfigError(f"{path}: eval: expected a mapping with keys split, max_tokens, seq_lens, fractions; "
+                          f"got {got}")
+    fractions = _given(ev, "fractions", [])
+    if not isinstance(fractions, list) or not all(
+            isinstance(f, (int, float)) and not isinstance(f, bool) and 0 < f < 1 for f in fractions):
+        raise ConfigError(f"{path}: eval.fractions: expected a list of fractions of the budget in (0, 1), "
+                          f"e.g. [0.01, 0.1]; got {fractions!r}")
+    if fractions and bkey == "seconds":
+        raise ConfigError(f"{path}: eval.fractions: needs a budget in steps or tokens (a wall-clock budget has no "
+                          "step to evaluate at in advance)")
     split = ev.get("split", "validation")
     if not isinstance(split, str) or split not in ("validation", "val", "test"):
         raise ConfigError(f"{path}: eval.split: {split!r}; allowed: validation, test")
@@ -219,6 +248,7 @@ def load_experiment(path: str | Path) -> Experiment:
         budget={bkey: getattr(configs[baseline].train, bkey)}, eval_split="validation" if split == "val" else split,
         eval_max_tokens=max_tokens, variants=configs, overrides=overrides,
         description=_text(raw, "description", "", path), eval_seq_lens=list(seq_lens),
+        eval_fractions=[float(f) for f in fractions],
     )
     exp.objective.check_experiment(exp, ev, path)
     known = exp.metric_names()
