@@ -32,6 +32,7 @@ import archlab.models  # noqa: F401  (registers the model families)
 from archlab.config import (Config, DataConfig, LayerConfig, LayersConfig, ModelConfig, SpeechDataConfig, TrainConfig,
                             load_config)
 from archlab.catalog.mixers import PIDConfig
+from archlab.catalog.warm import WARM, WarmStartConfig
 from archlab.registry import REGISTRIES, ConfigError
 from archlab.train.dynamics import CONTROLLER
 
@@ -78,7 +79,8 @@ TASK_BASE = {"selective_copy": {"ood_dense": None}}
 SPEECH_BASE = (("data.corpus", "speech"),)
 FAMILY_BASE = {"whisper": (("model.position", {"kind": "sinusoidal"}),
                            ("model.layers.default.ffn", {"kind": "gelu"}),
-                           ("model.layers.default.norm", {"kind": "layer"}))}
+                           ("model.layers.default.norm", {"kind": "layer"})),
+               "safu": (("model.tie_embeddings", False), ("model.depth", 4))}  # safu has no stack of blocks
 
 
 def _slots() -> list[Slot]:
@@ -106,6 +108,12 @@ def _slots() -> list[Slot]:
         out.append(Slot(f"pid:{kind}", PIDConfig, "model.layers.default.mixer.pid",
                         (("model.layers.default.mixer", {"kind": kind, "pid": {}}),), kind=kind))
     out.append(Slot("speech", SpeechDataConfig, "data.speech", (("model.family", "echo"), *SPEECH_BASE)))
+    # train.warm_start: the section, and each part as an item of its list (an untied LM, so every
+    # part can build: the closed-form head needs its own matrix)
+    out.append(Slot("warm_start", WarmStartConfig, "train.warm_start"))
+    for kind in WARM.kinds():
+        out.append(Slot(f"warm:{kind}", WARM.entry(kind).config_cls, "train.warm_start.parts",
+                        (("model.tie_embeddings", False),), in_list="train.warm_start.parts", kind=kind))
     for kind in CONTROLLER.kinds():  # the learning-dynamics controllers (train.dynamics items)
         out.append(Slot(f"dynamics:{kind}", CONTROLLER.entry(kind).config_cls, "train.dynamics",
                         (("model.dropout", 0.1),), in_list="train.dynamics", kind=kind))
@@ -191,6 +199,7 @@ VALID: dict[tuple[str, str], set[str]] = {
     ("residual:laurel", "rank"): {"zero"}, ("residual:laurel", "previous"): {"zero"},  # 0: no LR / PA term
     ("residual:mixln", "alpha"): {"zero"},  # all pre-norm
     **{(f"pid:{k}", n): {"zero"} for k in ("attention", "local", "conv_attention") for n in ("p", "i", "d", "beta")},
+    ("warm:closed_form", "smoothing"): {"zero"},  # 0: no pseudo-counts (the maximum-likelihood layer)
     ("speech", "seed"): {"zero"}, ("speech", "max_new_tokens"): {"zero"},  # 0: the default
 }
 
