@@ -195,6 +195,18 @@ def test_closed_form_head_makes_the_initial_lm_a_bigram_model():
     assert abs(_loss(model, tokens) - bigram) < 0.02
 
 
+def test_hierarchical_family_takes_the_same_warm_starts():
+    tokens = corpus()
+    cfg = load_config("configs/hierarchical.yaml", ["model.dim=32", "model.depth=2", "model.heads=4",
+                                                    "model.tie_embeddings=false", "train.steps=2",
+                                                    "train.warm_start={tokens: 6000, parts: [cooccurrence, closed_form]}"])
+    torch.manual_seed(0)
+    model = build_model(cfg.model)
+    cold = _loss(model, tokens)
+    warm_start(model, cfg, tokens)
+    assert _loss(model, tokens) < cold - 0.8
+
+
 def test_bit_cipher_embedding_keeps_the_code_geometry_and_can_be_fixed():
     tokens = corpus()
     cfg = cfg_with("train.warm_start={tokens: 6000, parts: [{kind: bit_cipher, width: 12, train: false}]}")
@@ -239,7 +251,7 @@ def test_warm_start_is_a_pure_function_of_tokens_and_seed():
     (["train.warm_start={tokens: 0, parts: [bit_cipher]}"], "tokens"),
     (["model.tie_embeddings=true", "train.warm_start={parts: [{kind: bit_cipher, train: false}]}"], "fix the head"),
     (["data.corpus=task", "data.task.kind=counting", "train.warm_start={parts: [bit_cipher]}"], "text corpus"),
-    (["model.family=hierarchical", "model.tie_embeddings=true", "train.warm_start={parts: [bit_cipher]}"],
+    (["model.family=echo", "model.tie_embeddings=true", "data.corpus=speech", "train.warm_start={parts: [bit_cipher]}"],
      "no warm starts"),
     (["model.family=safu", "model.depth=4", "train.warm_start={parts: [{kind: cooccurrence, radius: 4}]}"],
      "do not fit"),

@@ -8,8 +8,8 @@ config needs to validate the section without importing torch.
 
 * ``bit_cipher``: the token embedding from frequency-ordered bit-cipher codes.
 * ``cooccurrence``: the token embedding from co-occurrence vectors of those codes.
-* ``closed_form``: softmax layers from F = Σ x yᵀ (family lm: the LM head, and optionally the
-  embedding; family safu: its hidden and output layers, layer by layer).
+* ``closed_form``: softmax layers from F = Σ x yᵀ (families lm and hierarchical: the LM head, and
+  optionally the embedding; family safu: its hidden and output layers, layer by layer).
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from archlab.registry import INT_LIMIT, ConfigError, PartConfig, Registry, to_di
 WARM = Registry("warm_start")
 
 # what each family lets the closed form set
-CLOSED_FORM_LAYERS = {"lm": ("head", "embed"), "safu": ("hidden", "output")}
+CLOSED_FORM_LAYERS = {"lm": ("head", "embed"), "hierarchical": ("head", "embed"), "safu": ("hidden", "output")}
 FAMILIES = tuple(CLOSED_FORM_LAYERS)
 
 
@@ -52,7 +52,7 @@ class EmbeddingWarmConfig(PartConfig):
                                   f"the {m.vocab_size} tokens; allowed: width ≥ {m.vocab_size.bit_length()}")
         if not 0 < self.scale < 1e6:
             raise ConfigError(f"{where}.scale: must be in (0, 1e6), got {self.scale}")
-        if not self.train and m.tie_embeddings and m.family == "lm":
+        if not self.train and m.tie_embeddings and m.family != "safu":
             raise ConfigError(f"{where}.train: a fixed embedding would fix the head tied to it; "
                               "set model.tie_embeddings=false, or train: true")
 
@@ -91,7 +91,7 @@ class ClosedFormConfig(PartConfig):
     def resolved_layers(self, family: str) -> list[str]:
         if self.layers:
             return list(self.layers)
-        return ["head"] if family == "lm" else list(CLOSED_FORM_LAYERS[family])
+        return list(CLOSED_FORM_LAYERS[family]) if family == "safu" else ["head"]
 
     def check(self, ctx: dict, where: str) -> None:
         m = ctx["model"]
@@ -108,7 +108,7 @@ class ClosedFormConfig(PartConfig):
             raise ConfigError(f"{where}.smoothing: must be in [0, 1e6) (a pseudo-count), got {self.smoothing}")
         if not 0 < self.ridge < 1e6:
             raise ConfigError(f"{where}.ridge: must be in (0, 1e6), got {self.ridge}")
-        if m.family == "lm" and m.tie_embeddings and "head" in self.resolved_layers(m.family):
+        if m.family != "safu" and m.tie_embeddings and "head" in self.resolved_layers(m.family):
             raise ConfigError(f"{where}: the closed-form head needs its own matrix; set model.tie_embeddings=false "
                               "(tied, the head is the embedding)")
 
