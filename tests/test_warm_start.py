@@ -397,3 +397,12 @@ def test_experiment_fractions_name_early_metrics_and_evaluation_steps(tmp_path):
     path.write_text(path.read_text().replace("fractions: [0.01, 0.1]", "fractions: [1.5]"))
     with pytest.raises(ConfigError, match="eval.fractions"):
         load_experiment(path)
+
+
+def test_info_names_the_warm_start():
+    from archlab.lab.info import facts
+
+    cfg = cfg_with("train.warm_start={tokens: 5000, parts: [cooccurrence, closed_form]}")
+    assert any(line.startswith("warm start:") and "5,000" in line and "cooccurrence, closed_form" in line
+               for line in facts(cfg))
+    assert not any(line.startswith("warm start:") for line in facts(cfg_with()))

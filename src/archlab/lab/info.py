@@ -41,6 +41,9 @@ def facts(cfg: Config, model=None) -> list[str]:
         f"tokens per step: {t.batch} × {t.seq_len} = {t.batch * t.seq_len:,}"
         + (f" (grad_accum {t.grad_accum})" if t.grad_accum > 1 else ""),
         budget_line(t),
+        *([f"warm start: a statistics pass over the first {t.warm_start.tokens:,} training tokens, then "
+           + ", ".join(p["kind"] for p in t.warm_start.parts)] if t.warm_start is not None and t.warm_start.parts
+          else []),
     ]
 
 
