@@ -96,6 +96,23 @@ class Registry:
     def field_names(self, kind: str) -> set[str]:
         return {f.name for f in dataclasses.fields(self.entry(kind).config_cls)}
 
+    def parse_each(self, specs: Any, ctx: dict, where: str, *, example: str, second: str) -> list[PartConfig]:
+        """A list of parts, one per kind, each parsed and ``check``-ed against ``ctx``: what a list
+        section such as ``train.dynamics`` holds. ``example`` follows "expected a list" in the
+        refusal of a non-list; ``second`` follows "a second '<kind>'" in the refusal of a repeat."""
+        if not isinstance(specs, (list, tuple)):
+            raise ConfigError(f"{where}: expected a list {example}; kinds: {', '.join(self.kinds())}")
+        out: list[PartConfig] = []
+        for i, spec in enumerate(specs):
+            at = f"{where}[{i}]"
+            cfg = self.parse(spec, at)
+            if any(c.kind == cfg.kind for c in out):
+                raise ConfigError(f"{at}: a second '{cfg.kind}'{second}")
+            if hasattr(cfg, "check"):
+                cfg.check(ctx, at)
+            out.append(cfg)
+        return out
+
     def parse(self, value: Any, where: str) -> PartConfig:
         """A ``{kind: ..., **params}`` mapping (or a bare kind string) -> the kind's dataclass."""
         if isinstance(value, PartConfig):

@@ -103,16 +103,6 @@ def parse_dynamics(specs: Any, ctx: dict, where: str = "train.dynamics") -> list
     Called by the config's validation; each item is a ``{kind: ..., **knobs}`` mapping or a
     bare kind name. One controller per kind: two would fight over the same scalar.
     """
-    if not isinstance(specs, (list, tuple)):
-        raise ConfigError(f"{where}: expected a list of controllers, e.g. [{{kind: rope_base}}]; "
-                          f"kinds: {', '.join(CONTROLLER.kinds())}")
-    out, seen = [], set()
-    for i, spec in enumerate(specs):
-        at = f"{where}[{i}]"
-        cfg = CONTROLLER.parse(spec, at)
-        if cfg.kind in seen:
-            raise ConfigError(f"{at}: a second '{cfg.kind}' controller; one per kind (they would fight over one value)")
-        seen.add(cfg.kind)
-        cfg.check(ctx, at)
-        out.append(to_dict(cfg))
-    return out
+    parts = CONTROLLER.parse_each(specs, ctx, where, example="of controllers, e.g. [{kind: rope_base}]",
+                                  second=" controller; one per kind (they would fight over one value)")
+    return [to_dict(c) for c in parts]

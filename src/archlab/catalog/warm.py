@@ -132,23 +132,14 @@ def parse_warm_start(section: WarmStartConfig, ctx: dict, where: str = "train.wa
     m = ctx["model"]
     if isinstance(section.tokens, bool) or not 1 <= section.tokens < INT_LIMIT:
         raise ConfigError(f"{where}.tokens: expected a positive number of tokens, got {section.tokens!r}")
-    if not isinstance(section.parts, (list, tuple)):
-        raise ConfigError(f"{where}.parts: expected a list such as [{{kind: bit_cipher}}]; "
-                          f"kinds: {', '.join(WARM.kinds())}")
     if section.parts and m.family not in FAMILIES:
         raise ConfigError(f"{where}: family '{m.family}' has no warm starts; allowed families: {', '.join(FAMILIES)}")
-    out, seen, embedding = [], set(), None
-    for i, spec in enumerate(section.parts):
-        at = f"{where}.parts[{i}]"
-        cfg = WARM.parse(spec, at)
-        if cfg.kind in seen:
-            raise ConfigError(f"{at}: a second '{cfg.kind}'; one part per kind")
-        seen.add(cfg.kind)
-        cfg.check(ctx, at)
-        if sets_embedding(cfg, m.family):
-            if embedding is not None:
-                raise ConfigError(f"{at}: the embedding is already set by {embedding}; one part may set it")
-            embedding = f"{where}.parts[{i}]"
-        out.append(to_dict(cfg))
+    parts = WARM.parse_each(section.parts, ctx, f"{where}.parts", example="such as [{kind: bit_cipher}]",
+                            second="; one part per kind")
+    setters = [i for i, cfg in enumerate(parts) if sets_embedding(cfg, m.family)]
+    if len(setters) > 1:
+        raise ConfigError(f"{where}.parts[{setters[1]}]: the embedding is already set by {where}.parts[{setters[0]}]; "
+                          "one part may set it")
+    out = [to_dict(cfg) for cfg in parts]
     section.parts = out
     return section

@@ -58,11 +58,12 @@ def read_curve(run_dir: Path) -> list[dict[str, float]]:
     return [points[s] for s in sorted(points)]
 
 
-def early_metrics(exp: Experiment, cfg, run_dir: Path) -> dict[str, float]:
-    """``<metric>@<p>%``: the trainer's periodic evaluation at each ``eval.fractions`` step."""
+def early_metrics(exp: Experiment, cfg, curve: list[dict[str, float]]) -> dict[str, float]:
+    """``<metric>@<p>%``: the trainer's periodic evaluation (``curve``, :func:`read_curve`) at each
+    ``eval.fractions`` step."""
     if not exp.eval_fractions:
         return {}
-    by_step = {p["step"]: p for p in read_curve(run_dir)}
+    by_step = {p["step"]: p for p in curve}
     out = {}
     for label, step in exp.fraction_steps(cfg).items():
         point = by_step.get(step, {})
@@ -177,13 +178,14 @@ def run_one(exp: Experiment, variant: str, seed: int, run_dir: Path, *, callback
         return {"variant": variant, "seed": seed, "status": "done-on-other-rank"}
     metrics, extra = exp.objective.experiment_metrics(exp, trainer)
     primary = f"final_val_{exp.objective.primary}"
+    curve = read_curve(run_dir)
     result = {
         "variant": variant, "seed": seed, "dir": str(run_dir.relative_to(run_dir.parents[1])), "status": "done",
         "parameters": summary["parameters"], "tokens": summary["tokens"], "steps": summary["steps"], **metrics,
         primary: summary[primary], "best_val_loss": summary["best_val_loss"],
         "tokens_per_s": summary["tokens_per_s"], "wall_time": summary["wall_time"],
         "train_time": summary["train_time"], "peak_mem_mb": summary["peak_mem_mb"],
-        "curve": read_curve(run_dir), **extra, **early_metrics(exp, cfg, run_dir),
+        "curve": curve, **extra, **early_metrics(exp, cfg, curve),
         "warm_start_tokens": summary.get("warm_start_tokens", 0),
         "warm_start_seconds": summary.get("warm_start_seconds", 0.0),
     }

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from archlab.catalog.warm import WARM, ClosedFormConfig, sets_embedding
+from archlab.catalog.warm import WARM, ClosedFormConfig
 from archlab.nn import warm as W
 from archlab.registry import ConfigError
 
@@ -119,8 +119,7 @@ class ClosedFormPart:
 
     def apply(self, model: nn.Module, stats: Statistics) -> dict[str, Any]:
         hook = getattr(model, "closed_form_warm_start", None)
-        family = "lm" if hook is None else getattr(model, "family", "safu")
-        layers = self.cfg.resolved_layers(family)
+        layers = self.cfg.resolved_layers(getattr(model, "family", "lm"))
         if hook is not None:  # a model with softmax layers of its own (SAFU) sets them itself
             return hook(stats, layers=layers, smoothing=self.cfg.smoothing)
         F = stats.bigram_counts()
@@ -195,7 +194,7 @@ def warm_start(model: nn.Module, cfg, tokens: np.ndarray) -> dict[str, Any]:
     stats = Statistics(tokens=tokens, vocab=cfg.model.vocab_size, seq_len=min(cfg.train.seq_len, len(tokens)),
                        batch=micro, generator=torch.Generator().manual_seed(cfg.train.seed + 7919))
     parts = [WARM.parse(p, "train.warm_start.parts") for p in ws.parts]
-    parts.sort(key=lambda p: 0 if sets_embedding(p, cfg.model.family) and p.kind != "closed_form" else 1)
+    parts.sort(key=lambda p: p.kind == "closed_form")  # last: it reads the model as the embedding left it
     done = {}
     for p in parts:
         done[p.kind] = WARM.build(p).apply(model, stats)
