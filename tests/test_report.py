@@ -13,7 +13,7 @@ import pytest
 from archlab.lab.report import rebuild, summary_table_md, write_report
 
 from archlab.lab.plots import PLOTS, mean_curve
-from archlab.lab.stats import summarize
+from archlab.stats import summarize
 
 pytest.importorskip("matplotlib")
 

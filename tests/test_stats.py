@@ -7,7 +7,7 @@ import random
 
 import pytest
 
-from archlab.lab.stats import (VERDICTS, adjust_p_values, betainc, compare_family, compare_to_baseline, mean_ci,
+from archlab.stats import (VERDICTS, adjust_p_values, betainc, compare_family, compare_to_baseline, mean_ci,
                                min_detectable_difference, summarize, t_cdf, t_quantile)
 from archlab.registry import ConfigError
 

@@ -164,7 +164,7 @@ def _cmd_compare(a: argparse.Namespace) -> int:
     from archlab.lab.compare import run_compare
     from archlab.lab.report import summary_table_md
 
-    command = " ".join(["archlab", *sys.argv[1:]]) if sys.argv and sys.argv[0].endswith("archlab") else None
+    command = _command_line()
     results = run_compare(a.experiment, a.out, command=command, progress=not a.no_progress,
                           report=not a.no_report, rerun_stale=a.rerun_stale, jobs=a.jobs)
     print()
@@ -250,6 +250,54 @@ def _cmd_transcribe(a: argparse.Namespace) -> int:
     return 2 if bad else 0
 
 
+def _command_line() -> str | None:
+    return " ".join(["archlab", *sys.argv[1:]]) if sys.argv and sys.argv[0].endswith("archlab") else None
+
+
+def _cmd_sae_train(a: argparse.Namespace) -> int:
+    from archlab.analysis.sae_train import SAETrainer, parse_sae_config
+
+    cfg = parse_sae_config({"site": a.site}, a.set)  # every setting checked before the run is opened
+    from archlab.train.run import load_run
+
+    run = load_run(a.run)
+    summary = SAETrainer(run, a.run, cfg, a.out, resume=a.resume, progress=not a.no_progress).fit()
+    print(json.dumps(summary, indent=2))
+    return 0
+
+
+def _cmd_sae_report(a: argparse.Namespace) -> int:
+    from archlab.analysis.sae_report import write_sae_report
+
+    _positive(a, "max_tokens", "latents", "contexts")
+    res = write_sae_report(a.dir, run_path=a.run, max_tokens=a.max_tokens, top_latents=a.latents,
+                           contexts=a.contexts, command=_command_line())
+    print(f"{res['site']}: explained variance {res['explained_variance']:.4f}  L0 {res['l0']:.1f}  "
+          f"alive {res['alive_fraction']:.3f}  loss clean {res['loss_clean']:.4f} / SAE {res['loss_sae']:.4f} / "
+          f"zero {res['loss_zero']:.4f}  recovered {res['fraction_recovered']:.4f}")
+    print(f"report: {Path(a.dir) / 'report.html'} (and report.json)")
+    return 0
+
+
+def _cmd_sae_sites(a: argparse.Namespace) -> int:
+    from archlab.models.capture import sites
+    from archlab.train.run import load_run
+
+    print("\n".join(sites(load_run(a.run).model)))
+    return 0
+
+
+def _cmd_redshift(a: argparse.Namespace) -> int:
+    from archlab.analysis.redshift import parse_sweep, run_redshift
+
+    sweep = parse_sweep(a.sweep, a.set)
+    res = run_redshift(sweep, a.out, command=_command_line(), progress=not a.no_progress)
+    for line in res["findings_lines"]:
+        print(line)
+    print(f"report: {Path(a.out) / 'report.html'} (and report.md, results.json, plots)")
+    return 0
+
+
 def _cmd_demo(a: argparse.Namespace) -> int:
     from archlab.lab.demo import run_demo
 
@@ -271,9 +319,9 @@ def build_parser() -> ArgumentParser:
     def command(name: str, summary: str, *examples: str, description: str | None = None) -> ArgumentParser:
         return sub.add_parser(name, help=summary, description=description or summary, epilog=_examples(*examples))
 
-    def overrides(sp: argparse.ArgumentParser) -> None:
+    def overrides(sp: argparse.ArgumentParser, example: str = "model.position.kind=alibi") -> None:
         sp.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                        help="override a config value (YAML), e.g. --set model.position.kind=alibi; repeatable")
+                        help=f"override a setting (YAML), e.g. --set {example}; repeatable")
 
     sp = command("train", "train a model from a YAML config",
                  "archlab train configs/lm.yaml --out runs/lm",
@@ -379,6 +427,54 @@ def build_parser() -> ArgumentParser:
     sp.add_argument("run", help="run folder or checkpoint file")
     sp.add_argument("--hf", required=True, metavar="DIR", help="output folder (from_pretrained-loadable)")
     sp.set_defaults(func=_cmd_export)
+
+    sp = command("sae", "sparse autoencoders on a run's activations: train, report, sites",
+                 "archlab sae sites runs/lm",
+                 "archlab sae train runs/lm --site blocks.1.out --out runs/sae --set k=16 --set tokens=2000000",
+                 "archlab sae report runs/sae")
+    sae = sp.add_subparsers(dest="sae_command", required=True, metavar="ACTION")
+    st = sae.add_parser("train", help="train an SAE on activations streamed from a run's data",
+                        description="train a sparse autoencoder on a run's activations at one site; "
+                                    "settings with --set (architecture, expansion, k, l1, tokens, lr, ...; "
+                                    "see docs/analysis.md)",
+                        epilog=_examples("archlab sae train runs/lm --site blocks.1.out --out runs/sae",
+                                         "archlab sae train runs/lm --site blocks.0.ffn --out runs/sae-relu "
+                                         "--set architecture=relu --set l1=2",
+                                         "archlab sae train runs/lm --site blocks.1.out --out runs/sae --resume"))
+    st.add_argument("run", help="run folder (or checkpoint / exported HF folder) whose activations are read")
+    st.add_argument("--site", required=True, help="where: blocks.N.out (residual stream after block N), "
+                                                  "blocks.N.mixer, blocks.N.ffn, final, ...; 'archlab sae sites'")
+    st.add_argument("--out", required=True, help="SAE folder: sae.yaml, metrics.jsonl, checkpoint, summary")
+    st.add_argument("--resume", action="store_true", help="continue the SAE in --out exactly where it stopped")
+    st.add_argument("--no-progress", action="store_true", help="no progress bar")
+    overrides(st, "architecture=relu")
+    st.set_defaults(func=_cmd_sae_train)
+    sr = sae.add_parser("report", help="metrics, spliced-in loss and top-latent contexts of a trained SAE",
+                        description="score a trained SAE on the run's validation split; writes report.json and a "
+                                    "self-contained report.html into the SAE folder",
+                        epilog=_examples("archlab sae report runs/sae", "archlab sae report runs/sae --max-tokens 65536"))
+    sr.add_argument("dir", help="SAE folder written by archlab sae train")
+    sr.add_argument("--run", default=None, help="the run, if it moved since the SAE was trained")
+    sr.add_argument("--max-tokens", type=int, default=None, help="tokens to score (default: the SAE's eval_tokens)")
+    sr.add_argument("--latents", type=int, default=12, help="top latents shown with their contexts")
+    sr.add_argument("--contexts", type=int, default=8, help="contexts per latent")
+    sr.set_defaults(func=_cmd_sae_report)
+    ss = sae.add_parser("sites", help="the site names a run's model offers", description="list a run's sites")
+    ss.add_argument("run", help="run folder")
+    ss.set_defaults(func=_cmd_sae_sites)
+
+    sp = command("redshift", "complexity of the functions random networks compute (Neural Redshift)",
+                 "archlab redshift --out runs/redshift",
+                 "archlab redshift --out runs/rs --sweep mlp --set seeds=3 --set depths=[1,2,4]",
+                 "archlab redshift --out runs/rs --sweep parts")
+    sp.add_argument("--out", required=True, help="folder: results.json, report.md/.html, plots")
+    sp.add_argument("--sweep", action="append", default=None, choices=["mlp", "parts"],
+                    help="mlp: activations x weight scale x depth x residual/layer norm; parts: archlab's "
+                         "registered positions, mixers, norm placements and residual variants at init "
+                         "(repeatable; default: both)")
+    sp.add_argument("--no-progress", action="store_true", help="no progress bar")
+    overrides(sp, "seeds=3")
+    sp.set_defaults(func=_cmd_redshift)
 
     sp = command("demo", "the main job: experiments/quick.yaml on the embedded corpus, with its report",
                  "archlab demo", "archlab demo --out runs/mydemo")

@@ -239,7 +239,7 @@ def prepare_data(cfg) -> dict[str, Any]:
 
 def paired_gap(values: dict[int, float], base: dict[int, float]) -> dict[str, Any]:
     """Mean of per-seed differences (contender − baseline) with a Student-t 95 % interval."""
-    from archlab.lab.stats import mean_ci
+    from archlab.stats import mean_ci
 
     seeds = sorted(set(values) & set(base))
     if not seeds:

@@ -300,7 +300,7 @@ def run_compare(
     results["experiment"]["total_time"] = time.perf_counter() - t0
     if not main:
         return results
-    from archlab.lab.stats import summarize
+    from archlab.stats import summarize
 
     stats = {"correction": exp.correction, "level": exp.level}
     results["variants"] = summarize(results, **stats)

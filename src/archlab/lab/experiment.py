@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from archlab.config import Config, TrainConfig, apply_overrides, load_yaml, parse_config
-from archlab.lab.stats import CORRECTIONS, DEFAULT_CORRECTION, DEFAULT_LEVEL
+from archlab.stats import CORRECTIONS, DEFAULT_CORRECTION, DEFAULT_LEVEL
 from archlab.registry import INT_LIMIT, ConfigError, flatten, from_dict
 from archlab.train.objectives import Objective, objective_for
 

@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from archlab.lab.stats import mean_ci, summarize, variant_order
+from archlab.stats import mean_ci, summarize, variant_order
 from archlab.registry import ConfigError
 
 PLOTS = ("loss_vs_tokens", "loss_vs_time", "final_metric", "throughput")

@@ -11,13 +11,15 @@ the head reads), ``head`` (the logits); and for the hierarchical family its own 
     acts["blocks.1.out"]   # (B, T, D), detached, one tensor per forward call (a list if several)
 
 Capture uses ``register_forward_hook`` (public PyTorch API); the hooks are removed when the
-``with`` block ends, even on an error. Nothing changes in the forward pass.
+``with`` block ends, even on an error. Nothing changes in the forward pass. :func:`splice`
+is the one that does change it: the site's output is replaced by ``fn(output)`` (a sparse
+autoencoder's reconstruction, zeros for an ablation), and the rest of the model reads that.
 """
 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 import torch
@@ -30,6 +32,16 @@ def _path(site: str) -> str:
     if site in _ALIASES:
         return _ALIASES[site]
     return site[: -len(".out")] if site.endswith(".out") else site
+
+
+def site_module(model: nn.Module, site: str) -> nn.Module:
+    """The submodule behind ``site``; ``KeyError`` naming a few sites that exist otherwise."""
+    path = _path(site)
+    known = dict(model.named_modules())
+    if not path or path not in known:
+        examples = ", ".join(s for s in sites(model)[:8])
+        raise KeyError(f"capture: no site {site!r} in {type(model).__name__}; sites include {examples}, ...")
+    return known[path]
 
 
 def sites(model: nn.Module) -> list[str]:
@@ -46,14 +58,7 @@ def capture(model: nn.Module, names: Iterable[str], *, detach: bool = True) -> I
     """Record the outputs of the named sites for every forward pass inside the ``with`` block.
     Unknown names raise ``KeyError`` listing a few that exist."""
     names = list(names)
-    modules: dict[str, nn.Module] = {}
-    known = dict(model.named_modules())
-    for site in names:
-        path = _path(site)
-        if not path or path not in known:
-            examples = ", ".join(s for s in sites(model)[:8])
-            raise KeyError(f"capture: no site {site!r} in {type(model).__name__}; sites include {examples}, ...")
-        modules[site] = known[path]
+    modules = {site: site_module(model, site) for site in names}
     out = Captured()
     seen: dict[str, list[torch.Tensor]] = {site: [] for site in names}
 
@@ -75,4 +80,26 @@ def capture(model: nn.Module, names: Iterable[str], *, detach: bool = True) -> I
                 out[site] = ts[0] if len(ts) == 1 else ts
 
 
-__all__ = ["Captured", "capture", "sites"]
+@contextlib.contextmanager
+def splice(model: nn.Module, site: str, fn: Callable[[torch.Tensor], torch.Tensor]) -> Iterator[None]:
+    """Inside the ``with`` block, every forward pass replaces the output of ``site`` (a tensor)
+    by ``fn(output)``, of the same shape; the downstream modules read the replacement."""
+    module = site_module(model, site)
+
+    def hook(mod: nn.Module, args: Any, output: Any) -> torch.Tensor:
+        if not isinstance(output, torch.Tensor):
+            raise TypeError(f"splice: site {site!r} returns {type(output).__name__}, not a tensor")
+        new = fn(output)
+        if new.shape != output.shape:
+            raise ValueError(f"splice: replacement for {site!r} is {tuple(new.shape)}, "
+                             f"the site's output {tuple(output.shape)}")
+        return new.to(output.dtype)
+
+    handle = module.register_forward_hook(hook)
+    try:
+        yield
+    finally:
+        handle.remove()
+
+
+__all__ = ["Captured", "capture", "site_module", "sites", "splice"]

@@ -1,4 +1,5 @@
-"""Statistics for ``archlab compare``: is a variant better than the baseline beyond seed noise?
+"""Statistics for ``archlab compare`` and the analysis reports: is a variant better than the
+baseline beyond seed noise? (A floor of its own, below everything that tests a difference.)
 
 Everything here is plain Python (``math`` only; scipy is deliberately not a dependency).
 
