@@ -32,6 +32,11 @@ from archlab.analysis.redshift import (
 from archlab.cli import main
 from archlab.registry import ConfigError
 
+@pytest.fixture(autouse=True)
+def _seeded():
+    torch.manual_seed(0)  # the tests draw their inputs from the global generator
+
+
 N = 64
 X, Y = grid(N)
 

@@ -26,6 +26,11 @@ from archlab.registry import ConfigError
 from archlab.train.checkpoint import CHECKPOINT, read_checkpoint
 from archlab.train.trainer import Interrupted
 
+@pytest.fixture(autouse=True)
+def _seeded():
+    torch.manual_seed(0)  # the tests draw their inputs from the global generator
+
+
 TINY_RUN = ["--set", "model.dim=32", "--set", "model.depth=2", "--set", "model.heads=4", "--set", "train.seq_len=32",
             "--set", "train.batch=8", "--set", "train.tokens=16384", "--set", "train.eval_every=1000",
             "--set", "train.eval_tokens=2048", "--set", "model.max_seq_len=64"]
@@ -105,13 +110,13 @@ def test_sparsity_penalty_is_decoder_norm_weighted_l1():
 
 
 def test_explained_variance_and_fraction_recovered_on_known_cases():
-    x = torch.randn(100, 8)
+    x = torch.randn(100, 8, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
     assert explained_variance(x, x) == 1.0
     assert abs(explained_variance(x, x.mean(0).expand_as(x))) < 1e-12
     assert math.isclose(explained_variance(x, 0.5 * x + 0.5 * x.mean(0)), 0.75, rel_tol=1e-9)
     assert fraction_recovered(2.0, 2.0, 5.0) == 1.0 and fraction_recovered(2.0, 5.0, 5.0) == 0.0
     assert fraction_recovered(2.0, 3.5, 5.0) == 0.5
-    m = sae_metrics(x, x, torch.tensor([[1.0, 0.0, 2.0]] * 100))
+    m = sae_metrics(x.float(), x.float(), torch.tensor([[1.0, 0.0, 2.0]] * 100))
     assert m["l0"] == 2.0 and m["mse"] == 0.0 and math.isclose(m["alive_fraction"], 2 / 3)
 
 
@@ -401,3 +406,22 @@ def test_formulas_match_sae_lens():
             getattr(tpeer, name).copy_(getattr(topk, name))
     feats, _ = tpeer.encode_with_hidden_pre(x)
     assert torch.allclose(feats, topk.encode(x), atol=1e-5)  # unit decoder rows: the norm rescale is 1
+
+
+def test_sparse_topk_step_equals_the_dense_one():
+    from archlab.analysis.sae import reconstruction_loss
+
+    sae = _sae("topk", d=8, m=32, k=4)
+    with torch.no_grad():
+        sae.b_dec.normal_()
+    x = torch.randn(40, 8, dtype=torch.float64)
+    sae = sae.double()
+    pre = sae.pre_activations(x)
+    dense = reconstruction_loss(x, sae.activate(pre) @ sae.W_dec + sae.b_dec)
+    g_dense = torch.autograd.grad(dense, list(sae.parameters()))
+    pre = sae.pre_activations(x)
+    sparse = reconstruction_loss(x, sae.decode_sparse(*sae.topk_sparse(pre)))
+    g_sparse = torch.autograd.grad(sparse, list(sae.parameters()))
+    assert torch.allclose(dense, sparse)
+    for a, b in zip(g_dense, g_sparse):
+        assert torch.allclose(a, b)

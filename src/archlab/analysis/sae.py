@@ -102,6 +102,17 @@ class SparseAutoencoder(nn.Module):
     def encode(self, x: torch.Tensor) -> torch.Tensor:
         return self.activate(self.pre_activations(x))
 
+    def topk_sparse(self, pre: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """TopK's latents as (values (N, k), indices (N, k)): the same z as :meth:`activate`
+        without the dense (N, m) tensor."""
+        vals, idx = pre.topk(self.k, dim=-1)
+        return F.relu(vals), idx
+
+    def decode_sparse(self, vals: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+        """Σ_j vals_j W_dec[idx_j] + b_dec in the scaled units: k rows gathered per token instead
+        of an (N, m) × (m, d) product, forward and backward (``embedding_bag``)."""
+        return F.embedding_bag(idx, self.W_dec, per_sample_weights=vals, mode="sum") + self.b_dec
+
     def decode(self, z: torch.Tensor) -> torch.Tensor:
         """latents (..., m) -> reconstruction (..., d) in input units."""
         return (z @ self.W_dec + self.b_dec) / self.scale
@@ -123,12 +134,17 @@ class SparseAutoencoder(nn.Module):
             self.b_pre.copy_(self.b_dec)
 
     @torch.no_grad()
+    def track_fired(self, fired: torch.Tensor, tokens: int) -> None:
+        """``fired`` (m,) bool: which latents were non-zero on a batch of ``tokens`` tokens."""
+        self.since_fired += tokens
+        self.since_fired[fired] = 0
+
+    @torch.no_grad()
     def track(self, z: torch.Tensor) -> None:
         """Count the tokens since each latent fired; for BatchTopK, follow the inference
         threshold (a running mean of the smallest positive activation of each batch)."""
         z = z.reshape(-1, self.latents)
-        self.since_fired += z.shape[0]
-        self.since_fired[(z > 0).any(0)] = 0
+        self.track_fired((z > 0).any(0), z.shape[0])
         if self.architecture == "batchtopk":
             pos = z[z > 0]
             if pos.numel():

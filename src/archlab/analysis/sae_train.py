@@ -172,6 +172,54 @@ def build_sae(cfg: SAEConfig, d_in: int) -> SparseAutoencoder:
                              unit_decoder=cfg.unit_decoder, generator=g)
 
 
+def sae_step(sae: SparseAutoencoder, opt: torch.optim.Optimizer, acts: torch.Tensor, *, l1: float | None,
+             dead_window: int, aux: tuple[int, float] | None) -> tuple[torch.Tensor, torch.Tensor, dict[str, float]]:
+    """One optimiser step of ``sae`` on activations (N, d): the loss (reconstruction, plus
+    ``l1`` × the weighted L1 when given, plus ``aux = (k_aux, α)`` × AuxK over the latents dead
+    for ``dead_window`` tokens), the decoder-row constraint and the dead-latent counters.
+    Returns the scaled inputs, the detached reconstruction and the step's numbers."""
+    xs = acts * sae.scale
+    pre = sae.pre_activations(acts)
+    if sae.architecture == "topk":  # k rows per token: the decoder never sees the dense (N, m) latents
+        vals, idx = sae.topk_sparse(pre)
+        x_hat = sae.decode_sparse(vals, idx)
+        z = None
+    else:
+        z = sae.activate(pre)
+        x_hat = z @ sae.W_dec + sae.b_dec
+    recon = reconstruction_loss(xs, x_hat)
+    loss = recon
+    out: dict[str, float] = {}
+    if l1 is not None:
+        sp = sparsity_loss(z, sae.W_dec)
+        loss = loss + l1 * sp
+        out.update(l1_coef=l1, sparsity=float(sp.detach()))
+    if aux is not None:
+        a = auxk_loss(sae, pre, xs - x_hat, sae.dead(dead_window), aux[0])
+        loss = loss + aux[1] * a
+        out["auxk"] = float(a.detach())
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    sae.project_decoder_grad()
+    opt.step()
+    sae.normalise_decoder()
+    with torch.no_grad():
+        if z is None:
+            on = vals > 0
+            fired = torch.zeros(sae.latents, dtype=torch.bool)
+            fired[idx[on]] = True
+            sae.track_fired(fired, acts.shape[0])
+            l0 = float(on.sum()) / acts.shape[0]
+        else:
+            sae.track(z)
+            l0 = float((z > 0).sum()) / acts.shape[0]
+        x_hat = x_hat.detach()
+        var = (xs - xs.mean(0)).pow(2).sum()
+        out.update(loss=float(loss.detach()), mse=float(recon.detach()) / sae.d_in,
+                   explained_variance=float(1 - (xs - x_hat).pow(2).sum() / var) if var > 0 else math.nan, l0=l0)
+    return xs, x_hat, out
+
+
 def total_steps(cfg: SAEConfig, tokens_per_step: int) -> int:
     return max(1, -(-cfg.tokens // tokens_per_step))
 
@@ -229,37 +277,14 @@ class SAETrainer:
         for g in self.opt.param_groups:
             g["lr"] = lr
         acts = self.source.batch(step)[2].reshape(-1, self.d_in)
-        xs = acts * sae.scale
-        pre = sae.pre_activations(acts)
-        z = sae.activate(pre)
-        x_hat = z @ sae.W_dec + sae.b_dec
-        recon = reconstruction_loss(xs, x_hat)
-        loss = recon
         rec: dict[str, Any] = {"step": step + 1, "tokens": (step + 1) * self.tokens_per_step, "lr": lr}
-        if cfg.architecture == "relu":
-            coef = self.l1_at(step)
-            sp = sparsity_loss(z, sae.W_dec)
-            loss = loss + coef * sp
-            rec.update(l1_coef=coef, sparsity=float(sp))
-        dead = sae.dead(cfg.dead_window)
-        if cfg.dead_method == "auxk":
-            aux = auxk_loss(sae, pre, xs - x_hat, dead, self.k_aux)
-            loss = loss + cfg.aux_coef * aux
-            rec["auxk"] = float(aux)
-        self.opt.zero_grad(set_to_none=True)
-        loss.backward()
-        sae.project_decoder_grad()
-        self.opt.step()
-        sae.normalise_decoder()
-        sae.track(z)
+        xs, x_hat, terms = sae_step(sae, self.opt, acts, l1=self.l1_at(step) if cfg.architecture == "relu" else None,
+                                    dead_window=cfg.dead_window, aux=(self.k_aux, cfg.aux_coef)
+                                    if cfg.dead_method == "auxk" else None)
+        rec.update(terms)
         if cfg.dead_method == "resample" and (step + 1) % self.resample_every == 0 and step + 1 < self.total:
-            rec["resampled"] = self.resample(xs, x_hat.detach(), step)
-        with torch.no_grad():
-            var = (xs - xs.mean(0)).pow(2).sum()
-            rec.update(loss=float(loss), mse=float(recon) / self.d_in,
-                       explained_variance=float(1 - (xs - x_hat).pow(2).sum() / var) if var > 0 else math.nan,
-                       l0=float((z > 0).sum(-1).float().mean()),
-                       dead_fraction=float(sae.dead(cfg.dead_window).float().mean()))
+            rec["resampled"] = self.resample(xs, x_hat, step)
+        rec["dead_fraction"] = float(sae.dead(cfg.dead_window).float().mean())
         return rec
 
     @torch.no_grad()
@@ -386,4 +411,4 @@ def load_sae(folder: str | Path) -> tuple[SparseAutoencoder, SAEConfig, dict]:
     return sae.eval(), cfg, state
 
 
-__all__ = ["ActivationSource", "SAEConfig", "SAETrainer", "build_sae", "load_sae", "parse_sae_config"]
+__all__ = ["ActivationSource", "SAEConfig", "SAETrainer", "build_sae", "load_sae", "parse_sae_config", "sae_step"]
