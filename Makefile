@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 PIP := $(BIN)/pip --disable-pip-version-check
 CONSTRAINTS := constraints.txt
 
-.PHONY: demo test test-latest lock install install-dev system-deps bench clean
+.PHONY: demo test test-latest lock install install-dev system-deps bench peer-sae clean
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -56,6 +56,12 @@ bench: $(VENV)/.installed-dev
 	$(PIP) install -q -c $(CONSTRAINTS) -e '.[peers]'
 	$(BIN)/archlab bench all --out runs/bench/throughput.json
 	$(BIN)/archlab bench scaling --out runs/bench/scaling
+
+# sae-lens, the sparse-autoencoder peer (tests/test_sae.py's formula check, archlab bench sae):
+# not in the lock (it pulls ~1.5 GB: transformer-lens, datasets, wandb, ...); the lock's pins
+# still hold for everything they name.
+peer-sae: $(VENV)/.installed-dev
+	$(PIP) install -q -c $(CONSTRAINTS) -e '.[sae-peer]'
 
 clean:
 	rm -rf $(VENV) $(LATEST) runs build *.egg-info src/*.egg-info

@@ -238,7 +238,7 @@ def test_train_dry_run_still_validates(tmp_path, capsys):
 
 # ----------------------------------------------------------------------------- help pages
 
-COMMANDS = ["train", "eval", "generate", "info", "bench", "compare", "report", "export", "demo"]
+COMMANDS = ["train", "eval", "generate", "info", "bench", "compare", "report", "export", "demo", "sae", "redshift"]
 
 
 def help_page(argv, capsys) -> str:

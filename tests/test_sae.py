@@ -425,3 +425,58 @@ def test_sparse_topk_step_equals_the_dense_one():
     assert torch.allclose(dense, sparse)
     for a, b in zip(g_dense, g_sparse):
         assert torch.allclose(a, b)
+
+
+def test_bench_sae_runs_and_refuses_bad_flags(tmp_path, capsys):
+    out = tmp_path / "b.json"
+    assert main(["bench", "sae", "--rounds", "1", "--steps", "1", "--tokens", "512", "--batch", "256",
+                 "--latents", "64", "--d-in", "16", "--k", "4", "--out", str(out)]) == 0
+    res = json.loads(out.read_text())
+    assert res["tokens_per_s"]["archlab"] > 0 and res["d_in"] == 16
+    assert ("speedup_vs_sae_lens" in res) != ("peer_missing" in res)
+    capsys.readouterr()
+    assert main(["bench", "sae", "--k", "2000"]) == 2
+    assert "--k: 2000 active latents of 1024" in capsys.readouterr().err
+
+
+FAMILIES = {  # family -> (config, its --set items, a site)
+    "hierarchical": ("configs/hierarchical.yaml", ["model.dim=32", "model.depth=2", "model.heads=4",
+                                                   "train.seq_len=64", "train.batch=4"], "norm"),
+    "safu": ("configs/lm.yaml", ["model.family=safu", "model.depth=4", "model.dim=32", "model.heads=4",
+                                 "model.tie_embeddings=false", "train.seq_len=32", "train.batch=4"], None),
+    "task": ("configs/lm.yaml", ["model.dim=32", "model.depth=2", "model.heads=4", "data.corpus=task",
+                                 "data.task={kind: flipflop, length: 16, train: 200, validation: 50, test: 50}",
+                                 "train.seq_len=40", "train.batch=4"],
+             "blocks.1.out"),
+    "echo": (None, ["model.dim=32", "model.depth=2", "model.heads=4", "model.max_seq_len=80", "model.family=echo",
+                    "model.family_options.n_audio_ctx=300", "data.corpus=speech",
+                    "data.speech={n_train: 8, n_valid: 3, n_test: 3}", "train.seq_len=80", "train.batch=4",
+                    "model.position.kind=rope", "model.layers.default.norm.kind=layer"], "decoder.blocks.1"),
+}
+
+
+@pytest.mark.parametrize("family", list(FAMILIES))
+def test_every_family_gives_activations_and_a_report(family, tmp_path, tmp_path_factory):
+    from archlab.config import load_config
+    from archlab.models.capture import sites
+    from archlab.train import Trainer
+    from archlab.train.run import load_run
+
+    path, sets, site = FAMILIES[family]
+    if family == "echo":
+        sets = [*sets, f"data.cache_dir={tmp_path_factory.mktemp('speech')}"]
+    cfg = load_config(path, [*sets, "train.steps=2", "train.eval_every=100", "train.eval_tokens=160",
+                             "train.tensorboard=false", "train.warmup=1"])
+    Trainer(cfg, tmp_path / "run", progress=False).fit()
+    r = load_run(tmp_path / "run")
+    if site is None:  # the family's own names: the first block-like site after the embedding
+        site = next(s for s in sites(r.model) if s.count(".") == 1 and s.split(".")[-1].isdigit())
+    sae_cfg = parse_sae_config({"site": site}, ["tokens=256", "batch=2", "log_every=1", "warmup=1", "k=4",
+                                                "eval_tokens=128"])
+    SAETrainer(r, tmp_path / "run", sae_cfg, tmp_path / "sae", progress=False).fit()
+    from archlab.analysis.sae_report import write_sae_report
+
+    res = write_sae_report(tmp_path / "sae", top_latents=2, contexts=1)
+    assert math.isfinite(res["explained_variance"]) and res["l0"] <= 4
+    assert math.isfinite(res["fraction_recovered"]) or res["loss_zero"] == res["loss_clean"]
+    assert ("top_latents" in res) == (family != "echo")  # no text contexts for a speech run

@@ -149,7 +149,7 @@ class ActivationSource:
     def batch(self, step: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         x, y = self.sampler.batch(step)
         with capture(self.run.model, [self.site]) as acts:
-            self.run.model(x)
+            self.run.model(x, targets=y)  # with targets every family runs: a speech decoder reads them
         a = acts.get(self.site)
         if not isinstance(a, torch.Tensor):
             raise ConfigError(f"sae.site: {self.site!r} is not a single tensor per forward pass; "

@@ -118,23 +118,27 @@ def _sae_lens(acts: torch.Tensor, o: argparse.Namespace) -> tuple[Callable[[], d
     return run, None
 
 
-def parse(argv: list[str]) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="archlab bench sae", description=__doc__.split("\n\n")[0])
+def parse(argv: list[str], mode: str = "sae") -> argparse.Namespace:
+    from archlab.argparsing import ArgumentParser, plain
+    from archlab.bench.options import common_options
+
+    shared = common_options(rounds=5, max_foreign_cpu=0.5, seed=False, out=None, verbose=False)
+    p = ArgumentParser(prog=f"archlab bench {mode}", description=plain(__doc__), parents=[shared],
+                       epilog="examples:\n  archlab bench sae\n"
+                              "  archlab bench sae --architecture relu --latents 2048\n"
+                              "  archlab bench sae --run runs/lm --site blocks.1.out --out runs/bench/sae.json")
     p.add_argument("--run", default=None, help="read the activations from this run (default: synthetic)")
-    p.add_argument("--site", default="blocks.1.out")
+    p.add_argument("--site", default="blocks.1.out", help="the run's site (with --run)")
     p.add_argument("--d-in", type=int, default=128, help="synthetic activations' width")
     p.add_argument("--tokens", type=int, default=65536, help="activations held for the benchmark")
     p.add_argument("--architecture", choices=["topk", "relu"], default="topk")
-    p.add_argument("--latents", type=int, default=1024)
-    p.add_argument("--k", type=int, default=32)
-    p.add_argument("--l1", type=float, default=1.0)
+    p.add_argument("--latents", type=int, default=1024, help="dictionary size")
+    p.add_argument("--k", type=int, default=32, help="active latents per token (topk)")
+    p.add_argument("--l1", type=float, default=1.0, help="sparsity coefficient (relu)")
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--batch", type=int, default=4096, help="tokens per step")
     p.add_argument("--steps", type=int, default=20, help="steps per contender per round")
     p.add_argument("--dead-steps", type=int, default=50, help="steps without firing that make a latent dead")
-    p.add_argument("--rounds", type=int, default=5)
-    p.add_argument("--threads", type=int, default=None)
-    p.add_argument("--out", default=None, help="write the JSON here")
     o = p.parse_args(argv)
     for name in ("d_in", "tokens", "latents", "k", "batch", "steps", "rounds", "dead_steps"):
         if getattr(o, name) < 1:
@@ -147,7 +151,7 @@ def parse(argv: list[str]) -> argparse.Namespace:
 
 
 def main(argv: list[str], mode: str = "sae") -> int:
-    o = parse(argv)
+    o = parse(argv, mode)
     if o.threads:
         torch.set_num_threads(o.threads)
     acts = run_activations(o.run, o.site, o.tokens) if o.run else synthetic_activations(o.tokens, o.d_in)
@@ -157,7 +161,8 @@ def main(argv: list[str], mode: str = "sae") -> int:
         contenders["sae-lens"] = peer
     for fn in contenders.values():  # warm-up: allocations and the first Adam state
         fn()
-    summary = interleaved(contenders, rounds=o.rounds, key="tokens_per_s", max_foreign_cpu=0.5)
+    summary = interleaved(contenders, rounds=o.rounds, key="tokens_per_s",
+                          max_foreign_cpu=o.max_foreign_cpu if o.max_foreign_cpu >= 0 else None)
     res: dict[str, Any] = {"benchmark": "sae", "settings": vars(o), "d_in": int(acts.shape[1]),
                            "activations": f"run {o.run} at {o.site}" if o.run else "synthetic",
                            "environment": environment(), "summary": summary,
