@@ -74,6 +74,7 @@ def test_a_legendre_polynomial_scores_its_order(n):
     p = np.polynomial.legendre.Legendre.basis(n)
     assert math.isclose(legendre_order(p(X)), n, rel_tol=1e-9)
     assert math.isclose(legendre_order(p(X) * p(Y), degree=10), 2 * n, rel_tol=1e-9)
+    assert math.isclose(legendre_order(p(Y) + 4.0), n, rel_tol=1e-9)  # the constant term is not counted
 
 
 def test_legendre_order_is_a_mixture_weighted_by_coefficients():

@@ -364,6 +364,12 @@ def test_report_matches_a_direct_computation(run, run_dir, tmp_path):
     x_hat, z = sae(x)
     m = sae_metrics(x, x_hat, z)
     assert math.isclose(res["explained_variance"], m["explained_variance"], rel_tol=1e-6)
+    from archlab.models.capture import splice
+
+    xb, yb, _ = src.batch(0)
+    with torch.no_grad(), splice(run.model, cfg.site, lambda o: sae(o.reshape(-1, sae.d_in))[0].reshape(o.shape)):
+        spliced = float(run.model(xb, targets=yb).nll)
+    assert math.isclose(res["loss_sae"], spliced, rel_tol=1e-6) and res["loss_sae"] != res["loss_clean"]
     assert math.isclose(res["mse"], m["mse"], rel_tol=1e-6) and res["l0"] == m["l0"]
 
 
