@@ -227,3 +227,35 @@ def test_a_tiny_sweep_writes_its_report(tmp_path, capsys):
     assert "data:image/png;base64," in (tmp_path / "r" / "report.html").read_text()
     out = capsys.readouterr().out
     assert "deep tanh networks are more complex than deep ReLU networks" in out
+
+
+def test_rebuild_recomputes_the_report_from_results(tmp_path, capsys):
+    out = tmp_path / "r"
+    assert main(["redshift", "--out", str(out), "--no-progress", "--set", "seeds=2", "--set", "grid=16",
+                 "--set", "degree=4", "--set", "sweeps=[parts]", "--set", "part_groups=[mixer]",
+                 "--set", "part_depths=[1,2]", "--set", "part_dim=32"]) == 0
+    (out / "report.md").unlink()
+    assert main(["redshift", "--out", str(out), "--rebuild"]) == 0
+    md = (out / "report.md").read_text()
+    assert "report rebuilt from results.json by" in md and "Does depth raise the order of a part?" in md
+    res = json.loads((out / "results.json").read_text())
+    assert {r["function"] for r in res["references"]} >= {"constant", "white noise"}
+    noise = next(r for r in res["references"] if r["function"] == "white noise")
+    const = next(r for r in res["references"] if r["function"] == "constant")
+    assert noise["lz"] > 0.9 > 0.1 > const["lz"] and noise["frequency"] > const["frequency"] == 0
+    assert len(res["part_findings"]["frequency"]) == len({r["kind"] for r in res["parts"]})
+    capsys.readouterr()
+    assert main(["redshift", "--out", str(tmp_path / "none"), "--rebuild"]) == 2
+    assert "results.json not found" in capsys.readouterr().err
+    assert main(["redshift", "--out", str(out), "--rebuild", "--set", "seeds=3"]) == 2
+
+
+def test_difference_claims_compare_effects():
+    from archlab.analysis.redshift import test_claims
+
+    rows = [{"seed": s, "g": g, "d": d, "frequency": (3.0 if g == "a" and d == 2 else 1.0) + 0.01 * s * (d == 2)}
+            for s in range(4) for g in ("a", "b") for d in (1, 2)]
+    claim = {"claim": "a's depth effect exceeds b's", "a": (dict(g="a", d=2), dict(g="a", d=1)),
+             "b": (dict(g="b", d=2), dict(g="b", d=1))}
+    (r,) = test_claims(rows, [claim], "frequency")
+    assert math.isclose(r["difference"], 2.0) and r["verdict"] == "reproduces"

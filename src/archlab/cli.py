@@ -288,10 +288,15 @@ def _cmd_sae_sites(a: argparse.Namespace) -> int:
 
 
 def _cmd_redshift(a: argparse.Namespace) -> int:
-    from archlab.analysis.redshift import parse_sweep, run_redshift
+    from archlab.analysis.redshift import parse_sweep, rebuild_redshift, run_redshift
 
-    sweep = parse_sweep(a.sweep, a.set)
-    res = run_redshift(sweep, a.out, command=_command_line(), progress=not a.no_progress)
+    if a.rebuild:
+        if a.sweep or a.set:
+            raise ConfigError("--rebuild: recomputes the report from DIR/results.json; it takes no --sweep or --set")
+        res = rebuild_redshift(a.out, command=_command_line())
+    else:
+        sweep = parse_sweep(a.sweep, a.set)
+        res = run_redshift(sweep, a.out, command=_command_line(), progress=not a.no_progress)
     for line in res["findings_lines"]:
         print(line)
     print(f"report: {Path(a.out) / 'report.html'} (and report.md, results.json, plots)")
@@ -466,13 +471,16 @@ def build_parser() -> ArgumentParser:
     sp = command("redshift", "complexity of the functions random networks compute (Neural Redshift)",
                  "archlab redshift --out runs/redshift",
                  "archlab redshift --out runs/rs --sweep mlp --set seeds=3 --set depths=[1,2,4]",
-                 "archlab redshift --out runs/rs --sweep parts")
+                 "archlab redshift --out runs/rs --sweep parts",
+                 "archlab redshift --out runs/rs --rebuild      # the report again from results.json")
     sp.add_argument("--out", required=True, help="folder: results.json, report.md/.html, plots")
     sp.add_argument("--sweep", action="append", default=None, choices=["mlp", "parts"],
                     help="mlp: activations x weight scale x depth x residual/layer norm; parts: archlab's "
                          "registered positions, mixers, norm placements and residual variants at init "
                          "(repeatable; default: both)")
     sp.add_argument("--no-progress", action="store_true", help="no progress bar")
+    sp.add_argument("--rebuild", action="store_true",
+                    help="recompute the findings, plots and report from --out's results.json (nothing re-run)")
     overrides(sp, "seeds=3")
     sp.set_defaults(func=_cmd_redshift)
 

@@ -250,6 +250,51 @@ def _per_seed(rows: list[dict], measure: str, **where: Any) -> list[float]:
     return [float(np.mean(v)) for _, v in sorted(by_seed.items())]
 
 
+def _values(rows: list[dict], measure: str, spec: dict | tuple[dict, dict]) -> list[float]:
+    """Per-seed means of the cells ``spec`` names, or (a pair of specs) the per-seed difference
+    of the first's mean minus the second's."""
+    if isinstance(spec, tuple):
+        hi, lo = _per_seed(rows, measure, **spec[0]), _per_seed(rows, measure, **spec[1])
+        return [a - b for a, b in zip(hi, lo)]
+    return _per_seed(rows, measure, **spec)
+
+
+def test_claims(rows: list[dict], claims: list[dict], measure: str) -> list[dict[str, Any]]:
+    """Each claim ``{"claim", "a", "b"}`` tested as "a > b" on per-seed values: one-sided Welch
+    t, Holm-adjusted across ``claims`` at 5%."""
+    out = []
+    for c in claims:
+        va, vb = _values(rows, measure, c["a"]), _values(rows, measure, c["b"])
+        cmp = compare_to_baseline(va, vb) if len(va) >= 2 and len(vb) >= 2 else None
+        p_two = cmp["p_value"] if cmp else math.nan
+        diff = float(np.mean(va) - np.mean(vb)) if va and vb else math.nan
+        # one-sided: the claimed direction (a > b) halves the two-sided p; the other direction is 1 − p/2
+        p = p_two / 2 if diff > 0 else (1 - p_two / 2 if math.isfinite(p_two) else math.nan)
+        out.append({"claim": c["claim"], "measure": measure, "a_mean": float(np.mean(va)) if va else math.nan,
+                    "b_mean": float(np.mean(vb)) if vb else math.nan, "difference": diff, "seeds": len(va),
+                    "p_one_sided": p})
+    for r, adj in zip(out, adjust_p_values([r["p_one_sided"] for r in out], "holm")):
+        r["p_holm"] = adj
+        r["verdict"] = ("reproduces" if adj < 0.05 else
+                        "not detected" if r["difference"] > 0 or not math.isfinite(adj) else
+                        "not detected (opposite sign)")
+    return out
+
+
+def part_findings(rows: list[dict], s: RedshiftSweep, measure: str = "frequency") -> list[dict[str, Any]]:
+    """For each part: is it more complex at the largest depth than at the smallest?"""
+    deep, shallow = max(s.part_depths), min(s.part_depths)
+    if deep == shallow:
+        return []
+    kinds = list(dict.fromkeys((r["group"], r["kind"]) for r in rows))
+    claims = [{"claim": f"{g}: {k} grows more complex with depth ({deep} vs {shallow})",
+               "a": dict(group=g, kind=k, depth=deep), "b": dict(group=g, kind=k, depth=shallow)} for g, k in kinds]
+    out = test_claims(rows, claims, measure)
+    for r in out:
+        r["verdict"] = {"reproduces": "yes"}.get(r["verdict"], "not detected")
+    return out
+
+
 def findings(rows: list[dict], s: RedshiftSweep, measure: str = "frequency") -> list[dict[str, Any]]:
     """The paper's qualitative claims, each as "A is more complex than B" on per-seed means,
     tested one-sided (Welch t), Holm-adjusted across the claims at 5%."""
@@ -259,7 +304,7 @@ def findings(rows: list[dict], s: RedshiftSweep, measure: str = "frequency") -> 
     is_big, is_small = (lambda a: a in big), (lambda a: a in small)
     claims = []
 
-    def claim(text: str, a: dict, b: dict) -> None:
+    def claim(text: str, a: dict | tuple, b: dict | tuple) -> None:
         claims.append({"claim": text, "a": a, "b": b})
 
     acts = set(s.activations)
@@ -275,6 +320,13 @@ def findings(rows: list[dict], s: RedshiftSweep, measure: str = "frequency") -> 
                 claim(f"{act} networks grow more complex with depth (depth {deep} vs {shallow}, A ≥ 3)",
                       dict(structure="plain", activation=act, depth=deep, scale=is_big),
                       dict(structure="plain", activation=act, depth=shallow, scale=is_big))
+            if act in acts and deep != shallow and "relu" in acts:
+                claim(f"depth raises the complexity of {act} networks more than of ReLU networks "
+                      f"(depth {deep} − depth {shallow}, A ≥ 3)",
+                      (dict(structure="plain", activation=act, depth=deep, scale=is_big),
+                       dict(structure="plain", activation=act, depth=shallow, scale=is_big)),
+                      (dict(structure="plain", activation="relu", depth=deep, scale=is_big),
+                       dict(structure="plain", activation="relu", depth=shallow, scale=is_big)))
             if act in acts and big != small:
                 claim(f"{act} networks grow more complex with weight scale (A ≥ 3 vs A ≤ 0.5, depth {deep})",
                       dict(structure="plain", activation=act, depth=deep, scale=is_big),
@@ -290,23 +342,7 @@ def findings(rows: list[dict], s: RedshiftSweep, measure: str = "frequency") -> 
             claim(f"layer norm makes deep {act} networks simpler at large weight scale (depth {deep}, A ≥ 3)",
                   dict(structure="plain", activation=act, depth=deep, scale=is_big),
                   dict(structure="layernorm", activation=act, depth=deep, scale=is_big))
-    out = []
-    for c in claims:
-        va, vb = _per_seed(rows, measure, **c["a"]), _per_seed(rows, measure, **c["b"])
-        cmp = compare_to_baseline(va, vb) if len(va) >= 2 and len(vb) >= 2 else None
-        p_two = cmp["p_value"] if cmp else math.nan
-        diff = float(np.mean(va) - np.mean(vb)) if va and vb else math.nan
-        # one-sided: the claimed direction (a > b) halves the two-sided p; the other direction is 1 − p/2
-        p = p_two / 2 if diff > 0 else (1 - p_two / 2 if math.isfinite(p_two) else math.nan)
-        out.append({"claim": c["claim"], "measure": measure, "a_mean": float(np.mean(va)) if va else math.nan,
-                    "b_mean": float(np.mean(vb)) if vb else math.nan, "difference": diff, "seeds": len(va),
-                    "p_one_sided": p})
-    for r, adj in zip(out, adjust_p_values([r["p_one_sided"] for r in out], "holm")):
-        r["p_holm"] = adj
-        r["verdict"] = ("reproduces" if adj < 0.05 else
-                        "not detected" if r["difference"] > 0 or not math.isfinite(adj) else
-                        "not detected (opposite sign)")
-    return out
+    return test_claims(rows, claims, measure)
 
 
 # --------------------------------------------------------------------- report
@@ -376,6 +412,10 @@ def _plots(res: dict, out: Path) -> dict[str, Path]:
     return plots
 
 
+def _p(p: float) -> str:
+    return "–" if not isinstance(p, (int, float)) or not math.isfinite(p) else f"{p:.2g}"
+
+
 def _fmt(x: float, digits: int = 3) -> str:
     return "–" if not isinstance(x, (int, float)) or not math.isfinite(x) else f"{x:.{digits}f}"
 
@@ -389,15 +429,27 @@ def report_blocks(res: dict, plots: dict[str, Path]) -> list[tuple]:
                                  "median-binarised output (1 ≈ random bits) and the coefficient-weighted order of a "
                                  f"Legendre fit (degree ≤ {s.degree} per variable); {s.seeds} seeds per cell. "
                                  "Teney et al., CVPR 2024 (arXiv 2403.02241); definitions in docs/analysis.md.")]
-    if res.get("command"):
-        blocks.append(("kv", [("command", res["command"], True), ("seconds", f"{res['seconds']:.0f}", False)]))
+    kv = [("command", res["command"], True)] if res.get("command") else []
+    kv.append(("seconds", f"{res.get('seconds', math.nan):.0f}", False))
+    if res.get("rebuilt_by"):
+        kv.append(("report rebuilt from results.json by", res["rebuilt_by"], True))
+    blocks.append(("kv", kv))
+    if res.get("references"):
+        blocks.append(("p", "Reference functions on the same grid (what the numbers below read against): "
+                            "mean frequency / LZ / Legendre order."))
+        blocks.append(("table", ["function", "frequency", "lz", "order"],
+                       [[r["function"], _fmt(r["frequency"], 2), _fmt(r["lz"], 3), _fmt(r["order"], 2)]
+                        for r in res["references"]]))
+        blocks.append(("p", f"The grid has {s.grid} points per side, so frequencies near {s.grid // 2} cycles "
+                            "(Nyquist) and LZ near 1 mean the function is as rough as the grid can show: "
+                            "the measures saturate there, and differences between saturated cells are small."))
     for measure, found in res.get("findings", {}).items():
         blocks.append(("h2", f"The paper's findings ({measure})"))
         blocks.append(("p", "Each claim is 'A is more complex than B' on per-seed means over the cells named; "
                             "one-sided Welch t, Holm-adjusted over the claims of this table at 5%. "
                             "'not detected': not significant (with the claimed sign, or the opposite one)."))
         blocks.append(("table", ["claim", "A", "B", "A − B", "p (Holm)", "verdict"],
-                       [[f["claim"], _fmt(f["a_mean"]), _fmt(f["b_mean"]), _fmt(f["difference"]), _fmt(f["p_holm"], 4),
+                       [[f["claim"], _fmt(f["a_mean"]), _fmt(f["b_mean"]), _fmt(f["difference"]), _p(f["p_holm"]),
                          f["verdict"]] for f in found]))
     rows = res.get("mlp", [])
     if rows:
@@ -432,6 +484,12 @@ def report_blocks(res: dict, plots: dict[str, Path]) -> list[tuple]:
                                                                       for m in MEASURES) for d in s.part_depths]
                                          for g, k in kinds]))
         blocks.append(("p", "Cells: mean frequency / LZ / Legendre order, mean over seeds."))
+        for measure, found in res.get("part_findings", {}).items():
+            yes = [f for f in found if f["verdict"] == "yes"]
+            blocks.append(("p", f"*Does depth raise the {measure} of a part?* (max vs min depth, one-sided Welch "
+                                f"over seeds, Holm over the {len(found)} parts at 5%): " +
+                                ("; ".join(f"{f['claim'].split(' grows')[0]} (+{f['difference']:.3f}, p "
+                                           f"{_p(f['p_holm'])})" for f in yes) if yes else "none") + "."))
     if res.get("refused"):
         blocks.append(("p", "Parts not measured (they do not fit the default LM): " +
                             "; ".join(f"{r['group']}: {r['kind']} ({r['reason']})" for r in res["refused"])))
@@ -459,7 +517,6 @@ def run_redshift(s: RedshiftSweep, out: str | Path, *, command: str | None = Non
         torch.set_grad_enabled(False)
         if "mlp" in s.sweeps:
             res["mlp"] = run_mlp(s, tick)
-            res["findings"] = {m: findings(res["mlp"], s, m) for m in MEASURES}
         if "parts" in s.sweeps:
             res["parts"], res["refused"] = run_parts(s, tick)
     finally:
@@ -467,6 +524,21 @@ def run_redshift(s: RedshiftSweep, out: str | Path, *, command: str | None = Non
         if bar is not None:
             bar.close()
     res["seconds"] = time.perf_counter() - start
+    return write_redshift(res, out)
+
+
+def _analyse(res: dict[str, Any]) -> None:
+    """The findings' tests, from the rows (so a report can be rebuilt from results.json)."""
+    s = from_dict(RedshiftSweep, res["settings"], "redshift")
+    if res.get("mlp"):
+        res["findings"] = {m: findings(res["mlp"], s, m) for m in MEASURES}
+    if res.get("parts"):
+        res["part_findings"] = {m: part_findings(res["parts"], s, m) for m in MEASURES}
+    res["references"] = reference_scores(s)
+
+
+def write_redshift(res: dict[str, Any], out: Path) -> dict[str, Any]:
+    _analyse(res)
     write_text_atomic(out / "results.json", json.dumps(res, indent=1) + "\n")
     plots = _plots(res, out)
     blocks = report_blocks(res, plots)
@@ -477,5 +549,30 @@ def run_redshift(s: RedshiftSweep, out: str | Path, *, command: str | None = Non
     return res
 
 
+def rebuild_redshift(out: str | Path, *, command: str | None = None) -> dict[str, Any]:
+    """Recompute the findings, plots and report from ``out/results.json`` (nothing is re-run)."""
+    out = Path(out)
+    path = out / "results.json"
+    if not path.is_file():
+        raise ConfigError(f"--rebuild: {path} not found; run archlab redshift --out {out} first")
+    res = json.loads(path.read_text())
+    if not isinstance(res, dict) or "settings" not in res:
+        raise ConfigError(f"--rebuild: {path} is not an archlab redshift result")
+    res["rebuilt_by"] = command or "archlab.analysis.redshift.rebuild_redshift"
+    return write_redshift(res, out)
+
+
+def reference_scores(s: RedshiftSweep) -> list[dict[str, Any]]:
+    """The measures of a few functions with known shapes, on the sweep's grid: what the
+    networks' numbers are to be read against."""
+    x, y = grid(s.grid)
+    rng = np.random.default_rng(0)
+    funcs = {"constant": np.ones_like(x), "linear x + y": x + y, "cos, 1 cycle": np.cos(np.pi * (x + 1)),
+             "cos, 4 cycles": np.cos(4 * np.pi * (x + 1)), "x·y": x * y,
+             "sign(x)": np.sign(x), "white noise": rng.normal(size=x.shape)}
+    return [{"function": name, **_measures(f, s.degree)} for name, f in funcs.items()]
+
+
 __all__ = ["ACTIVATIONS", "STRUCTURES", "RandomMLP", "RedshiftSweep", "findings", "mlp_function",
-           "parse_sweep", "part_function", "run_redshift"]
+           "parse_sweep", "part_findings", "part_function", "rebuild_redshift", "reference_scores",
+           "run_redshift", "test_claims"]
