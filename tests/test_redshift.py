@@ -27,10 +27,8 @@ from archlab.analysis.redshift import (
     mlp_function,
     parse_sweep,
     part_function,
-    run_redshift,
 )
 from archlab.cli import main
-from archlab.registry import ConfigError
 
 @pytest.fixture(autouse=True)
 def _seeded():

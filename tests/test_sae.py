@@ -486,3 +486,17 @@ def test_every_family_gives_activations_and_a_report(family, tmp_path, tmp_path_
     assert math.isfinite(res["explained_variance"]) and res["l0"] <= 4
     assert math.isfinite(res["fraction_recovered"]) or res["loss_zero"] == res["loss_clean"]
     assert ("top_latents" in res) == (family != "echo")  # no text contexts for a speech run
+
+
+def test_fused_l1_decoder_equals_the_separate_terms():
+    sae = _sae("relu", unit_decoder=False).double()
+    with torch.no_grad():
+        sae.W_dec.mul_(torch.rand(32, 1, dtype=torch.float64) + 0.5)
+    z = torch.relu(torch.randn(20, 32, dtype=torch.float64))
+    x = torch.randn(20, 8, dtype=torch.float64)
+    x_hat, l1 = sae.decode_with_l1(z)
+    a = reconstruction_loss(x, x_hat) + 0.3 * l1.mean()
+    b = reconstruction_loss(x, z @ sae.W_dec + sae.b_dec) + 0.3 * sparsity_loss(z, sae.W_dec)
+    ga = torch.autograd.grad(a, [sae.W_dec, sae.b_dec])
+    gb = torch.autograd.grad(b, [sae.W_dec, sae.b_dec])
+    assert torch.allclose(a, b) and all(torch.allclose(p, q) for p, q in zip(ga, gb))

@@ -358,6 +358,7 @@ def _plots(res: dict, out: Path) -> dict[str, Path]:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.colors import LogNorm
 
     s = from_dict(RedshiftSweep, res["settings"], "redshift")
     rows = res.get("mlp", [])
@@ -370,13 +371,14 @@ def _plots(res: dict, out: Path) -> dict[str, Path]:
             for ax, act in zip(axes[0], s.activations):
                 m = np.array([[_table_mean(rows, "frequency", structure=structure, activation=act, depth=d, scale=a)
                                for a in s.scales] for d in s.depths])
-                im = ax.imshow(m, origin="lower", aspect="auto", cmap="viridis", vmin=0, vmax=6)
+                im = ax.imshow(np.clip(m, 0.25, None), origin="lower", aspect="auto", cmap="viridis",
+                               norm=LogNorm(vmin=0.25, vmax=s.grid / 2))  # log: ReLU's 1–5 and tanh's 20 both show
                 ax.set_title(act, fontsize=9)
                 ax.set_xticks(range(len(s.scales)), [f"{a:g}" for a in s.scales], fontsize=6, rotation=90)
                 ax.set_yticks(range(len(s.depths)), [str(d) for d in s.depths], fontsize=7)
                 ax.set_xlabel("weight scale A", fontsize=7)
             axes[0][0].set_ylabel("depth", fontsize=8)
-            fig.colorbar(im, ax=axes[0].tolist(), shrink=0.8, label="mean frequency")
+            fig.colorbar(im, ax=axes[0].tolist(), shrink=0.8, label="mean frequency (cycles, log)")
             name = f"frequency_{structure}"
             fig.savefig(out / "plots" / f"{name}.png", dpi=90, bbox_inches="tight")
             plt.close(fig)

@@ -84,7 +84,10 @@ class SparseAutoencoder(nn.Module):
 
     def pre_activations(self, x: torch.Tensor) -> torch.Tensor:
         """x (..., d) in input units -> pre-activations (..., m)."""
-        return self._centre(x * self.scale) @ self.W_enc + self.b_enc
+        xc = self._centre(x * self.scale)
+        if xc.dim() == 2:  # the bias added inside the product: one pass over (N, m) fewer
+            return torch.addmm(self.b_enc, xc, self.W_enc)
+        return xc @ self.W_enc + self.b_enc
 
     def activate(self, pre: torch.Tensor) -> torch.Tensor:
         if self.architecture == "relu":
@@ -101,6 +104,14 @@ class SparseAutoencoder(nn.Module):
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:
         return self.activate(self.pre_activations(x))
+
+    def decode_with_l1(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(z W_dec + b_dec, Σ_i z_i ‖W_dec,i‖₂ per token) in the scaled units, from one product
+        with the decoder extended by its row norms: the L1 term's gradient then rides on the
+        decoder's backward product instead of two more passes over the (N, m) latents."""
+        aug = torch.cat([self.W_dec, self.W_dec.norm(dim=1, keepdim=True)], 1)  # (m, d + 1)
+        out = z @ aug
+        return out[:, :-1] + self.b_dec, out[:, -1]
 
     def topk_sparse(self, pre: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """TopK's latents as (values (N, k), indices (N, k)): the same z as :meth:`activate`
@@ -144,7 +155,7 @@ class SparseAutoencoder(nn.Module):
         """Count the tokens since each latent fired; for BatchTopK, follow the inference
         threshold (a running mean of the smallest positive activation of each batch)."""
         z = z.reshape(-1, self.latents)
-        self.track_fired((z > 0).any(0), z.shape[0])
+        self.track_fired(z.amax(0) > 0, z.shape[0])  # z ≥ 0: its column max says whether it fired
         if self.architecture == "batchtopk":
             pos = z[z > 0]
             if pos.numel():
@@ -178,8 +189,9 @@ def reconstruction_loss(x: torch.Tensor, x_hat: torch.Tensor) -> torch.Tensor:
 
 
 def sparsity_loss(z: torch.Tensor, W_dec: torch.Tensor) -> torch.Tensor:
-    """Σ_i z_i ‖W_dec,i‖₂ (z ≥ 0), averaged over tokens: the decoder-norm-weighted L1."""
-    return (z * W_dec.norm(dim=1)).sum(-1).mean()
+    """Σ_i z_i ‖W_dec,i‖₂ (z ≥ 0), averaged over tokens: the decoder-norm-weighted L1 (as one
+    matrix-vector product: a third of the elementwise form's time, forward and backward)."""
+    return (z @ W_dec.norm(dim=1)).mean()
 
 
 def auxk_loss(sae: SparseAutoencoder, pre: torch.Tensor, residual: torch.Tensor, dead: torch.Tensor,

@@ -27,7 +27,7 @@ from typing import Any
 
 import torch
 
-from archlab.analysis.sae import fraction_recovered, sae_metrics
+from archlab.analysis.sae import fraction_recovered
 from archlab.analysis.sae_train import METRICS, ActivationSource, load_sae
 from archlab.atomic import write_text_atomic
 from archlab.models.capture import capture, splice

