@@ -500,3 +500,12 @@ def test_fused_l1_decoder_equals_the_separate_terms():
     ga = torch.autograd.grad(a, [sae.W_dec, sae.b_dec])
     gb = torch.autograd.grad(b, [sae.W_dec, sae.b_dec])
     assert torch.allclose(a, b) and all(torch.allclose(p, q) for p, q in zip(ga, gb))
+
+
+def test_normalize_switch_sets_the_input_scale(run, run_dir, tmp_path):
+    on = _train(run, run_dir, tmp_path / "on", "pre_bias=untied")
+    off = _train(run, run_dir, tmp_path / "off", "normalize=false", "pre_bias=untied")
+    first = off.source.batch(0)[2].reshape(-1, off.d_in)
+    assert float(off.sae.scale) == 1.0 and float(on.sae.scale) != 1.0
+    assert torch.allclose(off.sae.b_dec, first.mean(0)) and torch.equal(off.sae.b_pre, off.sae.b_dec)
+    assert math.isclose(float((first * on.sae.scale).norm(dim=-1).mean()), math.sqrt(on.d_in), rel_tol=1e-4)

@@ -135,11 +135,12 @@ class SparseAutoencoder(nn.Module):
     # ----------------------------------------------------------------- training helpers
 
     @torch.no_grad()
-    def fit_scale(self, x: torch.Tensor) -> None:
-        """Set ``scale`` so that the mean norm of ``x`` (N, d) becomes √d, and ``b_dec`` to the
-        mean of the scaled tokens (a better start than 0: the bias carries the offset)."""
+    def fit_scale(self, x: torch.Tensor, normalize: bool = True) -> None:
+        """Start from a batch ``x`` (N, d): with ``normalize``, set ``scale`` so that the mean
+        norm of ``x`` becomes √d (else 1); set ``b_dec`` (and an untied ``b_pre``) to the mean of
+        the scaled tokens, a better start than 0: the bias carries the offset."""
         mean_norm = float(x.norm(dim=-1).mean())
-        self.scale.fill_(math.sqrt(self.d_in) / mean_norm if mean_norm > 0 else 1.0)
+        self.scale.fill_(math.sqrt(self.d_in) / mean_norm if normalize and mean_norm > 0 else 1.0)
         self.b_dec.copy_((x * self.scale).mean(0))
         if self.pre_bias == "untied":
             self.b_pre.copy_(self.b_dec)

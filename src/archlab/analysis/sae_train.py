@@ -260,12 +260,8 @@ class SAETrainer:
         self.resample_every = cfg.resample_every or max(1, self.total // 5)
         self.opt = torch.optim.Adam(self.sae.parameters(), lr=cfg.lr, betas=(0.9, 0.999))
         self.step = 0
-        if not resume and cfg.normalize:
-            self.sae.fit_scale(first.reshape(-1, self.d_in))
-        elif not resume:
-            self.sae.fit_scale(first.reshape(-1, self.d_in))
-            self.sae.scale.fill_(1.0)
-            self.sae.b_dec.copy_(first.reshape(-1, self.d_in).mean(0))
+        if not resume:  # a resume loads both from the checkpoint
+            self.sae.fit_scale(first.reshape(-1, self.d_in), normalize=cfg.normalize)
         self._stop: int | None = None
 
     # ----------------------------------------------------------------- one step
