@@ -238,7 +238,8 @@ def test_train_dry_run_still_validates(tmp_path, capsys):
 
 # ----------------------------------------------------------------------------- help pages
 
-COMMANDS = ["train", "eval", "generate", "info", "bench", "compare", "report", "export", "demo", "sae", "redshift"]
+COMMANDS = ["train", "eval", "generate", "info", "bench", "compare", "report", "export", "demo", "sae", "redshift",
+            "compress", "decompress"]
 
 
 def help_page(argv, capsys) -> str:

@@ -303,6 +303,42 @@ def _cmd_redshift(a: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_compress(a: argparse.Namespace) -> int:
+    from archlab.codec import is_compressed
+    from archlab.train.checkpoint import COMPRESSED, compress_checkpoint
+    from archlab.train.run import resolve_checkpoint
+
+    src = resolve_checkpoint(a.run)
+    if is_compressed(src):
+        raise ConfigError(f"compress: {src} is compressed already (archlab decompress undoes it)")
+    out = Path(a.out) if a.out else src.parent / COMPRESSED
+    if out.resolve() == src.resolve():
+        raise ConfigError("--out: would overwrite the checkpoint it compresses; choose another file")
+    sizes = compress_checkpoint(src, out, codec=a.codec)
+    raw, packed = sizes["raw_bytes"], sizes["compressed_bytes"]
+    print(f"wrote {out}: {packed:,} bytes for {raw:,} bytes of tensors ({100 * packed / max(raw, 1):.1f} %, "
+          f"codec {a.codec}); {src} is kept (delete it to save the space: runs load either)")
+    return 0
+
+
+def _cmd_decompress(a: argparse.Namespace) -> int:
+    from archlab.codec import is_compressed
+    from archlab.train.checkpoint import CHECKPOINT, COMPRESSED, decompress_checkpoint
+
+    src = Path(a.file)
+    if src.is_dir():
+        src = src / COMPRESSED
+    if not src.is_file():
+        raise ConfigError(f"decompress: {src} not found")
+    if not is_compressed(src):
+        raise ConfigError(f"decompress: {src} is not an archlab compressed checkpoint")
+    out = Path(a.out) if a.out else src.parent / CHECKPOINT
+    if out.exists() and not a.force:
+        raise ConfigError(f"--out: {out} exists; pass --force to replace it or choose another file")
+    print(f"wrote {decompress_checkpoint(src, out)}")
+    return 0
+
+
 def _cmd_demo(a: argparse.Namespace) -> int:
     from archlab.lab.demo import run_demo
 
@@ -483,6 +519,23 @@ def build_parser() -> ArgumentParser:
                     help="recompute the findings, plots and report from --out's results.json (nothing re-run)")
     overrides(sp, "seeds=3")
     sp.set_defaults(func=_cmd_redshift)
+
+    sp = command("compress", "losslessly compress a run's checkpoint (byte planes + zstd, or zipnn)",
+                 "archlab compress runs/lm                      # writes runs/lm/checkpoint.archz",
+                 "archlab compress runs/lm --out lm.archz --codec zipnn")
+    sp.add_argument("run", help="run folder or checkpoint file")
+    sp.add_argument("--out", default=None, help="compressed file (default: checkpoint.archz next to the checkpoint)")
+    sp.add_argument("--codec", choices=["byteplane", "zipnn"], default="byteplane",
+                    help="byteplane: archlab's own (always available); zipnn: the zipnn package (pip install zipnn)")
+    sp.set_defaults(func=_cmd_compress)
+
+    sp = command("decompress", "restore a compressed checkpoint to safetensors, bit for bit",
+                 "archlab decompress runs/lm                    # runs/lm/checkpoint.archz -> checkpoint.safetensors",
+                 "archlab decompress lm.archz --out lm.safetensors")
+    sp.add_argument("file", help="a .archz file, or a run folder holding checkpoint.archz")
+    sp.add_argument("--out", default=None, help="default: checkpoint.safetensors next to it")
+    sp.add_argument("--force", action="store_true", help="replace --out if it exists")
+    sp.set_defaults(func=_cmd_decompress)
 
     sp = command("demo", "the main job: experiments/quick.yaml on the embedded corpus, with its report",
                  "archlab demo", "archlab demo --out runs/mydemo")

@@ -28,7 +28,16 @@ from torch import nn
 from archlab.atomic import replace_atomically
 
 CHECKPOINT = "checkpoint.safetensors"
+COMPRESSED = "checkpoint.archz"  # archlab compress's file in a run folder (archlab.codec)
 DIGEST_KEY = "archlab.sha256"
+
+
+def folder_checkpoint(folder: str | Path) -> Path:
+    """A run folder's checkpoint: ``checkpoint.safetensors``, or when only the compressed one
+    is there (``archlab compress`` and the original deleted), ``checkpoint.archz``."""
+    folder = Path(folder)
+    plain, packed = folder / CHECKPOINT, folder / COMPRESSED
+    return packed if packed.exists() and not plain.exists() else plain
 
 
 class CheckpointError(RuntimeError):
@@ -119,11 +128,75 @@ def save_checkpoint(
     return replace_atomically(path, lambda tmp: save_file(tensors, str(tmp), metadata=metadata))
 
 
+_TORCH_DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
+                 "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
+                 "BOOL": torch.bool}
+_DTYPE_NAMES = {v: k for k, v in _TORCH_DTYPES.items()}
+
+
+def _read_compressed(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    from archlab.codec import CodecError, read_compressed
+
+    try:
+        items, metadata = read_compressed(path)
+    except CodecError as e:
+        raise CheckpointError(str(e)) from None
+    tensors = {}
+    for name, dtype, shape, raw in items:
+        t = torch.frombuffer(bytearray(raw), dtype=_TORCH_DTYPES[dtype]) if raw else \
+            torch.empty(0, dtype=_TORCH_DTYPES[dtype])
+        tensors[name] = t.reshape(shape)
+    return tensors, metadata
+
+
+def safetensors_items(path: str | Path) -> tuple[list[tuple[str, str, list[int], bytes]], dict[str, str]]:
+    """A safetensors file's tensors as ``(name, dtype, shape, raw bytes)`` and its metadata."""
+    with safe_open(str(path), framework="pt") as f:
+        metadata = f.metadata() or {}
+        items = []
+        for name in f.keys():
+            t = f.get_tensor(name).contiguous()
+            raw = t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b""
+            items.append((name, _DTYPE_NAMES[t.dtype], list(t.shape), raw))
+    return items, metadata
+
+
+def compress_checkpoint(src: str | Path, dst: str | Path, *, codec: str = "byteplane") -> dict[str, int]:
+    """Write the checkpoint ``src`` (checked first) losslessly compressed to ``dst`` (atomically)."""
+    read_checkpoint(src)  # a damaged checkpoint is refused, not compressed
+    from archlab.codec import write_compressed
+
+    items, metadata = safetensors_items(src)
+    sizes: dict[str, int] = {}
+    replace_atomically(Path(dst), lambda tmp: sizes.update(write_compressed(tmp, items, metadata, codec=codec)))
+    return sizes
+
+
+def decompress_checkpoint(src: str | Path, dst: str | Path) -> Path:
+    """The inverse of :func:`compress_checkpoint`: a safetensors checkpoint with the same
+    tensors, bit for bit, and the same metadata."""
+    tensors, metadata = _read_compressed(Path(src))
+    return replace_atomically(Path(dst), lambda tmp: save_file(tensors, str(tmp), metadata=metadata))
+
+
 def read_checkpoint(path: str | Path) -> tuple[dict[str, torch.Tensor], dict]:
-    """The file's tensors and its JSON metadata, after checking both against their digests."""
+    """The file's tensors and its JSON metadata, after checking both against their digests.
+    A compressed checkpoint (``archlab compress``) is read the same way."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint not found: {path}")
+    from archlab.codec import is_compressed
+
+    if is_compressed(path):
+        tensors, metadata = _read_compressed(path)
+        try:
+            meta = json.loads(metadata.get("archlab", "{}"))
+        except ValueError:
+            raise CheckpointError(f"checkpoint {path} is corrupt: its metadata is not JSON") from None
+        _verify(path, tensors, metadata)
+        if not isinstance(meta, dict):
+            raise CheckpointError(f"checkpoint {path} is corrupt: its metadata is not a JSON object")
+        return tensors, meta
     try:
         tensors = load_file(str(path))
 

@@ -21,7 +21,13 @@ from archlab.data import ByteTokenizer, load_tokenizer
 from archlab.data.tokenizer import check_tokenizer
 from archlab.models import build_model
 from archlab.registry import ConfigError
-from archlab.train.checkpoint import CHECKPOINT, CheckpointError, load_checkpoint, read_checkpoint
+from archlab.train.checkpoint import (
+    CHECKPOINT,
+    CheckpointError,
+    folder_checkpoint,
+    load_checkpoint,
+    read_checkpoint,
+)
 from archlab.train.objectives import objective_for
 
 HF_CONFIG = "config.json"
@@ -44,8 +50,8 @@ class LoadedRun:
 def resolve_checkpoint(path: str | Path) -> Path:
     """A run folder or a checkpoint file -> the checkpoint file (clear error otherwise)."""
     p = Path(path)
-    if p.is_dir():
-        p = p / CHECKPOINT
+    if p.is_dir():  # the checkpoint, or the compressed one archlab compress left in its place
+        p = folder_checkpoint(p)
     if not p.exists():
         raise CheckpointError(f"no checkpoint at {p} (give a run folder or a .safetensors checkpoint)")
     return p
@@ -55,7 +61,7 @@ def is_hf_folder(path: str | Path) -> bool:
     """Whether ``path`` is a folder with a Hugging Face ``config.json`` and no archlab checkpoint
     (whatever its model type: :func:`load_run` then says which it is)."""
     p = Path(path)
-    return p.is_dir() and not (p / CHECKPOINT).exists() and (p / HF_CONFIG).is_file()
+    return p.is_dir() and not folder_checkpoint(p).exists() and (p / HF_CONFIG).is_file()
 
 
 def load_run(path: str | Path, *, device: str | torch.device = "cpu") -> LoadedRun:

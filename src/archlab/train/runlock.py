@@ -28,7 +28,7 @@ from types import TracebackType
 from archlab.atomic import pid_alive, write_text_atomic
 from archlab.config import Config, load_yaml, parse_config
 from archlab.registry import ConfigError, flatten
-from archlab.train.checkpoint import CHECKPOINT
+from archlab.train.checkpoint import CHECKPOINT, folder_checkpoint
 
 try:
     import fcntl
@@ -150,7 +150,7 @@ def check_run_folder(folder: Path, cfg: Config, *, resume: bool) -> None:
     """Refuse, in one line, a start that would overwrite a run or a resume with nothing (or
     something else) to resume: a resume needs the folder's config.yaml *and* checkpoint, and
     a config that differs from the saved one only in its budget."""
-    ckpt, saved_cfg = folder / CHECKPOINT, folder / "config.yaml"
+    ckpt, saved_cfg = folder_checkpoint(folder), folder / "config.yaml"
     if not resume:
         if ckpt.exists():
             raise ConfigError(

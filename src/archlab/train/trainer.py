@@ -44,7 +44,7 @@ from archlab.models.counting import count_parameters
 from archlab.models.lm import IGNORE_INDEX
 from archlab.registry import METHOD, ConfigError, PartConfig
 from archlab.train import distributed
-from archlab.train.checkpoint import CHECKPOINT, load_checkpoint, save_checkpoint
+from archlab.train.checkpoint import CHECKPOINT, folder_checkpoint, load_checkpoint, save_checkpoint
 from archlab.train.dynamics import build_controllers
 from archlab.train.objectives import objective_for
 from archlab.train.optim import build_optimizer, lr_at
@@ -211,7 +211,8 @@ class Trainer:
                                               rank=self.rank, world=self.world)
         self.micro = micro
         if self.resume:
-            state = load_checkpoint(self.dir / CHECKPOINT, model=self.model, optimizer=self.optimizer)
+            # a compressed checkpoint (archlab compress) resumes too; the next save is plain
+            state = load_checkpoint(folder_checkpoint(self.dir), model=self.model, optimizer=self.optimizer)
             self.step = int(state["step"])
             self.resumed_from = self.saved_step = self.step
             self.best_val = float(state.get("best_val", math.inf))
