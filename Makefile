@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 PIP := $(BIN)/pip --disable-pip-version-check
 CONSTRAINTS := constraints.txt
 
-.PHONY: demo test test-latest lock install install-dev system-deps bench peer-sae clean
+.PHONY: demo test test-latest lock install install-dev system-deps bench peer-sae peer-zipnn clean
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -62,6 +62,11 @@ bench: $(VENV)/.installed-dev
 # still hold for everything they name.
 peer-sae: $(VENV)/.installed-dev
 	$(PIP) install -q -c $(CONSTRAINTS) -e '.[sae-peer]'
+
+# zipnn, the weight-compression peer (archlab compress --codec zipnn, archlab bench compress):
+# published as source only, so it builds with the C compiler; archlab's own codec needs nothing.
+peer-zipnn: $(VENV)/.installed-dev
+	$(PIP) install -q -c $(CONSTRAINTS) -e '.[zipnn]'
 
 clean:
 	rm -rf $(VENV) $(LATEST) runs build *.egg-info src/*.egg-info

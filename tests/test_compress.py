@@ -154,3 +154,32 @@ def test_int_and_empty_tensors(tmp_path):
              ("b", "U8", [4], bytes([0, 255, 7, 7])), ("c", "F32", [0], b""), ("d", "BOOL", [2], bytes([1, 0]))]
     write_compressed(tmp_path / "x", items, {})
     assert read_compressed(tmp_path / "x")[0] == items
+
+
+def test_export_and_bench_read_a_compressed_run(run_dir, tmp_path, capsys):
+    import shutil
+
+    d = tmp_path / "r"
+    shutil.copytree(run_dir, d)
+    assert main(["compress", str(d)]) == 0
+    (d / CHECKPOINT).unlink()
+    assert main(["export", str(d), "--hf", str(tmp_path / "hf")]) == 0
+    assert (tmp_path / "hf" / "config.json").is_file()
+    out = tmp_path / "b.json"
+    assert main(["bench", "compress", "--run", str(d), "--rounds", "1", "--out", str(out)]) == 0
+    res = json.loads(out.read_text())
+    bf16 = res["inputs"]["trained bf16"]
+    assert bf16["archlab"]["ratio"] < bf16["zstd"]["ratio"] < 1.0
+    assert ("zipnn" in bf16) == ("archlab_ratio_over_zipnn" in bf16)
+
+
+def test_zipnn_codec_round_trip_when_installed(tmp_path):
+    pytest.importorskip("zipnn")
+    model = torch.nn.Linear(64, 64)
+    for dtype in (torch.float32, torch.bfloat16, torch.float16):
+        src = save_checkpoint(tmp_path / f"{dtype}.safetensors", model=model.to(dtype))
+        compress_checkpoint(src, tmp_path / "z.archz", codec="zipnn")
+        a, _ = read_checkpoint(src)
+        b, _ = read_checkpoint(tmp_path / "z.archz")
+        assert all(a[k].dtype == b[k].dtype and torch.equal(a[k], b[k]) for k in a)
+        assert torch.equal(model.weight.detach(), a["model.weight"])  # zipnn did not change its input
