@@ -79,17 +79,30 @@ class _FixedRotation(torch.autograd.Function):
     (gradients: g1·cos + g2·sin and g2·cos − g1·sin), so neither pass builds the slices,
     zero-filled slice gradients and concatenations of the plain formula; about 3.5× faster
     forward + backward at the reference shape, with bit-identical values and gradients
-    (tests/test_positional.py)."""
+    (tests/test_positional.py). It supports forward mode too (``jvp``), so ``torch.func.jvp``
+    runs through a RoPE model (the forward-gradient training of issue #20 needs it)."""
 
     @staticmethod
-    def forward(ctx, x, cos, sin):
-        ctx.save_for_backward(cos, sin)
+    def forward(x, cos, sin):
         return _rotate_into(x, cos, sin)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        _, cos, sin = inputs
+        ctx.save_for_backward(cos, sin)
+        ctx.save_for_forward(cos, sin)
 
     @staticmethod
     def backward(ctx, grad):
         cos, sin = ctx.saved_tensors
         return _rotate_into(grad, cos, -sin), None, None
+
+    @staticmethod
+    def jvp(ctx, x_tangent, cos_tangent, sin_tangent):
+        """Forward mode (torch.func.jvp, forward AD): the rotation is linear in x and the
+        angles are fixed, so a tangent of x rotates like x."""
+        cos, sin = ctx.saved_tensors
+        return _rotate_into(x_tangent, cos, sin)
 
 
 def params_key(params: Sequence[torch.Tensor]) -> tuple:
