@@ -31,6 +31,7 @@ import pytest
 import archlab.models  # noqa: F401  (registers the model families)
 from archlab.config import (Config, DataConfig, LayerConfig, LayersConfig, ModelConfig, SpeechDataConfig, TrainConfig,
                             load_config)
+from archlab.catalog.methods import ForwardGradientConfig
 from archlab.catalog.mixers import PIDConfig
 from archlab.catalog.warm import WARM, WarmStartConfig
 from archlab.registry import REGISTRIES, ConfigError
@@ -108,6 +109,9 @@ def _slots() -> list[Slot]:
         out.append(Slot(f"pid:{kind}", PIDConfig, "model.layers.default.mixer.pid",
                         (("model.layers.default.mixer", {"kind": kind, "pid": {}}),), kind=kind))
     out.append(Slot("speech", SpeechDataConfig, "data.speech", (("model.family", "echo"), *SPEECH_BASE)))
+    # train.forward_gradient: the knobs of train.method forward_gradient
+    out.append(Slot("forward_gradient", ForwardGradientConfig, "train.forward_gradient",
+                    (("train.method", "forward_gradient"),)))
     # train.warm_start: the section, and each part as an item of its list (an untied LM, so every
     # part can build: the closed-form head needs its own matrix)
     out.append(Slot("warm_start", WarmStartConfig, "train.warm_start"))

@@ -23,6 +23,7 @@ from typing import Any, Literal
 import yaml
 
 from archlab import catalog  # noqa: F401  (registers the built-in parts)
+from archlab.catalog.methods import ForwardGradientConfig
 from archlab.catalog.warm import WarmStartConfig, parse_warm_start
 from archlab.data.speech.text import DEFAULT_ALPHABET
 from archlab.registry import FAMILY, INIT, INT_LIMIT, METHOD, TASK, ConfigError, PartConfig, from_dict, part, to_dict
@@ -173,6 +174,9 @@ class TrainConfig:
     # initialisation from data statistics after model.init ({tokens, parts: [{kind: bit_cipher | cooccurrence |
     # closed_form, ...}]}); see docs/warm_start.md
     warm_start: WarmStartConfig | None = None
+    # the knobs of train.method forward_gradient ({perturbations, distribution, density, estimator,
+    # seed, replay}); see docs/forward_gradient.md
+    forward_gradient: ForwardGradientConfig | None = None
 
     def total_steps(self) -> int | None:
         """Steps of a step/token budget; None for a wall-clock budget."""
@@ -397,6 +401,12 @@ def _validate_data(d: DataConfig, m: ModelConfig) -> None:
 def _validate_train(t: TrainConfig) -> None:
     if t.method not in METHOD:
         raise ConfigError(f"train.method: {t.method!r} is not allowed; allowed: {', '.join(METHOD.kinds())}")
+    if t.method == "forward_gradient":
+        t.forward_gradient = t.forward_gradient or ForwardGradientConfig()
+        t.forward_gradient.check()
+    elif t.forward_gradient is not None:
+        raise ConfigError(f"train.forward_gradient: only read when train.method is forward_gradient "
+                          f"(it is {t.method}); leave it out")
     budgets = [k for k in BUDGET_KEYS if getattr(t, k) is not None]
     if len(budgets) > 1:
         raise ConfigError(f"train: give exactly one budget (steps, tokens or seconds), got {', '.join(budgets)}")

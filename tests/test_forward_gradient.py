@@ -1,0 +1,114 @@
+"""Forward-gradient training (train.method: forward_gradient): the estimators, the seeded
+perturbations, training without a backward pass, and the exact replay of a run from its
+per-step scalars."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from archlab.catalog.methods import ForwardGradientConfig
+from archlab.config import load_config
+from archlab.registry import ConfigError
+from archlab.train import Trainer
+from archlab.train.checkpoint import CHECKPOINT, read_checkpoint
+from archlab.train.methods import RECORD, ForwardGradient
+
+TINY = ["model.dim=16", "model.depth=1", "model.heads=2", "train.seq_len=16", "train.batch=2", "train.eval_every=100",
+        "train.eval_tokens=128", "train.tensorboard=false", "train.warmup=1", "model.max_seq_len=32"]
+
+
+def _cfg(*sets):
+    return load_config("configs/lm.yaml", [*TINY, "train.method=forward_gradient", *sets])
+
+
+def test_sign_median_and_scaled_coefficients():
+    assert ForwardGradient.coefficients([2.0, -4.0], "scaled") == [1.0, -2.0]
+    # |d| = 1, 3, 2, 5: median 2.5 (torch's lower median is 2): keep 3, 2, 5 with their signs
+    assert ForwardGradient.coefficients([1.0, -3.0, 2.0, 5.0], "sign_median") == [0.0, -0.25, 0.25, 0.25]
+
+
+@pytest.mark.parametrize("dist", ["rademacher", "gaussian", "ternary"])
+def test_perturbations_are_seeded_and_distributed_as_asked(dist):
+    fg = ForwardGradientConfig(distribution=dist, density=0.25 if dist == "ternary" else 1.0)
+    params = [torch.zeros(200, 50), torch.zeros(300)]
+    a = ForwardGradient.perturbation(params, fg, 3, 0, 1)
+    assert all(torch.equal(x, y) for x, y in zip(a, ForwardGradient.perturbation(params, fg, 3, 0, 1)))
+    assert not torch.equal(a[0], ForwardGradient.perturbation(params, fg, 3, 0, 2)[0])
+    v = a[0]
+    if dist == "rademacher":
+        assert set(v.unique().tolist()) == {-1.0, 1.0}
+    elif dist == "ternary":
+        assert set(v.unique().tolist()) == {-1.0, 0.0, 1.0} and abs(float((v != 0).float().mean()) - 0.25) < 0.02
+    else:
+        assert abs(float(v.std()) - 1.0) < 0.05
+
+
+def test_the_scaled_estimate_points_along_the_gradient():
+    """E[(∇L·ν) ν] = ∇L for Rademacher ν, and the estimate from K of them in n dimensions has a
+    cosine ≈ √(K / (K + n)) with the true gradient (a wrong direction would give ≈ 0)."""
+    cfg = _cfg("train.steps=1", "train.forward_gradient={perturbations: 600}")
+    trainer = Trainer(cfg, "/tmp/archlab-fg-est", progress=False)
+    x, y = trainer.sampler.batch(0)
+    trainer.model.zero_grad()
+    trainer.method.micro_step(trainer, x, y, accum=1)
+    est = torch.cat([p.grad.reshape(-1) for p in trainer.model.parameters()])
+    trainer.model.zero_grad()
+    trainer.model(x, targets=y).loss.backward()
+    true = torch.cat([p.grad.reshape(-1) for p in trainer.model.parameters()])
+    cos = float(torch.nn.functional.cosine_similarity(est, true, dim=0))
+    expected = (600 / (600 + true.numel())) ** 0.5
+    assert abs(cos - expected) < 0.08, (cos, expected)
+
+
+def test_training_needs_no_backward_pass(tmp_path, monkeypatch):
+    def no_backward(*a, **k):
+        raise AssertionError("backward called")
+
+    monkeypatch.setattr(torch.Tensor, "backward", no_backward)
+    summary = Trainer(_cfg("train.steps=5", "train.forward_gradient={perturbations: 3}"), tmp_path / "r",
+                      progress=False).fit()
+    assert summary["steps"] == 5
+    recs = [json.loads(line) for line in (tmp_path / "r" / RECORD).read_text().splitlines()]
+    assert [r["step"] for r in recs] == [1, 2, 3, 4, 5] and all(len(r["d"]) == 3 for r in recs)
+
+
+@pytest.mark.parametrize("extra", [[], ["train.forward_gradient={perturbations: 4, estimator: sign_median, "
+                                         "distribution: ternary, density: 0.3}", "train.grad_accum=2"]])
+def test_a_run_replays_from_its_scalars_bit_for_bit(tmp_path, extra):
+    fg = [e for e in extra if e.startswith("train.forward_gradient")]
+    base = [*extra] if fg else ["train.forward_gradient={perturbations: 4}", *extra]
+    Trainer(_cfg("train.steps=6", *base), tmp_path / "a", progress=False).fit()
+    rec = tmp_path / "a" / RECORD
+    replay = [*base, f"train.forward_gradient.replay={rec}"]  # the same run, its scalars read back
+    Trainer(_cfg("train.steps=6", *replay), tmp_path / "b", progress=False).fit()
+    a, _ = read_checkpoint(tmp_path / "a" / CHECKPOINT)
+    b, _ = read_checkpoint(tmp_path / "b" / CHECKPOINT)
+    weights = [k for k in a if k.startswith("model.")]
+    assert weights and all(torch.equal(a[k], b[k]) for k in weights)
+    assert not (tmp_path / "b" / RECORD).exists()  # a replay computes nothing new
+    bits = 32 * sum(len(json.loads(line)["d"]) for line in rec.read_text().splitlines())
+    assert bits < 32 * sum(a[k].numel() for k in weights)  # the run is smaller than its weights
+
+
+def test_resume_continues_the_record_without_duplicates(tmp_path):
+    Trainer(_cfg("train.steps=4", "train.ckpt_every=2", "train.forward_gradient={perturbations: 2}"), tmp_path / "r",
+            progress=False).fit()
+    Trainer(_cfg("train.steps=6", "train.ckpt_every=2", "train.forward_gradient={perturbations: 2}"), tmp_path / "r",
+            resume=True, progress=False).fit()
+    steps = [json.loads(line)["step"] for line in (tmp_path / "r" / RECORD).read_text().splitlines()]
+    assert steps == [1, 2, 3, 4, 5, 6]
+
+
+def test_refusals():
+    with pytest.raises(ConfigError, match="train.forward_gradient: only read when train.method is forward_gradient"):
+        load_config("configs/lm.yaml", ["train.forward_gradient={perturbations: 4}"], require_budget=False)
+    with pytest.raises(ConfigError, match="density: only read when distribution is ternary"):
+        _cfg("train.forward_gradient={density: 0.5}")
+    with pytest.raises(ConfigError, match="perturbations: must be ≥ 1"):
+        _cfg("train.forward_gradient={perturbations: 0}")
+    cfg = _cfg("train.steps=1", "train.forward_gradient={replay: /nonexistent.jsonl}")
+    with pytest.raises(ConfigError, match="replay: /nonexistent.jsonl not found"):
+        Trainer(cfg, "/tmp/archlab-fg-refuse", progress=False).fit()
