@@ -112,3 +112,52 @@ def test_refusals():
     cfg = _cfg("train.steps=1", "train.forward_gradient={replay: /nonexistent.jsonl}")
     with pytest.raises(ConfigError, match="replay: /nonexistent.jsonl not found"):
         Trainer(cfg, "/tmp/archlab-fg-refuse", progress=False).fit()
+
+
+def _directional(sets):
+    from torch.func import functional_call, jvp
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    from archlab.models import build_model
+
+    torch.manual_seed(0)
+    cfg = load_config("configs/lm.yaml", ["model.dim=32", "model.depth=2", "model.heads=4", *sets],
+                      require_budget=False)
+    m = build_model(cfg.model).double()
+    params = {n: p.detach() for n, p in m.named_parameters()}
+    x, y = torch.randint(0, 256, (2, 16)), torch.randint(0, 256, (2, 16))
+
+    def loss(*values):
+        return functional_call(m, dict(zip(params, values)), (x,), {"targets": y}).loss
+
+    tangents = tuple(torch.randn_like(p) for p in params.values())
+    with sdpa_kernel(SDPBackend.MATH):
+        _, d = jvp(loss, tuple(params.values()), tangents)
+    m(x, targets=y).loss.backward()
+    return d, sum((p.grad * t).sum() for p, t in zip(m.parameters(), tangents) if p.grad is not None)
+
+
+def _allowed():
+    from archlab.config import FORWARD_MODE_MIXERS, FORWARD_MODE_POSITIONS
+
+    cases = [[f"model.position.kind={k}"] for k in FORWARD_MODE_POSITIONS]
+    cases += [[f"model.layers.default.mixer.kind={k}"] for k in FORWARD_MODE_MIXERS]
+    return cases + [["model.family=hierarchical"], ["model.layers.default.norm.placement=laurel"]]
+
+
+@pytest.mark.parametrize("sets", _allowed(), ids=str)
+def test_what_the_method_allows_has_an_exact_forward_mode(sets):
+    """The allow-list of config._check_forward_mode is what this test verifies: forward mode
+    through the model equals the gradient's directional derivative."""
+    d, want = _directional(sets)
+    assert torch.allclose(d, want, rtol=1e-8, atol=1e-10), (float(d), float(want))
+
+
+@pytest.mark.parametrize("sets,needle", [
+    (["model.position.kind=learned"], "position 'learned'"), (["model.position.kind=cope"], "position 'cope'"),
+    (["model.position.learn_scale=true"], "with learn_scale"), (["model.layers.default.mixer.kind=local"], "'local'"),
+    (["model.family=safu", "model.depth=4", "model.tie_embeddings=false"], "model.family lm or hierarchical"),
+])
+def test_what_has_no_verified_forward_mode_is_refused(sets, needle):
+    with pytest.raises(ConfigError, match=needle):
+        load_config("configs/lm.yaml", ["train.method=forward_gradient", *sets], require_budget=False)

@@ -426,6 +426,33 @@ def _validate_train(t: TrainConfig) -> None:
                           f"got {t.eval_at!r}")
 
 
+# What train.method forward_gradient is verified on: torch.func.jvp through the model equals the
+# gradient's directional derivative (tests/test_forward_gradient.py). Schemes with learned or
+# memoised tables, CoPE's and the sliding-window kernel's autograd Functions, and the speech
+# and SAFU families either fail under forward mode or give a wrong derivative silently.
+FORWARD_MODE_FAMILIES = ("lm", "hierarchical")
+FORWARD_MODE_POSITIONS = ("none", "rope", "sinusoidal", "alibi")
+FORWARD_MODE_MIXERS = ("attention", "conv_attention", "memory", "retention")
+
+
+def _check_forward_mode(m: ModelConfig) -> None:
+    where = "train.method: forward_gradient"
+    if m.family not in FORWARD_MODE_FAMILIES:
+        raise ConfigError(f"{where} needs model.family {' or '.join(FORWARD_MODE_FAMILIES)} (forward mode is "
+                          f"verified there), got '{m.family}'")
+    positions = [m.position] + [lc.position for lc in m.layer_configs() if lc.position is not None]
+    for pos in positions:
+        learned = [k for k in ("learn_freq", "learn_scale", "learn_phase") if getattr(pos, k, False)]
+        if pos.kind not in FORWARD_MODE_POSITIONS or learned:
+            what = f"'{pos.kind}' with {', '.join(learned)}" if learned else f"'{pos.kind}'"
+            raise ConfigError(f"{where}: position {what} has no verified forward mode; allowed: "
+                              f"{', '.join(FORWARD_MODE_POSITIONS)} (rope without learned knobs)")
+    for i, lc in enumerate(m.layer_configs()):
+        if lc.mixer.kind not in FORWARD_MODE_MIXERS:
+            raise ConfigError(f"{where}: layer {i}'s mixer '{lc.mixer.kind}' has no verified forward mode; "
+                              f"allowed: {', '.join(FORWARD_MODE_MIXERS)}")
+
+
 def _require_budget(t: TrainConfig) -> None:
     """A silent default budget (it used to be 1000 steps) trains for a length nobody chose."""
     if all(getattr(t, k) is None for k in BUDGET_KEYS):
@@ -442,6 +469,8 @@ def _validate(cfg: Config, require_budget: bool = True) -> Config:
         from archlab.catalog.dynamics import parse_dynamics
 
         t.dynamics = parse_dynamics(t.dynamics, {"model": m, "train": t})
+    if t.method == "forward_gradient":
+        _check_forward_mode(m)
     if t.warm_start is not None:
         t.warm_start = parse_warm_start(t.warm_start, {"model": m, "train": t})
         if t.warm_start.parts and d.corpus in ("task", "speech"):
