@@ -319,30 +319,3 @@ def test_a_trained_bias_takes_the_written_out_path_and_matches_the_reference(cau
     torch.testing.assert_close(y, y_ref, atol=1e-12, rtol=0)
     for n in g_ref:
         torch.testing.assert_close(g[n], g_ref[n], atol=1e-12, rtol=0, msg=n)
-
-
-def test_forward_mode_runs_through_a_rope_model_and_equals_the_gradient():
-    """torch.func.jvp (forward-mode AD, what forward-gradient training needs) through the
-    default LM: RoPE's fused rotation has a jvp; SDPA's math backend supports forward AD (the
-    CPU flash kernel does not). The directional derivative equals ∇L·v from backprop."""
-    from torch.func import functional_call, jvp
-    from torch.nn.attention import SDPBackend, sdpa_kernel
-
-    from archlab.config import load_config
-    from archlab.models import build_model
-
-    torch.manual_seed(0)
-    cfg = load_config("configs/lm.yaml", ["model.dim=32", "model.depth=2", "model.heads=4"], require_budget=False)
-    m = build_model(cfg.model).double()
-    params = {n: p.detach() for n, p in m.named_parameters()}
-    x, y = torch.randint(0, 256, (2, 16)), torch.randint(0, 256, (2, 16))
-
-    def loss(*values):
-        return functional_call(m, dict(zip(params, values)), (x,), {"targets": y}).loss
-
-    tangents = tuple(torch.randn_like(p) for p in params.values())
-    with sdpa_kernel(SDPBackend.MATH):
-        _, directional = jvp(loss, tuple(params.values()), tangents)
-    m(x, targets=y).loss.backward()
-    want = sum((p.grad * t).sum() for p, t in zip(m.parameters(), tangents))
-    assert torch.allclose(directional, want, rtol=1e-10, atol=1e-12)
