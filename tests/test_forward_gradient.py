@@ -161,3 +161,15 @@ def test_what_the_method_allows_has_an_exact_forward_mode(sets):
 def test_what_has_no_verified_forward_mode_is_refused(sets, needle):
     with pytest.raises(ConfigError, match=needle):
         load_config("configs/lm.yaml", ["train.method=forward_gradient", *sets], require_budget=False)
+
+
+def test_bench_method_measures_each_method_in_its_own_process(tmp_path, capsys):
+    from archlab.cli import main
+
+    out = tmp_path / "m.json"
+    assert main(["bench", "method", "--dim", "16", "--depth", "1", "--seq-len", "16", "--batch", "2", "--ks", "2",
+                 "--steps", "1", "--out", str(out)]) == 0
+    res = json.loads(out.read_text())["results"]
+    assert set(res) == {"backprop", "forward_gradient K=2"} and res["backprop"]["time_vs_backprop"] == 1.0
+    assert all(r["step_s"] > 0 and r["extra_peak_mb"] >= 0 for r in res.values())
+    assert main(["bench", "method", "--ks", "x"]) == 2

@@ -23,6 +23,7 @@ BENCHES: dict[str, tuple[str, str, str]] = {
     "frontend": ("archlab.bench.frontend", "main", "log-mel feature speed vs transformers' and openai-whisper's"),
     "echo": ("archlab.bench.echo", "main", "Echo vs transformers' Whisper of the same dims: training step, greedy decoding"),
     "retnet": ("archlab.bench.retnet", "main", "RetNet vs yet-another-retnet: training step by length, recurrent decoding"),
+    "method": ("archlab.bench.method", "main", "step time and peak memory: backprop vs forward-gradient steps"),
     "compress": ("archlab.bench.compress", "main", "lossless weight compression: archlab's codec vs zipnn and plain zstd"),
     "sae": ("archlab.bench.sae", "main", "sparse-autoencoder training tokens/s vs sae-lens on the same activations"),
 }
