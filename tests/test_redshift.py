@@ -249,11 +249,11 @@ def test_rebuild_recomputes_the_report_from_results(tmp_path, capsys):
 
 
 def test_difference_claims_compare_effects():
-    from archlab.analysis.redshift import test_claims
+    from archlab.analysis.redshift import run_claims
 
     rows = [{"seed": s, "g": g, "d": d, "frequency": (3.0 if g == "a" and d == 2 else 1.0) + 0.01 * s * (d == 2)}
             for s in range(4) for g in ("a", "b") for d in (1, 2)]
     claim = {"claim": "a's depth effect exceeds b's", "a": (dict(g="a", d=2), dict(g="a", d=1)),
              "b": (dict(g="b", d=2), dict(g="b", d=1))}
-    (r,) = test_claims(rows, [claim], "frequency")
+    (r,) = run_claims(rows, [claim], "frequency")
     assert math.isclose(r["difference"], 2.0) and r["verdict"] == "reproduces"

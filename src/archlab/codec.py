@@ -26,6 +26,7 @@ from __future__ import annotations
 import hashlib
 import json
 import struct
+from functools import lru_cache
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -97,7 +98,9 @@ def decode_tensor(planes: list[tuple[str, bytes]], dtype: str, n_items: int, *, 
     return (_rotate(words.tobytes(), size, left=False) if is_float else words).tobytes()
 
 
+@lru_cache(maxsize=None)
 def _zipnn(dtype: str) -> Any:
+    """One zipnn coder per float dtype (None for the others), built once."""
     try:
         from zipnn import ZipNN
     except ImportError as e:

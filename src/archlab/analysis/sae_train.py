@@ -156,9 +156,6 @@ class ActivationSource:
                               "choose a block, its mixer or its ffn")
         return x, y, a.float()
 
-    def width(self) -> int:
-        return int(self.batch(0)[2].shape[-1])
-
 
 # --------------------------------------------------------------------- training
 

@@ -25,9 +25,7 @@ import torch
 from archlab.bench.interleave import environment, interleaved, write_json
 from archlab.codec import decode_tensor, encode_tensor, entropy_coder
 from archlab.registry import ConfigError
-
-_NAMES = {torch.float32: "F32", torch.bfloat16: "BF16", torch.float16: "F16"}
-
+from archlab.train.checkpoint import DTYPE_NAMES
 
 def _items(tensors: dict[str, torch.Tensor], dtype: torch.dtype | None = None) -> list[tuple[str, str, bytes, int]]:
     out = []
@@ -35,7 +33,7 @@ def _items(tensors: dict[str, torch.Tensor], dtype: torch.dtype | None = None) -
         t = t.detach().contiguous()
         if dtype is not None and t.is_floating_point():
             t = t.to(dtype)
-        name_dtype = _NAMES.get(t.dtype) or {torch.int64: "I64", torch.uint8: "U8"}.get(t.dtype)
+        name_dtype = DTYPE_NAMES.get(t.dtype)
         if name_dtype is None or not t.numel():
             continue
         out.append((name, name_dtype, t.reshape(-1).view(torch.uint8).numpy().tobytes(), t.numel()))

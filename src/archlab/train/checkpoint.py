@@ -128,10 +128,11 @@ def save_checkpoint(
     return replace_atomically(path, lambda tmp: save_file(tensors, str(tmp), metadata=metadata))
 
 
-_TORCH_DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
+# safetensors' dtype names (archlab.codec's) <-> torch dtypes
+TORCH_DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
                  "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
                  "BOOL": torch.bool}
-_DTYPE_NAMES = {v: k for k, v in _TORCH_DTYPES.items()}
+DTYPE_NAMES = {v: k for k, v in TORCH_DTYPES.items()}
 
 
 def _read_compressed(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
@@ -143,8 +144,8 @@ def _read_compressed(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str
         raise CheckpointError(str(e)) from None
     tensors = {}
     for name, dtype, shape, raw in items:
-        t = torch.frombuffer(bytearray(raw), dtype=_TORCH_DTYPES[dtype]) if raw else \
-            torch.empty(0, dtype=_TORCH_DTYPES[dtype])
+        t = torch.frombuffer(bytearray(raw), dtype=TORCH_DTYPES[dtype]) if raw else \
+            torch.empty(0, dtype=TORCH_DTYPES[dtype])
         tensors[name] = t.reshape(shape)
     return tensors, metadata
 
@@ -157,7 +158,7 @@ def safetensors_items(path: str | Path) -> tuple[list[tuple[str, str, list[int],
         for name in f.keys():
             t = f.get_tensor(name).contiguous()
             raw = t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b""
-            items.append((name, _DTYPE_NAMES[t.dtype], list(t.shape), raw))
+            items.append((name, DTYPE_NAMES[t.dtype], list(t.shape), raw))
     return items, metadata
 
 
